@@ -1,0 +1,61 @@
+"""hamsweep: sweeps of HAM (Hard Adversarial example Mining) adversarial training, per-class results.
+
+The public API. Names that need torch (``train``, ``ham_attack`` ...) are imported on first use,
+so ``import hamsweep`` and the CLI stay fast.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from hamsweep.errors import DataError as DataError
+from hamsweep.errors import DivergenceError as DivergenceError
+from hamsweep.errors import HamsweepError as HamsweepError
+from hamsweep.errors import SpecError as SpecError
+from hamsweep.spec import SweepSpec as SweepSpec
+from hamsweep.spec import TrialConfig as TrialConfig
+from hamsweep.spec import load_spec as load_spec
+from hamsweep.spec import parse_overrides as parse_overrides
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "run": "hamsweep.train",
+    "EpochRecord": "hamsweep.train",
+    "ham_attack": "hamsweep.ham",
+    "pgd": "hamsweep.attacks",
+    "load_data": ("hamsweep.data", "load"),
+    "build_model": ("hamsweep.models", "build"),
+    "summarize": "hamsweep.metrics",
+    "read_table": "hamsweep.results",
+    "connect": "hamsweep.results",
+}
+
+__all__ = [
+    "DataError",
+    "DivergenceError",
+    "EpochRecord",
+    "HamsweepError",
+    "SpecError",
+    "SweepSpec",
+    "TrialConfig",
+    "build_model",
+    "connect",
+    "ham_attack",
+    "load_data",
+    "load_spec",
+    "parse_overrides",
+    "pgd",
+    "read_table",
+    "run",
+    "summarize",
+]
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'hamsweep' has no attribute {name!r}")
+    module, attr = target if isinstance(target, tuple) else (target, name)
+    return getattr(import_module(module), attr)

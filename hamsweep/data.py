@@ -1,0 +1,323 @@
+"""Datasets as uint8 tensors, the class-stratified validation split, and the on-device loader.
+
+Registry: ``cifar10``, ``cifar100``, ``svhn`` (torchvision's files, read as whole arrays) and
+``synthetic`` (generated from ``DataConfig.seed``; classes of increasing difficulty, for smoke tests
+and for checking that per-class metrics separate easy from hard classes).
+
+The loader keeps the whole split on the device as uint8 and shuffles and augments it there in
+batches (as cifar10-airbench does): no PIL and no worker processes in the hot path. Every random
+draw comes from a generator seeded from (seed, epoch[, batch]), so a run resumed at any batch sees
+exactly the batches it would have seen, without saving loader state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from hamsweep.errors import DataError
+from hamsweep.spec import DataConfig
+
+__all__ = ["Dataset", "DeviceLoader", "Split", "load", "stratified_split", "subsample"]
+
+PAD = 4  # pixels of zero padding around the random crop (the standard CIFAR recipe)
+
+# where torchvision expects each dataset's files, relative to DataConfig.root, and which files
+_FILES = {
+    "cifar10": ("cifar-10-batches-py", "data_batch_1..5, test_batch, batches.meta"),
+    "cifar100": ("cifar-100-python", "train, test, meta"),
+    "svhn": ("", "train_32x32.mat, test_32x32.mat"),
+}
+
+
+@dataclass(frozen=True)
+class Split:
+    """images: (N, C, H, W) uint8 on CPU; labels: (N,) int64 on CPU."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset, split three ways; ``classes[label]`` is the name of a label."""
+
+    name: str
+    classes: tuple[str, ...]
+    train: Split  # training images left after the validation split
+    val: Split  # class-stratified held-out part of the training set
+    test: Split
+    flip: bool  # whether a horizontal flip keeps the label (False for SVHN: digits)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W)."""
+        c, h, w = self.train.images.shape[1:]
+        return (c, h, w)
+
+
+def load(cfg: DataConfig) -> Dataset:
+    """Load ``cfg.name`` and hold out ``cfg.val_fraction`` of each training class as validation."""
+    train, test, classes = _LOADERS[cfg.name](cfg)
+    train_idx, val_idx = stratified_split(train.labels, cfg.val_fraction, cfg.seed)
+    return Dataset(
+        name=cfg.name,
+        classes=classes,
+        train=_take(train, train_idx),
+        val=_take(train, val_idx),
+        test=test,
+        flip=cfg.name != "svhn",
+    )
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train_idx, val_idx), both sorted int64: per class, round(fraction * n_class) indices go to val.
+
+    labels: (N,) int64 >= 0. The val indices are drawn with a generator seeded with ``seed``.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"fraction must be in [0, 1) but got {fraction}")
+    counts = torch.bincount(labels)
+    quota = torch.tensor([round(fraction * int(n)) for n in counts], dtype=torch.int64)
+    is_val = _pick_per_class(labels, quota, torch.Generator().manual_seed(seed))
+    return is_val.logical_not().nonzero().flatten(), is_val.nonzero().flatten()
+
+
+def subsample(split: Split, max_examples: int | None, seed: int) -> Split:
+    """A class-stratified subset of at most ``max_examples`` (None: ``split`` itself), in the original order.
+
+    Each class keeps its share of ``max_examples`` (largest remainders get the leftover slots).
+    """
+    n = len(split)
+    if max_examples is None or max_examples >= n:
+        return split
+    if max_examples < 1:
+        raise ValueError(f"max_examples must be >= 1 or None but got {max_examples}")
+    counts = torch.bincount(split.labels)
+    exact = counts.double() * max_examples / n
+    quota = exact.floor().long()
+    # hand the slots lost to flooring to the classes with the largest remainders (stable: low label first)
+    order = torch.sort(exact - quota, descending=True, stable=True).indices
+    quota[order[: max_examples - int(quota.sum())]] += 1
+    keep = _pick_per_class(split.labels, quota, _generator(seed))
+    return _take(split, keep.nonzero().flatten())
+
+
+def _pick_per_class(labels: torch.Tensor, quota: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """(N,) bool mask with ``quota[c]`` examples of each class c set, chosen uniformly at random."""
+    perm = torch.randperm(len(labels), generator=gen)
+    # a stable sort by label of a random permutation: grouped by class, random order within a class
+    grouped = perm[torch.sort(labels[perm], stable=True).indices]
+    counts = torch.bincount(labels, minlength=len(quota))
+    starts = counts.cumsum(0) - counts
+    cls = labels[grouped]
+    rank = torch.arange(len(labels)) - starts[cls]
+    mask = torch.zeros(len(labels), dtype=torch.bool)
+    mask[grouped[rank < quota[cls]]] = True
+    return mask
+
+
+def _take(split: Split, idx: torch.Tensor) -> Split:
+    return Split(images=split.images[idx], labels=split.labels[idx])
+
+
+def _generator(*key: int) -> torch.Generator:
+    """A CPU generator seeded from a tuple of ints; stable across processes (unlike ``hash``)."""
+    digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+
+
+# ------------------------------------------------------------------ torchvision datasets
+
+
+def _load_cifar(cfg: DataConfig) -> tuple[Split, Split, tuple[str, ...]]:
+    """CIFAR-10/100: ``.data`` is (N, 32, 32, 3) uint8 HWC, ``.targets`` a list of ints."""
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if cfg.name == "cifar10" else datasets.CIFAR100
+    train, test = (_torchvision(cfg, cls, train=flag) for flag in (True, False))
+    splits = (
+        Split(torch.from_numpy(d.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(d.targets, dtype=torch.int64))
+        for d in (train, test)
+    )
+    return *splits, tuple(train.classes)
+
+
+def _load_svhn(cfg: DataConfig) -> tuple[Split, Split, tuple[str, ...]]:
+    """SVHN: ``.data`` is already (N, 3, 32, 32) uint8; torchvision has mapped label 10 to digit 0."""
+    from torchvision import datasets
+
+    train, test = (_torchvision(cfg, datasets.SVHN, split=name) for name in ("train", "test"))
+    splits = (Split(torch.from_numpy(d.data).contiguous(), torch.from_numpy(d.labels).long()) for d in (train, test))
+    return *splits, tuple(str(d) for d in range(10))
+
+
+def _torchvision(cfg: DataConfig, cls: Callable[..., Any], **kwargs: Any) -> Any:
+    """``cls(root, download, **kwargs)`` with its failures turned into one-line ``DataError``s."""
+    try:
+        return cls(root=cfg.root, download=cfg.download, **kwargs)
+    except (RuntimeError, OSError) as err:  # not found / corrupted; URLError is an OSError
+        raise _missing(cfg, err) from None
+
+
+def _missing(cfg: DataConfig, err: Exception) -> DataError:
+    folder, files = _FILES[cfg.name]
+    where = Path(cfg.root) / folder
+    where_s = f"{where}/" if folder else f"{where}/ ({files})"
+    if cfg.download:
+        cause = " ".join(f"{type(err).__name__}: {err}".split())  # one line, whatever the cause
+        return DataError(
+            f"{cfg.name}: download into {cfg.root}/ failed ({cause}); on a machine without internet, "
+            f"copy the files ({files}) into {where_s} and set data.download: false"
+        )
+    return DataError(
+        f"{cfg.name}: files not found or corrupted in {where_s}; set data.download: true on a machine "
+        f"with internet, or copy torchvision's files ({files}) there"
+    )
+
+
+# ------------------------------------------------------------------ synthetic data
+
+_PROTO_STD = 0.15  # per-pixel std of a class prototype around mid-gray, in [0,1] pixel units
+_CONTRAST = (1.0, 0.3)  # prototype scale of the easiest and the hardest class (low contrast: near the others)
+_BLEND = (0.0, 0.45)  # largest share of another class's mean image mixed into an image: easiest, hardest
+GEOM = True
+_NOISE = (0.03, 0.10)  # per-pixel Gaussian noise std, easiest and hardest class
+
+
+def _load_synthetic(cfg: DataConfig) -> tuple[Split, Split, tuple[str, ...]]:
+    """Smooth random prototypes, one per class; class c is harder (more blended, noisier) as c grows."""
+    protos = _prototypes(cfg.num_classes, cfg.image_size, _generator(cfg.seed, 0))
+    train = _synthetic_split(protos, cfg.train_size, _generator(cfg.seed, 1))
+    test = _synthetic_split(protos, cfg.test_size, _generator(cfg.seed, 2))
+    return train, test, tuple(f"c{c}" for c in range(cfg.num_classes))
+
+
+def _prototypes(k: int, size: int, gen: torch.Generator) -> torch.Tensor:
+    """(K, 3, S, S) zero-mean smooth random patterns with per-pixel std ``_PROTO_STD``."""
+    coarse = torch.randn(k, 3, max(4, size // 4), max(4, size // 4), generator=gen)
+    smooth = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    smooth = smooth - smooth.mean(dim=(1, 2, 3), keepdim=True)
+    return _PROTO_STD * smooth / smooth.std(dim=(1, 2, 3), keepdim=True)
+
+
+def _synthetic_split(protos: torch.Tensor, n: int, gen: torch.Generator) -> Split:
+    """n images (label = index mod K, so classes are balanced): gray + blend of prototypes + noise.
+
+    Class c mixes up to ``_BLEND`` of a random other class's prototype into each image: hard
+    classes spread toward the others' decision regions, so many of their images sit near a boundary.
+    """
+    k = len(protos)
+    labels = torch.arange(n) % k
+    hardness = labels.float() / (k - 1)  # 0 for class 0 (easiest) .. 1 for class K-1 (hardest)
+    blend = torch.rand(n, generator=gen) * _lerp(_BLEND, hardness)
+    other = (labels + torch.randint(1, k, (n,), generator=gen)) % k
+    t = torch.arange(k) / (k - 1)
+    contrast = _CONTRAST[0] * (_CONTRAST[1] / _CONTRAST[0]) ** t if GEOM else _lerp(_CONTRAST, t)
+    mix = torch.zeros(n, k)
+    mix[torch.arange(n), labels] = (1 - blend) * contrast[labels]
+    mix[torch.arange(n), other] = blend * contrast[other]
+    x = (mix @ protos.flatten(1)).add_(0.5)  # (N, C*H*W)
+    x.addcmul_(torch.randn(x.shape, generator=gen), _lerp(_NOISE, hardness)[:, None])
+    images = x.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+    return Split(images=images.view(n, *protos.shape[1:]), labels=labels)
+
+
+def _lerp(ends: tuple[float, float], t: torch.Tensor) -> torch.Tensor:
+    return ends[0] + (ends[1] - ends[0]) * t
+
+
+_LOADERS: dict[str, Callable[[DataConfig], tuple[Split, Split, tuple[str, ...]]]] = {
+    "cifar10": _load_cifar,
+    "cifar100": _load_cifar,
+    "svhn": _load_svhn,
+    "synthetic": _load_synthetic,
+}
+
+
+# ------------------------------------------------------------------ the device loader
+
+
+class DeviceLoader:
+    """Whole split held as a uint8 tensor on ``device``; per-epoch shuffle and augmentation on tensors, in batches.
+
+    ``epoch(e)`` yields (x, y): x (B, C, H, W) float32 in [0, 1] on ``device``, y (B,) int64 on ``device``.
+    The order of epoch e comes from a generator seeded from (seed, e), the augmentation of batch b from
+    one seeded from (seed, e, b): ``epoch(e, start_batch=b)`` yields exactly batches b.. of ``epoch(e)``.
+    Augmentation: random crop with zero padding ``PAD`` (as torchvision's ``RandomCrop(H, padding=4)``)
+    and, if ``flip``, a horizontal flip with p=0.5. Torch's global RNG is never touched.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        *,
+        device: torch.device,
+        seed: int,
+        shuffle: bool = True,
+        augment: bool = False,
+        flip: bool = True,
+        drop_last: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 but got {batch_size}")
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.batch_size, self.device, self.seed = batch_size, torch.device(device), seed
+        self.shuffle, self.augment, self.flip, self.drop_last = shuffle, augment, flip, drop_last
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        n, b = len(self.labels), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``start_batch``.. of epoch ``epoch``; see the class docstring."""
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch must be in 0..{len(self)} but got {start_batch}")
+        return self._batches(epoch, start_batch)
+
+    def _batches(self, epoch: int, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self._order(epoch)
+        for b in range(start_batch, len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            x = self.images[idx]
+            if self.augment:
+                x = self._crop_flip(x, _generator(self.seed, epoch, b))
+            yield x.float().div_(255), self.labels[idx]
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        """(N,) int64 on the device: the example order of ``epoch``."""
+        n = len(self.labels)
+        if not self.shuffle:
+            return torch.arange(n, device=self.device)
+        return torch.randperm(n, generator=_generator(self.seed, epoch)).to(self.device)
+
+    def _crop_flip(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """x: (B, C, H, W) uint8 on the device -> the same shape, each image cropped (and flipped) at random."""
+        b, c, h, w = x.shape
+        dy, dx = torch.randint(0, 2 * PAD + 1, (2, b, 1), generator=gen).to(self.device)
+        flipped = torch.rand(b, 1, generator=gen).to(self.device) < 0.5
+        rows = dy + torch.arange(h, device=self.device)  # (B, H) rows of the padded image
+        cols = torch.arange(w, device=self.device).expand(b, w)
+        if self.flip:  # a flipped crop reads its columns right to left
+            cols = torch.where(flipped, w - 1 - cols, cols)
+        cols = dx + cols  # (B, W)
+        padded = F.pad(x, (PAD, PAD, PAD, PAD))  # zeros, as RandomCrop(padding=4) fills
+        batch = torch.arange(b, device=self.device)[:, None, None, None]
+        chan = torch.arange(c, device=self.device)[None, :, None, None]
+        return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]

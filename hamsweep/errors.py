@@ -1,0 +1,33 @@
+"""The project's exceptions: one base class, a few subclasses, each a one-line message.
+
+A ``HamsweepError`` is something the user can fix (or must know about); the CLI prints its
+message on one line and exits with its ``exit_code``, never a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DataError", "DivergenceError", "HamsweepError", "SpecError"]
+
+
+class HamsweepError(Exception):
+    """Base class; the message is one line that says what was wrong and what is valid."""
+
+    exit_code: int = 2
+
+
+class SpecError(HamsweepError):
+    """A spec, profile or override is invalid; the message starts with the key path."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}" if key else message)
+
+
+class DataError(HamsweepError):
+    """A dataset cannot be loaded: missing files, wrong format, nothing to download from."""
+
+
+class DivergenceError(HamsweepError):
+    """Training produced a non-finite loss; the message names the epoch and batch."""
+
+    exit_code = 1

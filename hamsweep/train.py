@@ -1,0 +1,400 @@
+"""One trial: adversarial training (PGD-AT, HAM or TRADES), evaluation, checkpoints.
+
+``run(cfg, workdir=..., report=...)`` reads top to bottom: build the data, model and optimizer,
+resume from ``workdir/checkpoint`` when one is there, then per epoch: train, evaluate on the
+validation split, checkpoint (atomically), report. Side effects go through ``report`` so the same
+loop runs under Ray Tune, in a SLURM job and in a plain test.
+
+A restarted trial continues *exactly*: all randomness comes from one seeded ``torch.Generator``
+(saved in the checkpoint) and from the loader, whose order and augmentation are a function of
+(seed, epoch, batch).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hamsweep import attacks, ham, metrics, models
+from hamsweep.data import Dataset, DeviceLoader, Split, load, subsample
+from hamsweep.errors import DivergenceError
+from hamsweep.spec import TrialConfig
+
+__all__ = ["EpochRecord", "EvalCounts", "Trainer", "evaluate", "last_record", "lr_at", "run"]
+
+CHECKPOINT_VERSION = 1
+LAST, BEST = "last.pt", "best.pt"  # file names inside the checkpoint folder
+CLEAN = "clean"  # attack name of clean accuracy; robust ones are named pgd<steps> / autoattack
+
+
+@dataclass(frozen=True)
+class EvalCounts:
+    """Per-class counts of one evaluation: ``correct[c]`` of ``n[c]`` examples of class c."""
+
+    split: str  # "val" or "test"
+    attack: str  # "clean", "pgd20", "autoattack"
+    n: tuple[int, ...]
+    correct: tuple[int, ...]
+
+    def summary(self, cvar_fraction: float) -> dict[str, float]:
+        import numpy as np
+
+        return metrics.summarize(np.array(self.n), np.array(self.correct), cvar_fraction)
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """What one epoch reports. ``epoch`` counts from 1 (= epochs completed)."""
+
+    epoch: int
+    phase: str  # the method this epoch trained with: pgd_at (incl. HAM's warm-up), ham, trades
+    seconds: float  # wall time of the training part of the epoch
+    images: int  # training images this epoch (before HAM discards any)
+    images_per_s: float  # training images per second
+    lr: float
+    train_loss: float  # mean over the batches that took a step
+    train_acc: float  # accuracy on the adversarial examples trained on
+    hard_fraction: float | None  # HAM epochs: share of AEs not easy after M steps
+    kept_fraction: float | None  # HAM epochs: share trained on (hard + kept easy)
+    attack_steps: int  # example-steps of attack computed (one forward + backward each)
+    attack_steps_full: int  # what full PGD-AT would have computed on the same images
+    decision_forwards: int  # HAM's gradient-free forwards at step M (one per example)
+    train_examples: int  # examples in the training forward/backward
+    empty_batches: int  # HAM batches with nothing kept: no optimizer step
+    evals: tuple[EvalCounts, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EpochRecord:
+        evals = tuple(EvalCounts(**{**e, "n": tuple(e["n"]), "correct": tuple(e["correct"])}) for e in data["evals"])
+        return cls(**{**data, "evals": evals})
+
+
+Report = Callable[[EpochRecord, Path], None]  # (record, checkpoint folder) after each epoch
+OnBatch = Callable[[int, int], None]  # (batches done, batches in the epoch)
+
+
+def lr_at(cfg: TrialConfig, epoch: int) -> float:
+    """Learning rate of 0-based ``epoch``: piecewise constant, factors from each milestone on."""
+    t = cfg.train
+    factor = 1.0
+    for milestone, f in zip(t.lr_milestones, t.lr_factors):
+        if epoch >= math.floor(milestone * t.epochs):
+            factor = f
+    return t.lr * factor
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from hamsweep.errors import SpecError
+
+        raise SpecError("train.device", "cuda was asked for but no CUDA device is visible; use auto or cpu")
+    return torch.device(name)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def last_record(checkpoint_dir: Path) -> EpochRecord | None:
+    """The record of the epoch saved in ``checkpoint_dir/last.pt`` (None without a checkpoint)."""
+    path = Path(checkpoint_dir) / LAST
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return EpochRecord.from_dict(state["record"]) if state.get("record") else None
+
+
+class Trainer:
+    """Holds one trial's state; ``epochs()`` yields a record per epoch and checkpoints each."""
+
+    def __init__(self, cfg: TrialConfig, workdir: Path, dataset: Dataset | None = None) -> None:
+        self.cfg = cfg
+        self.device = pick_device(cfg.train.device)
+        self.data = dataset if dataset is not None else load(cfg.data)
+        self.ckpt_dir = Path(workdir) / "checkpoint"
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.train.seed)  # model init
+        c, *_ = self.data.image_shape
+        self.model = models.build(cfg.model, self.data.num_classes, in_channels=c).to(self.device)
+        if cfg.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay
+        )
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed)
+        self.loader = DeviceLoader(
+            self.data.train, cfg.train.batch_size, device=self.device, seed=cfg.train.seed,
+            augment=cfg.data.augment, flip=self.data.flip,
+        )
+        self.start_epoch = 0
+        self.best = -math.inf  # best validation worst-class robust accuracy so far
+        self._resume()
+
+    # ---- checkpoints ----
+    def _resume(self) -> None:
+        path = self.ckpt_dir / LAST
+        if not path.is_file():
+            return
+        # states load on the CPU; load_state_dict copies them onto the model's device
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.start_epoch, self.best = state["epoch"], state["best"]
+
+    def _checkpoint(self, epoch: int, record: EpochRecord) -> None:
+        """Everything needed to continue exactly after ``epoch`` (epochs completed), atomically."""
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "config": self.cfg.model_dump(mode="json"),
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "best": self.best,
+            "record": record.to_dict(),
+        }
+        _atomic_save(state, self.ckpt_dir / LAST)
+
+    def _save_best(self, record: EpochRecord) -> None:
+        robust = [e for e in record.evals if e.split == "val" and e.attack != CLEAN]
+        if not robust:
+            return
+        worst = robust[0].summary(self.cfg.eval.cvar_fraction)["worst"]
+        if worst > self.best:
+            self.best = worst
+            _atomic_save({"epoch": record.epoch, "model": self.model.state_dict(), "worst_robust": worst}, self.ckpt_dir / BEST)
+
+    # ---- the loop ----
+    def epochs(self, on_batch: OnBatch | None = None) -> Iterator[EpochRecord]:
+        cfg = self.cfg
+        for epoch in range(self.start_epoch, cfg.train.epochs):
+            record = self._train_epoch(epoch, on_batch)
+            last = epoch + 1 == cfg.train.epochs
+            evals = self._evaluations(epoch, last)
+            record = EpochRecord(**{**record.to_dict(), "evals": evals})
+            self._save_best(record)
+            self._checkpoint(epoch + 1, record)
+            yield record
+
+    def _evaluations(self, epoch: int, last: bool) -> tuple[EvalCounts, ...]:
+        e = self.cfg.eval
+        out: list[EvalCounts] = []
+        if (epoch + 1) % e.every_epochs == 0 or last:
+            out += evaluate(self.model, self.data.val, "val", self.cfg, self.data.num_classes, seed=epoch)
+        if last and e.test:
+            out += evaluate(
+                self.model, self.data.test, "test", self.cfg, self.data.num_classes, seed=epoch, autoattack=e.autoattack
+            )
+        return tuple(out)
+
+    def phase(self, epoch: int) -> str:
+        t = self.cfg.train
+        if t.method == "ham" and epoch < self.cfg.ham.warmup_epochs:
+            return "pgd_at"
+        return t.method
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        if self.cfg.train.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _train_epoch(self, epoch: int, on_batch: OnBatch | None) -> EpochRecord:
+        phase, lr = self.phase(epoch), lr_at(self.cfg, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        tally = _Tally()
+        self._sync()
+        start = time.perf_counter()
+        for b, (x, y) in enumerate(self.loader.epoch(epoch)):
+            if self.cfg.train.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            self._train_batch(phase, x, y, tally, epoch, b)
+            if on_batch:
+                on_batch(b + 1, len(self.loader))
+        self._sync()
+        seconds = time.perf_counter() - start
+        return tally.record(epoch + 1, phase, seconds, lr, self.cfg.train.attack_steps)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _train_batch(self, phase: str, x: Tensor, y: Tensor, tally: _Tally, epoch: int, b: int) -> None:
+        step = {"pgd_at": self._pgd_at_batch, "ham": self._ham_batch, "trades": self._trades_batch}[phase]
+        self.model.eval()  # attacks run in eval mode: BN statistics must not see the AEs
+        with self._autocast():
+            out = step(x, y, tally)
+        if out is None:
+            return
+        loss, logits, y_used = out
+        if not torch.isfinite(loss):
+            raise DivergenceError(
+                f"train loss is {loss.item()} at epoch {epoch + 1}, batch {b + 1}; "
+                "lower train.lr, or try precision: fp32"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        tally.add_step(loss, logits, y_used)
+
+    def _pgd_at_batch(self, x: Tensor, y: Tensor, tally: _Tally) -> tuple[Tensor, Tensor, Tensor]:
+        t = self.cfg.train
+        x_adv = attacks.pgd(self.model, x, y, eps=t.eps, step_size=t.step_size, steps=t.attack_steps, generator=self.generator)
+        self.model.train()
+        logits = self.model(x_adv)
+        tally.add_attack(len(y), len(y) * t.attack_steps, len(y))
+        # the mean cross-entropy, computed as HAM's loss with every AE kept at weight 1: HAM with
+        # keep_easy_fraction = 1 and uniform weights then reproduces PGD-AT bit for bit
+        return ham.ham_loss(logits, y, torch.ones_like(y, dtype=torch.float32), len(y)), logits, y
+
+    def _ham_batch(self, x: Tensor, y: Tensor, tally: _Tally) -> tuple[Tensor, Tensor, Tensor] | None:
+        t, h = self.cfg.train, self.cfg.ham
+        hb = ham.ham_attack(
+            self.model, x, y, eps=t.eps, step_size=t.step_size, attack_steps=t.attack_steps,
+            drop_step=h.drop_step, discard_threshold=h.discard_threshold,
+            keep_easy_fraction=h.keep_easy_fraction, temperature=h.temperature, generator=self.generator,
+        )
+        tally.add_attack(len(y), hb.attack_steps, hb.num_kept, hard=int((~hb.easy).sum()), decisions=len(y))
+        if hb.num_kept == 0:  # every AE was easy and none was kept: nothing to learn from
+            tally.empty_batches += 1
+            return None
+        self.model.train()
+        logits = self.model(hb.x_adv)
+        return ham.ham_loss(logits, hb.y, hb.weights, len(y), h.loss_normalization), logits, hb.y
+
+    def _trades_batch(self, x: Tensor, y: Tensor, tally: _Tally) -> tuple[Tensor, Tensor, Tensor]:
+        t = self.cfg.train
+        x_adv = attacks.trades_attack(self.model, x, eps=t.eps, step_size=t.step_size, steps=t.attack_steps, generator=self.generator)
+        self.model.train()
+        logits_nat, logits_adv = self.model(x).float(), self.model(x_adv).float()
+        kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_nat, dim=1), reduction="batchmean")
+        tally.add_attack(len(y), len(y) * t.attack_steps, len(y))
+        return F.cross_entropy(logits_nat, y) + t.trades_beta * kl, logits_adv, y
+
+
+@dataclass
+class _Tally:
+    """Running sums of one epoch; ``record`` turns them into an ``EpochRecord``."""
+
+    images: int = 0
+    attack_steps: int = 0
+    train_examples: int = 0
+    hard: int = 0
+    decisions: int = 0
+    empty_batches: int = 0
+    steps: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+
+    def add_attack(self, images: int, steps: int, trained: int, hard: int = 0, decisions: int = 0) -> None:
+        self.images += images
+        self.attack_steps += steps
+        self.train_examples += trained
+        self.hard += hard
+        self.decisions += decisions
+
+    def add_step(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
+        self.steps += 1
+        self.loss_sum += float(loss.detach())
+        self.correct += int((logits.detach().argmax(1) == y).sum())
+
+    def record(self, epoch: int, phase: str, seconds: float, lr: float, k: int) -> EpochRecord:
+        is_ham = phase == "ham"
+        return EpochRecord(
+            epoch=epoch, phase=phase, seconds=seconds, images=self.images, images_per_s=self.images / max(seconds, 1e-9), lr=lr,
+            train_loss=self.loss_sum / self.steps if self.steps else math.nan,
+            train_acc=self.correct / self.train_examples if self.train_examples else math.nan,
+            hard_fraction=self.hard / self.images if is_ham and self.images else None,
+            kept_fraction=self.train_examples / self.images if is_ham and self.images else None,
+            attack_steps=self.attack_steps, attack_steps_full=self.images * k, decision_forwards=self.decisions,
+            train_examples=self.train_examples, empty_batches=self.empty_batches,
+        )
+
+
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    name: str,
+    cfg: TrialConfig,
+    num_classes: int,
+    *,
+    seed: int,
+    autoattack: bool = False,
+) -> list[EvalCounts]:
+    """Class-wise clean and PGD-``eval.attack_steps`` accuracy (plus AutoAttack when asked) on ``split``.
+
+    The attack's random start draws from its own generator seeded by ``seed``, so evaluating never
+    changes the training randomness.
+    """
+    e, device = cfg.eval, next(model.parameters()).device
+    split = subsample(split, e.max_examples, cfg.data.seed)
+    gen = torch.Generator(device=device).manual_seed(10_000 + cfg.train.seed * 1_000 + seed)
+    loader = DeviceLoader(split, e.batch_size, device=device, seed=0, shuffle=False)
+    step = e.step_size if e.step_size is not None else cfg.train.eps / 4
+    attack_names = [CLEAN, f"pgd{e.attack_steps}"] + (["autoattack"] if autoattack else [])
+    zeros = torch.zeros(num_classes, dtype=torch.int64, device=device)
+    totals = {a: (zeros, zeros) for a in attack_names}
+    model.eval()
+    for x, y in loader.epoch(0):
+        for a in attack_names:
+            x_a = _attacked(model, x, y, a, cfg.train.eps, step, e.attack_steps, gen, num_classes)
+            with torch.no_grad():
+                pred = model(x_a).argmax(1)
+            n, c = metrics.class_counts(pred, y, num_classes)
+            totals[a] = (totals[a][0] + n, totals[a][1] + c)
+    return [EvalCounts(name, a, tuple(n.tolist()), tuple(c.tolist())) for a, (n, c) in totals.items()]
+
+
+def _attacked(
+    model: nn.Module, x: Tensor, y: Tensor, attack: str, eps: float, step: float, steps: int,
+    gen: torch.Generator, num_classes: int,
+) -> Tensor:
+    if attack == CLEAN:
+        return x
+    if attack == "autoattack":
+        import torchattacks
+
+        return torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=num_classes, seed=0)(x, y)
+    return attacks.pgd(model, x, y, eps=eps, step_size=step, steps=steps, generator=gen)
+
+
+def run(
+    cfg: TrialConfig,
+    *,
+    workdir: Path,
+    report: Report | None = None,
+    on_batch: OnBatch | None = None,
+    dataset: Dataset | None = None,
+) -> list[EpochRecord]:
+    """Train one trial to the end (resuming from ``workdir/checkpoint`` if present).
+
+    ``report(record, checkpoint_dir)`` is called after each epoch, once its checkpoint is on disk.
+    Returns the records of the epochs this call ran.
+    """
+    trainer = Trainer(cfg, workdir, dataset)
+    records = []
+    for record in trainer.epochs(on_batch):
+        if report:
+            report(record, trainer.ckpt_dir)
+        records.append(record)
+    return records
