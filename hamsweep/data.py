@@ -207,11 +207,19 @@ def _load_synthetic(cfg: DataConfig) -> tuple[Split, Split, tuple[str, ...]]:
 
 
 def _prototypes(k: int, size: int, gen: torch.Generator) -> torch.Tensor:
-    """(K, 3, S, S) zero-mean smooth random patterns with per-pixel std ``_PROTO_STD``."""
-    coarse = torch.randn(k, 3, max(4, size // 4), max(4, size // 4), generator=gen)
-    smooth = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
-    smooth = smooth - smooth.mean(dim=(1, 2, 3), keepdim=True)
-    return _PROTO_STD * smooth / smooth.std(dim=(1, 2, 3), keepdim=True)
+    """(K, 3, S, S) smooth random patterns, zero-mean, per-pixel std ``_PROTO_STD``, orthogonal when K <= 3*S*S.
+
+    Orthogonal prototypes are equally far apart, so a class's difficulty comes from its own knobs
+    (contrast, blend, noise), not from which random patterns happened to land close together.
+    """
+    side = max(4, size // 4)  # coarse grid: smooth, CNN-friendly patterns
+    coarse = torch.randn(k, 3, side, side, generator=gen)
+    flat = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False).flatten(1)
+    flat = flat - flat.mean(dim=1, keepdim=True)
+    if k <= flat.shape[1]:
+        flat = torch.linalg.qr(flat.T).Q.T  # rows orthonormal, still zero-mean and smooth
+    flat = flat / flat.std(dim=1, keepdim=True)
+    return (_PROTO_STD * flat).view(k, 3, size, size)
 
 
 def _synthetic_split(protos: torch.Tensor, n: int, gen: torch.Generator) -> Split:

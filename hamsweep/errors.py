@@ -15,8 +15,11 @@ class HamsweepError(Exception):
     exit_code: int = 2
 
 
-class SpecError(HamsweepError):
-    """A spec, profile or override is invalid; the message starts with the key path."""
+class SpecError(HamsweepError, ValueError):
+    """A spec, profile or override is invalid; the message starts with the key path.
+
+    Also a ``ValueError``, so that pydantic validators may raise it and keep its key.
+    """
 
     def __init__(self, key: str, message: str) -> None:
         self.key = key

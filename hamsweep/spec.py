@@ -66,9 +66,9 @@ def _pixel_range(key: str, value: float | None) -> None:
     if value is None:
         return
     if value > 1:
-        raise ValueError(f"{key} must be in (0, 1] but got {value:g}; did you mean {value:g}/255?")
+        raise SpecError(key, f"{key} must be in (0, 1] but got {value:g}; did you mean {value:g}/255?")
     if value <= 0:
-        raise ValueError(f"{key} must be in (0, 1] but got {value:g}")
+        raise SpecError(key, f"{key} must be in (0, 1] but got {value:g}")
 
 
 class _Frozen(BaseModel):
@@ -91,10 +91,10 @@ class DataConfig(_Frozen):
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
         if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1) but got {self.val_fraction}")
+            raise SpecError("val_fraction", f"val_fraction must be in [0, 1) but got {self.val_fraction}")
         for key in ("num_classes", "image_size", "train_size", "test_size"):
             if getattr(self, key) < (2 if key == "num_classes" else 1):
-                raise ValueError(f"{key} must be positive (num_classes >= 2) but got {getattr(self, key)}")
+                raise SpecError(key, f"{key} must be positive (num_classes >= 2) but got {getattr(self, key)}")
         return self
 
 
@@ -105,7 +105,7 @@ class ModelConfig(_Frozen):
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
         if self.width < 1:
-            raise ValueError(f"width must be >= 1 but got {self.width}")
+            raise SpecError("width", f"width must be >= 1 but got {self.width}")
         return self
 
 
@@ -133,16 +133,17 @@ class TrainConfig(_Frozen):
         _pixel_range("step_size", self.step_size)
         for key in ("epochs", "batch_size", "attack_steps"):
             if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1 but got {getattr(self, key)}")
+                raise SpecError(key, f"{key} must be >= 1 but got {getattr(self, key)}")
         if self.lr <= 0:
-            raise ValueError(f"lr must be > 0 but got {self.lr}")
+            raise SpecError("lr", f"lr must be > 0 but got {self.lr}")
         if len(self.lr_milestones) != len(self.lr_factors):
-            raise ValueError(
+            raise SpecError(
+                "lr_factors",
                 f"lr_milestones ({len(self.lr_milestones)}) and lr_factors ({len(self.lr_factors)}) "
                 "must have the same length"
             )
         if any(not 0 < m <= 1 for m in self.lr_milestones) or list(self.lr_milestones) != sorted(self.lr_milestones):
-            raise ValueError(f"lr_milestones must be increasing fractions in (0, 1] but got {list(self.lr_milestones)}")
+            raise SpecError("lr_milestones", f"lr_milestones must be increasing fractions in (0, 1] but got {list(self.lr_milestones)}")
         return self
 
 
@@ -157,15 +158,15 @@ class HamConfig(_Frozen):
     @model_validator(mode="after")
     def _check(self) -> HamConfig:
         if self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs cannot be negative but got {self.warmup_epochs}")
+            raise SpecError("warmup_epochs", f"warmup_epochs cannot be negative but got {self.warmup_epochs}")
         if self.drop_step < 1:
-            raise ValueError(f"drop_step must be >= 1 but got {self.drop_step}")
+            raise SpecError("drop_step", f"drop_step must be >= 1 but got {self.drop_step}")
         if not 0 <= self.discard_threshold < 1:
-            raise ValueError(f"discard_threshold must be in [0, 1) but got {self.discard_threshold}")
+            raise SpecError("discard_threshold", f"discard_threshold must be in [0, 1) but got {self.discard_threshold}")
         if not 0 <= self.keep_easy_fraction <= 1:
-            raise ValueError(f"keep_easy_fraction must be in [0, 1] but got {self.keep_easy_fraction}")
+            raise SpecError("keep_easy_fraction", f"keep_easy_fraction must be in [0, 1] but got {self.keep_easy_fraction}")
         if self.temperature is not None and not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0 (or null for uniform weights) but got {self.temperature}")
+            raise SpecError("temperature", f"temperature must be > 0 (or null for uniform weights) but got {self.temperature}")
         return self
 
 
@@ -184,11 +185,11 @@ class EvalConfig(_Frozen):
         _pixel_range("step_size", self.step_size)
         for key in ("every_epochs", "attack_steps", "batch_size"):
             if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1 but got {getattr(self, key)}")
+                raise SpecError(key, f"{key} must be >= 1 but got {getattr(self, key)}")
         if self.max_examples is not None and self.max_examples < 1:
-            raise ValueError(f"max_examples must be >= 1 or null but got {self.max_examples}")
+            raise SpecError("max_examples", f"max_examples must be >= 1 or null but got {self.max_examples}")
         if not 0 < self.cvar_fraction <= 1:
-            raise ValueError(f"cvar_fraction must be in (0, 1] but got {self.cvar_fraction}")
+            raise SpecError("cvar_fraction", f"cvar_fraction must be in (0, 1] but got {self.cvar_fraction}")
         return self
 
 
@@ -307,7 +308,7 @@ class SearchConfig(_Frozen):
     @model_validator(mode="after")
     def _check(self) -> SearchConfig:
         if self.num_samples < 1 or self.max_concurrent < 1:
-            raise ValueError("num_samples and max_concurrent must be >= 1")
+            raise SpecError("num_samples", "num_samples and max_concurrent must be >= 1")
         return self
 
 
@@ -371,7 +372,11 @@ def _assign(data: dict[str, Any], key: str, value: Any) -> None:
 def _format_error(err: ValidationError, prefix: str = "") -> SpecError:
     """The first pydantic error as one line: 'key.path: what is wrong (got value)'."""
     e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"] if p != "_check")
+    loc = ".".join(str(p) for p in e["loc"])
+    cause = (e.get("ctx") or {}).get("error")
+    if isinstance(cause, SpecError):  # raised by one of our validators: its key is below `loc`
+        key = ".".join(p for p in (prefix, loc, cause.key) if p)
+        return SpecError(key, str(cause).removeprefix(f"{cause.key}: "))
     key = ".".join(p for p in (prefix, loc) if p)
     if e["type"] == "extra_forbidden":
         parent, _, name = loc.rpartition(".")
@@ -399,17 +404,7 @@ def validate(model: type[_Frozen], data: Any, prefix: str = "") -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        cause = _spec_error_in(err)
-        raise (cause or _format_error(err, prefix)) from None
-
-
-def _spec_error_in(err: ValidationError) -> SpecError | None:
-    # a SpecError raised inside a validator arrives wrapped; give it back as it was
-    for e in err.errors():
-        ctx = e.get("ctx") or {}
-        if isinstance(ctx.get("error"), SpecError):
-            return ctx["error"]
-    return None
+        raise _format_error(err, prefix) from None
 
 
 def load_spec(path: str | Path) -> SweepSpec:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -14,7 +13,8 @@ from hamsweep.spec import TrialConfig
 REPO = Path(__file__).resolve().parents[1]
 HAMSWEEP = str(Path(sys.executable).with_name("hamsweep"))  # the console script of this venv
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# tiny tensors: threads only add synchronisation, and oversubscribe the cores under pytest-xdist or a busy CI
+torch.set_num_threads(1)
 
 
 def tiny_config(**sections: dict) -> TrialConfig:

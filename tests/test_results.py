@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+
+from hamsweep.results import CLASSES, EPOCHS, PartWriter, class_rows, compact, connect, epoch_rows, read_table
+from hamsweep.train import EpochRecord, EvalCounts
+
+
+def _record(epoch: int, correct=(3, 1)) -> EpochRecord:
+    evals = (EvalCounts("val", "clean", (4, 4), (4, 3)), EvalCounts("val", "pgd20", (4, 4), correct))
+    return EpochRecord(epoch=epoch, phase="ham", seconds=1.0, images=8, images_per_s=8.0, lr=0.1, train_loss=1.0,
+                       train_acc=0.5, hard_fraction=0.5, kept_fraction=0.5, attack_steps=40, attack_steps_full=80,
+                       decision_forwards=8, train_examples=4, empty_batches=0, evals=evals)
+
+
+def test_parts_are_deduplicated_newest_first_and_compacted(tmp_path):
+    w = PartWriter(tmp_path)
+    for epoch, correct in [(1, (3, 1)), (2, (2, 2)), (2, (4, 0))]:  # epoch 2 written twice, as after a crash
+        rec = _record(epoch, correct)
+        w.append(EPOCHS, epoch_rows("t", rec, 0.2))
+        w.append(CLASSES, class_rows("t", rec, ["a", "b"]))
+    epochs = read_table(tmp_path, EPOCHS)
+    assert epochs.column("epoch").to_pylist() == [1, 2]
+    assert epochs.column("robust_worst").to_pylist() == [0.25, 0.0]  # the newest epoch-2 row won
+    assert epochs.column("robust_worst_class").to_pylist() == [1, 1]
+    assert read_table(tmp_path, CLASSES).num_rows == 2 * 2 * 2
+    compact(tmp_path)
+    assert len(list((tmp_path / EPOCHS).glob("part-*.parquet"))) == 1
+    assert read_table(tmp_path, EPOCHS).equals(epochs)
+    assert pq.read_table(tmp_path / EPOCHS).num_rows == 2
+    con = connect(tmp_path)
+    assert con.execute("SELECT count(*) FROM classes WHERE attack = 'pgd20' AND correct < n").fetchone()[0] == 3
+
+
+def test_empty_folder_reads_as_empty_tables(tmp_path):
+    assert read_table(tmp_path, EPOCHS).num_rows == 0
+    assert not any(tmp_path.iterdir())
+
+
+def test_no_temporary_files_are_left(tmp_path):
+    PartWriter(tmp_path).append(EPOCHS, epoch_rows("t", _record(1), 0.2))
+    assert [p.name.startswith("part-") for p in (tmp_path / EPOCHS).iterdir()] == [True]

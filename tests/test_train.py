@@ -1,0 +1,127 @@
+"""The trial loop: warm-up, exact resume, divergence, empty batches, bookkeeping."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from hamsweep.errors import DivergenceError
+from hamsweep.train import Trainer, last_record, lr_at, run
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lr_schedule_is_piecewise_at_fractions_of_the_epochs():
+    cfg = tiny_config(train={"epochs": 120, "lr": 0.1})
+    assert [lr_at(cfg, e) for e in (0, 59, 60, 89, 90, 109, 110, 119)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001, 0.0005, 0.0005]
+    )
+
+
+def test_warmup_epochs_are_exactly_pgd_at(tmp_path, dataset):
+    ham = tiny_config(train={"epochs": 2}, ham={"warmup_epochs": 1})
+    pgd_at = tiny_config(train={"epochs": 2, "method": "pgd_at"})
+    a, b = Trainer(ham, tmp_path / "a", dataset), Trainer(pgd_at, tmp_path / "b", dataset)
+    epochs_a = a.epochs()
+    rec_a, rec_b = next(epochs_a), next(b.epochs())
+    assert rec_a.phase == rec_b.phase == "pgd_at"
+    assert _states_equal(a.model.state_dict(), b.model.state_dict())
+    rec_a2 = next(epochs_a)
+    assert rec_a2.phase == "ham" and rec_a2.attack_steps < rec_a2.attack_steps_full
+
+
+def test_ham_keeping_every_easy_ae_with_uniform_weights_trains_exactly_like_pgd_at(tmp_path, dataset):
+    ham = tiny_config(train={"epochs": 1}, ham={"warmup_epochs": 0, "keep_easy_fraction": 1.0})
+    pgd_at = tiny_config(train={"epochs": 1, "method": "pgd_at"})
+    a, b = Trainer(ham, tmp_path / "a", dataset), Trainer(pgd_at, tmp_path / "b", dataset)
+    rec_a, _ = next(a.epochs()), next(b.epochs())
+    assert rec_a.phase == "ham" and rec_a.hard_fraction < 1.0  # some AEs were easy, and kept anyway
+    assert _states_equal(a.model.state_dict(), b.model.state_dict())
+
+
+def test_resume_from_checkpoint_continues_exactly(tmp_path, dataset):
+    cfg = tiny_config(train={"epochs": 3}, ham={"warmup_epochs": 1, "keep_easy_fraction": 0.5, "temperature": 1.0})
+    straight = run(cfg, workdir=tmp_path / "straight", dataset=dataset)
+
+    class Killed(Exception):
+        pass
+
+    def die_after_two(record, _ckpt):
+        if record.epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(cfg, workdir=tmp_path / "killed", report=die_after_two, dataset=dataset)
+    assert last_record(tmp_path / "killed" / "checkpoint").epoch == 2
+    resumed = run(cfg, workdir=tmp_path / "killed", dataset=dataset)
+    assert [r.epoch for r in resumed] == [3]
+    final_a = torch.load(tmp_path / "straight/checkpoint/last.pt", weights_only=False)
+    final_b = torch.load(tmp_path / "killed/checkpoint/last.pt", weights_only=False)
+    assert _states_equal(final_a["model"], final_b["model"])
+    assert torch.equal(final_a["generator"], final_b["generator"])
+    a, b = straight[-1].to_dict(), resumed[-1].to_dict()
+    for timing in ("seconds", "images_per_s"):
+        a.pop(timing), b.pop(timing)
+    assert a == b  # same loss, hard fraction, per-class counts
+
+
+def test_divergence_names_epoch_and_batch(tmp_path, dataset):
+    cfg = tiny_config(train={"lr": 1e30, "method": "pgd_at"})
+    with pytest.raises(DivergenceError, match=r"at epoch 1, batch \d+") as err:
+        run(cfg, workdir=tmp_path, dataset=dataset)
+    assert "\n" not in str(err.value)
+    assert re.search(r"batch (\d+)", str(err.value))
+
+
+def test_all_easy_batch_takes_no_step_and_produces_no_nan(tmp_path, dataset):
+    from dataclasses import replace
+
+    from hamsweep.data import Split
+
+    cfg = tiny_config(train={"epochs": 1}, ham={"warmup_epochs": 0})
+    labels0 = Split(dataset.train.images, torch.zeros_like(dataset.train.labels))
+    trainer = Trainer(cfg, tmp_path, replace(dataset, train=labels0))
+    head = [m for m in trainer.model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():  # a model that answers class 0, with certainty, whatever the input
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([50.0, 0.0, 0.0, 0.0]))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    record = trainer._train_epoch(0, None)
+    assert record.empty_batches == len(trainer.loader) and record.train_examples == 0
+    assert record.hard_fraction == 0.0
+    assert math.isnan(record.train_loss)  # no step taken: no loss to report, and no exception
+    params = dict(trainer.model.named_parameters())
+    assert all(torch.equal(before[k], p) for k, p in params.items())
+
+
+def test_epoch_bookkeeping_and_evaluation_counts(tmp_path, dataset):
+    cfg = tiny_config(train={"epochs": 2}, ham={"warmup_epochs": 1}, eval={"test": True, "every_epochs": 2})
+    records = run(cfg, workdir=tmp_path, dataset=dataset)
+    first, second = records
+    assert first.evals == ()  # every_epochs = 2: no evaluation after epoch 1
+    assert first.attack_steps == first.attack_steps_full == first.images * 3
+    assert 0 <= second.hard_fraction <= second.kept_fraction <= 1
+    assert second.attack_steps == pytest.approx(
+        second.images * 1 + second.train_examples * 2, abs=0
+    )  # M = 1 full step, then K - M = 2 steps on the kept (rho = 0: kept = hard)
+    assert second.decision_forwards == second.images
+    splits = {(e.split, e.attack): e for e in second.evals}
+    assert set(splits) == {("val", "clean"), ("val", "pgd3"), ("test", "clean"), ("test", "pgd3")}
+    assert sum(splits["val", "clean"].n) == len(dataset.val)
+    assert sum(splits["test", "pgd3"].n) == len(dataset.test)
+    for e in second.evals:
+        assert all(0 <= c <= n for n, c in zip(e.n, e.correct))
+    assert sum(splits["val", "pgd3"].correct) <= sum(splits["val", "clean"].correct)
+    assert (tmp_path / "checkpoint" / "best.pt").is_file()
+
+
+def test_trades_trains(tmp_path, dataset):
+    cfg = tiny_config(train={"epochs": 1, "method": "trades"})
+    (record,) = run(cfg, workdir=tmp_path, dataset=dataset)
+    assert record.phase == "trades" and math.isfinite(record.train_loss)
