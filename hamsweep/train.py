@@ -188,7 +188,7 @@ class Trainer:
     def epochs(self, on_batch: OnBatch | None = None) -> Iterator[EpochRecord]:
         cfg = self.cfg
         for epoch in range(self.start_epoch, cfg.train.epochs):
-            record = self._train_epoch(epoch, on_batch)
+            record = self.train_epoch(epoch, on_batch)
             last = epoch + 1 == cfg.train.epochs
             evals = self._evaluations(epoch, last)
             record = EpochRecord(**{**record.to_dict(), "evals": evals})
@@ -218,8 +218,10 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def _train_epoch(self, epoch: int, on_batch: OnBatch | None) -> EpochRecord:
-        phase, lr = self.phase(epoch), lr_at(self.cfg, epoch)
+    def train_epoch(self, epoch: int, on_batch: OnBatch | None = None, phase: str | None = None) -> EpochRecord:
+        """Train 0-based ``epoch`` (no evaluation, no checkpoint). ``phase`` overrides the method
+        the config gives this epoch: benchmarks compare HAM and PGD-AT from one model state."""
+        phase, lr = phase or self.phase(epoch), lr_at(self.cfg, epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         tally = _Tally()

@@ -92,7 +92,7 @@ def test_all_easy_batch_takes_no_step_and_produces_no_nan(tmp_path, dataset):
         head.weight.zero_()
         head.bias.copy_(torch.tensor([50.0, 0.0, 0.0, 0.0]))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    record = trainer._train_epoch(0, None)
+    record = trainer.train_epoch(0)
     assert record.empty_batches == len(trainer.loader) and record.train_examples == 0
     assert record.hard_fraction == 0.0
     assert math.isnan(record.train_loss)  # no step taken: no loss to report, and no exception
@@ -125,3 +125,23 @@ def test_trades_trains(tmp_path, dataset):
     cfg = tiny_config(train={"epochs": 1, "method": "trades"})
     (record,) = run(cfg, workdir=tmp_path, dataset=dataset)
     assert record.phase == "trades" and math.isfinite(record.train_loss)
+
+
+def test_bf16_autocast_and_channels_last_train(tmp_path, dataset):
+    cfg = tiny_config(train={"epochs": 1, "precision": "bf16", "channels_last": True}, ham={"warmup_epochs": 0})
+    (record,) = run(cfg, workdir=tmp_path, dataset=dataset)
+    assert record.phase == "ham" and math.isfinite(record.train_loss)
+    assert sum(record.evals[0].n) == len(dataset.val)
+
+
+def test_autoattack_evaluation_is_class_wise_and_no_stronger_than_clean(dataset):
+    from hamsweep import models
+    from hamsweep.train import evaluate
+
+    cfg = tiny_config(eval={"max_examples": 16})
+    torch.manual_seed(0)
+    model = models.build(cfg.model, dataset.num_classes)
+    counts = {e.attack: e for e in evaluate(model, dataset.test, "test", cfg, dataset.num_classes, seed=0, autoattack=True)}
+    assert set(counts) == {"clean", "pgd3", "autoattack"}
+    assert sum(counts["autoattack"].n) == 16 and len(counts["autoattack"].n) == dataset.num_classes
+    assert sum(counts["autoattack"].correct) <= sum(counts["clean"].correct)
