@@ -359,6 +359,12 @@ def flat(cfg: TrialConfig) -> dict[str, Any]:
     return {f"{s}.{k}": v for s in TRIAL_SECTIONS for k, v in getattr(cfg, s).model_dump().items()}
 
 
+def config_diff(saved: Mapping[str, Any], cfg: TrialConfig) -> list[str]:
+    """The 'section.field' keys where ``saved`` (a dumped config, e.g. from a run folder) differs from ``cfg``."""
+    given = cfg.model_dump(mode="json")
+    return [f"{s}.{k}" for s in given for k in given[s] if (saved.get(s) or {}).get(k) != given[s][k]]
+
+
 def _assign(data: dict[str, Any], key: str, value: Any) -> None:
     keys = config_keys()
     if key not in keys:

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from hamsweep import rundir
 from hamsweep.errors import SpecError
 from hamsweep.results import CLASSES, EPOCHS, PartWriter, class_rows, compact, epoch_rows, read_table
-from hamsweep.spec import TrialConfig
+from hamsweep.spec import TrialConfig, config_diff
 
 __all__ = ["TRIAL", "epoch_line", "train_one"]
 
@@ -19,14 +19,7 @@ TRIAL = "train"  # the trial id of a standalone run in its tables
 
 
 def _check_same_config(out: Path, cfg: TrialConfig) -> None:
-    saved = rundir.read_spec(out)
-    saved.pop("name", None)
-    given = cfg.model_dump(mode="json")
-    diff = [
-        f"{s}.{k}" for s in given for k in given[s]
-        if saved.get(s, {}).get(k) != given[s][k]
-    ]
-    if diff:
+    if diff := config_diff(rundir.read_spec(out), cfg):
         raise SpecError(
             "--resume", f"the config differs from {out / rundir.SPEC} in {', '.join(diff)}; resume with the same spec and --set"
         )

@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,10 @@ from torch import Tensor, nn
 
 from hamsweep import attacks, ham, metrics, models
 from hamsweep.data import Dataset, DeviceLoader, Split, load, subsample
-from hamsweep.errors import DivergenceError
-from hamsweep.spec import TrialConfig
+from hamsweep.errors import DivergenceError, SpecError
+from hamsweep.spec import TrialConfig, config_diff
 
-__all__ = ["EpochRecord", "EvalCounts", "Trainer", "evaluate", "last_record", "lr_at", "run"]
+__all__ = ["EpochRecord", "EvalCounts", "Tally", "Trainer", "evaluate", "last_record", "lr_at", "run"]
 
 CHECKPOINT_VERSION = 1
 LAST, BEST = "last.pt", "best.pt"  # file names inside the checkpoint folder
@@ -100,8 +100,6 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from hamsweep.errors import SpecError
-
         raise SpecError("train.device", "cuda was asked for but no CUDA device is visible; use auto or cpu")
     return torch.device(name)
 
@@ -154,6 +152,8 @@ class Trainer:
             return
         # states load on the CPU; load_state_dict copies them onto the model's device
         state = torch.load(path, map_location="cpu", weights_only=False)
+        if diff := config_diff(state["config"], self.cfg):
+            raise SpecError(str(path), f"was written by another config (differs in {', '.join(diff)}); use a new folder")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
@@ -191,7 +191,7 @@ class Trainer:
             record = self.train_epoch(epoch, on_batch)
             last = epoch + 1 == cfg.train.epochs
             evals = self._evaluations(epoch, last)
-            record = EpochRecord(**{**record.to_dict(), "evals": evals})
+            record = replace(record, evals=evals)
             self._save_best(record)
             self._checkpoint(epoch + 1, record)
             yield record
@@ -224,24 +224,26 @@ class Trainer:
         phase, lr = phase or self.phase(epoch), lr_at(self.cfg, epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        tally = _Tally()
-        self._sync()
+        tally = Tally()
+        self.sync()
         start = time.perf_counter()
         for b, (x, y) in enumerate(self.loader.epoch(epoch)):
             if self.cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            self._train_batch(phase, x, y, tally, epoch, b)
+            self.train_batch(phase, x, y, tally, epoch, b)
             if on_batch:
                 on_batch(b + 1, len(self.loader))
-        self._sync()
+        self.sync()
         seconds = time.perf_counter() - start
         return tally.record(epoch + 1, phase, seconds, lr, self.cfg.train.attack_steps)
 
-    def _sync(self) -> None:
+    def sync(self) -> None:
+        """Wait for the device (so that wall-clock timings are real)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _train_batch(self, phase: str, x: Tensor, y: Tensor, tally: _Tally, epoch: int, b: int) -> None:
+    def train_batch(self, phase: str, x: Tensor, y: Tensor, tally: Tally, epoch: int, b: int) -> None:
+        """Attack batch ``b`` with ``phase``'s method, then take one optimizer step (none if HAM kept nothing)."""
         step = {"pgd_at": self._pgd_at_batch, "ham": self._ham_batch, "trades": self._trades_batch}[phase]
         self.model.eval()  # attacks run in eval mode: BN statistics must not see the AEs
         with self._autocast():
@@ -259,7 +261,7 @@ class Trainer:
         self.optimizer.step()
         tally.add_step(loss, logits, y_used)
 
-    def _pgd_at_batch(self, x: Tensor, y: Tensor, tally: _Tally) -> tuple[Tensor, Tensor, Tensor]:
+    def _pgd_at_batch(self, x: Tensor, y: Tensor, tally: Tally) -> tuple[Tensor, Tensor, Tensor]:
         t = self.cfg.train
         x_adv = attacks.pgd(self.model, x, y, eps=t.eps, step_size=t.step_size, steps=t.attack_steps, generator=self.generator)
         self.model.train()
@@ -269,7 +271,7 @@ class Trainer:
         # keep_easy_fraction = 1 and uniform weights then reproduces PGD-AT bit for bit
         return ham.ham_loss(logits, y, torch.ones_like(y, dtype=torch.float32), len(y)), logits, y
 
-    def _ham_batch(self, x: Tensor, y: Tensor, tally: _Tally) -> tuple[Tensor, Tensor, Tensor] | None:
+    def _ham_batch(self, x: Tensor, y: Tensor, tally: Tally) -> tuple[Tensor, Tensor, Tensor] | None:
         t, h = self.cfg.train, self.cfg.ham
         hb = ham.ham_attack(
             self.model, x, y, eps=t.eps, step_size=t.step_size, attack_steps=t.attack_steps,
@@ -284,7 +286,7 @@ class Trainer:
         logits = self.model(hb.x_adv)
         return ham.ham_loss(logits, hb.y, hb.weights, len(y), h.loss_normalization), logits, hb.y
 
-    def _trades_batch(self, x: Tensor, y: Tensor, tally: _Tally) -> tuple[Tensor, Tensor, Tensor]:
+    def _trades_batch(self, x: Tensor, y: Tensor, tally: Tally) -> tuple[Tensor, Tensor, Tensor]:
         t = self.cfg.train
         x_adv = attacks.trades_attack(self.model, x, eps=t.eps, step_size=t.step_size, steps=t.attack_steps, generator=self.generator)
         self.model.train()
@@ -295,8 +297,8 @@ class Trainer:
 
 
 @dataclass
-class _Tally:
-    """Running sums of one epoch; ``record`` turns them into an ``EpochRecord``."""
+class Tally:
+    """Running counts of one epoch; ``record`` turns them into an ``EpochRecord``."""
 
     images: int = 0
     attack_steps: int = 0

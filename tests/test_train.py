@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from hamsweep.errors import DivergenceError
+from hamsweep.errors import DivergenceError, SpecError
 from hamsweep.train import Trainer, last_record, lr_at, run
 
 
@@ -145,3 +145,9 @@ def test_autoattack_evaluation_is_class_wise_and_no_stronger_than_clean(dataset)
     assert set(counts) == {"clean", "pgd3", "autoattack"}
     assert sum(counts["autoattack"].n) == 16 and len(counts["autoattack"].n) == dataset.num_classes
     assert sum(counts["autoattack"].correct) <= sum(counts["clean"].correct)
+
+
+def test_a_checkpoint_is_not_resumed_under_another_config(tmp_path, dataset):
+    run(tiny_config(train={"epochs": 1}), workdir=tmp_path, dataset=dataset)
+    with pytest.raises(SpecError, match=r"last\.pt: was written by another config \(differs in train\.lr\)"):
+        Trainer(tiny_config(train={"epochs": 1, "lr": 0.2}), tmp_path, dataset)
