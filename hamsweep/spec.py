@@ -330,13 +330,23 @@ class SweepSpec(TrialConfig):
         values = flat(self.trial_config())  # the defaults must form a valid trial
         for key, dist in self.search.params.items():
             if dist.kind == "choice":
+                self._check_values(key, dist.choices or ())
                 continue
             lo, hi = dist.bounds(values)
             if lo > hi:
                 raise SpecError(f"search.params.{key}", f"low {lo} is larger than high {hi}")
             if not dist.contains(dist.default, values):
                 raise SpecError(f"search.params.{key}", f"default {dist.default} is outside [{lo}, {hi}]")
+            self._check_values(key, (lo, hi))
         return self
+
+    def _check_values(self, key: str, candidates: Iterable[Any]) -> None:
+        """Each end of a range, each choice, must itself be a valid value of ``key``."""
+        for value in candidates:
+            try:
+                self.trial_config({key: value})
+            except SpecError as err:
+                raise SpecError(f"search.params.{key}", f"{value!r} can be sampled but is invalid: {err}") from None
 
     def base(self) -> dict[str, Any]:
         """The trial sections as plain data, without ``name`` and ``search``."""

@@ -79,6 +79,11 @@ def test_search_params_need_a_distribution_and_a_default(tmp_path):
         _spec(tmp_path, "search:\n  params:\n    ham.discard_threshold: {uniform: [0.0, 0.9], default: 0.95}\n")
     with pytest.raises(SpecError, match=r"default 3 is not one of the choices"):
         _spec(tmp_path, "search:\n  params:\n    ham.temperature: {choice: [null, 1.0], default: 3}\n")
+    with pytest.raises(SpecError, match=r"search\.params\.ham\.discard_threshold: 1\.5 can be sampled but is invalid: "
+                                         r"ham\.discard_threshold: discard_threshold must be in \[0, 1\)"):
+        _spec(tmp_path, "search:\n  params:\n    ham.discard_threshold: {uniform: [0.0, 1.5], default: 0.0}\n")
+    with pytest.raises(SpecError, match=r"search\.params\.ham\.temperature: -1\.0 can be sampled but is invalid"):
+        _spec(tmp_path, "search:\n  params:\n    ham.temperature: {choice: [null, -1.0], default: null}\n")
     with pytest.raises(SpecError, match=r"loguniform needs low > 0"):
         _spec(tmp_path, "search:\n  params:\n    train.lr: {loguniform: [0, 0.1], default: 0.05}\n")
 
