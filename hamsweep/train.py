@@ -23,33 +23,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from hamsweep import attacks, ham, metrics, models
-from hamsweep.data import Dataset, DeviceLoader, Split, load, subsample
+from hamsweep import attacks, ham, models
+from hamsweep.data import Dataset, DeviceLoader, load
 from hamsweep.errors import DivergenceError, SpecError
+from hamsweep.evaluation import CLEAN, EvalCounts, evaluate
 from hamsweep.spec import TrialConfig, config_diff
 
-__all__ = ["EpochRecord", "EvalCounts", "Tally", "Trainer", "evaluate", "last_record", "lr_at", "run"]
+__all__ = ["EpochRecord", "Tally", "Trainer", "last_record", "lr_at", "run"]
 
 CHECKPOINT_VERSION = 1
 LAST, BEST = "last.pt", "best.pt"  # file names inside the checkpoint folder
-CLEAN = "clean"  # attack name of clean accuracy; robust ones are named pgd<steps> / autoattack
-
-
-@dataclass(frozen=True)
-class EvalCounts:
-    """Per-class counts of one evaluation: ``correct[c]`` of ``n[c]`` examples of class c."""
-
-    split: str  # "val" or "test"
-    attack: str  # "clean", "pgd20", "autoattack"
-    n: tuple[int, ...]
-    correct: tuple[int, ...]
-
-    def summary(self, cvar_fraction: float) -> dict[str, float]:
-        import numpy as np
-
-        return metrics.summarize(np.array(self.n), np.array(self.correct), cvar_fraction)
 
 
 @dataclass(frozen=True)
@@ -333,53 +318,6 @@ class Tally:
             attack_steps=self.attack_steps, attack_steps_full=self.images * k, decision_forwards=self.decisions,
             train_examples=self.train_examples, empty_batches=self.empty_batches,
         )
-
-
-def evaluate(
-    model: nn.Module,
-    split: Split,
-    name: str,
-    cfg: TrialConfig,
-    num_classes: int,
-    *,
-    seed: int,
-    autoattack: bool = False,
-) -> list[EvalCounts]:
-    """Class-wise clean and PGD-``eval.attack_steps`` accuracy (plus AutoAttack when asked) on ``split``.
-
-    The attack's random start draws from its own generator seeded by ``seed``, so evaluating never
-    changes the training randomness.
-    """
-    e, device = cfg.eval, next(model.parameters()).device
-    split = subsample(split, e.max_examples, cfg.data.seed)
-    gen = torch.Generator(device=device).manual_seed(10_000 + cfg.train.seed * 1_000 + seed)
-    loader = DeviceLoader(split, e.batch_size, device=device, seed=0, shuffle=False)
-    step = e.step_size if e.step_size is not None else cfg.train.eps / 4
-    attack_names = [CLEAN, f"pgd{e.attack_steps}"] + (["autoattack"] if autoattack else [])
-    zeros = torch.zeros(num_classes, dtype=torch.int64, device=device)
-    totals = {a: (zeros, zeros) for a in attack_names}
-    model.eval()
-    for x, y in loader.epoch(0):
-        for a in attack_names:
-            x_a = _attacked(model, x, y, a, cfg.train.eps, step, e.attack_steps, gen, num_classes)
-            with torch.no_grad():
-                pred = model(x_a).argmax(1)
-            n, c = metrics.class_counts(pred, y, num_classes)
-            totals[a] = (totals[a][0] + n, totals[a][1] + c)
-    return [EvalCounts(name, a, tuple(n.tolist()), tuple(c.tolist())) for a, (n, c) in totals.items()]
-
-
-def _attacked(
-    model: nn.Module, x: Tensor, y: Tensor, attack: str, eps: float, step: float, steps: int,
-    gen: torch.Generator, num_classes: int,
-) -> Tensor:
-    if attack == CLEAN:
-        return x
-    if attack == "autoattack":
-        import torchattacks
-
-        return torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=num_classes, seed=0)(x, y)
-    return attacks.pgd(model, x, y, eps=eps, step_size=step, steps=steps, generator=gen)
 
 
 def run(

@@ -27,7 +27,7 @@ def _trained() -> tuple[dict, torch.Tensor, torch.Tensor]:
     model = build(ModelConfig(name="small_cnn", width=4), num_classes=4)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     x_all, y_all = data.train.images.float() / 255, data.train.labels
-    for epoch in range(4):
+    for _ in range(4):
         for i in range(0, len(y_all), 64):
             opt.zero_grad()
             F.cross_entropy(model(x_all[i : i + 64]), y_all[i : i + 64]).backward()

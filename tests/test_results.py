@@ -3,7 +3,8 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 
 from hamsweep.results import CLASSES, EPOCHS, PartWriter, class_rows, compact, connect, epoch_rows, read_table
-from hamsweep.train import EpochRecord, EvalCounts
+from hamsweep.evaluation import EvalCounts
+from hamsweep.train import EpochRecord
 
 
 def _record(epoch: int, correct=(3, 1)) -> EpochRecord:

@@ -1,0 +1,188 @@
+"""The sweep spec: a trial config plus ``name`` and ``search`` (each searched parameter with its
+distribution and its default), and the readers of spec files and ``--set`` overrides."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import model_validator
+
+from hamsweep.errors import SpecError
+from hamsweep.spec._base import _Frozen, fraction, validate
+from hamsweep.spec.trial import TRIAL_SECTIONS, TrialConfig, assign, config_keys, flat
+
+SAMPLERS = ("tpe", "random", "cmaes", "gp", "nsga2")
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+
+Bound = float | int | str  # a number, or the dotted key of an int parameter
+
+
+class Distribution(_Frozen):
+    """One searched parameter, written in YAML as ``{uniform: [lo, hi], default: x}``,
+    ``{loguniform: [lo, hi], default: x}``, ``{int: [lo, hi], default: n}`` (``step`` optional)
+    or ``{choice: [a, b, ...], default: a}``. Int bounds may name another key (``train.attack_steps``)."""
+
+    kind: Literal["uniform", "loguniform", "int", "choice"]
+    low: Bound | None = None
+    high: Bound | None = None
+    choices: tuple[Any, ...] | None = None
+    step: int = 1  # int only
+    default: Any
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_yaml(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"must be a mapping like {{uniform: [0, 1], default: 0.5}} but got {data!r}")
+        if "kind" in data:
+            return data
+        kinds = [k for k in DISTRIBUTIONS if k in data]
+        if len(kinds) != 1:
+            raise ValueError(f"needs exactly one of {', '.join(DISTRIBUTIONS)} but got keys {sorted(data)}")
+        if "default" not in data:
+            raise ValueError("needs a default (the value used by `hamsweep train` and as the paper's setting)")
+        kind, rest = kinds[0], {k: v for k, v in data.items() if k != kinds[0]}
+        value = data[kind]
+        if not isinstance(value, (list, tuple)) or (kind != "choice" and len(value) != 2) or not value:
+            form = "a non-empty list" if kind == "choice" else "a list [low, high]"
+            raise ValueError(f"{kind} takes {form} but got {value!r}")
+        if kind == "choice":
+            return {"kind": kind, "choices": tuple(value), **rest}
+        return {"kind": kind, "low": fraction(value[0]), "high": fraction(value[1]), **rest}
+
+    @model_validator(mode="after")
+    def _check(self) -> Distribution:
+        if self.kind == "choice":
+            if self.default not in self.choices:  # type: ignore[operator]
+                raise ValueError(f"default {self.default!r} is not one of the choices {list(self.choices or ())}")
+            return self
+        for name in ("low", "high"):
+            bound = getattr(self, name)
+            if isinstance(bound, str) and self.kind != "int":
+                raise ValueError(f"{self.kind} bounds must be numbers; only int bounds may name a key, got {bound!r}")
+        if self.kind == "loguniform" and isinstance(self.low, (int, float)) and self.low <= 0:
+            raise ValueError(f"loguniform needs low > 0 but got {self.low}")
+        if self.kind == "int" and not isinstance(self.default, int):
+            raise ValueError(f"int default must be an integer but got {self.default!r}")
+        if self.kind != "int" and not isinstance(self.default, (int, float)):
+            raise ValueError(f"{self.kind} default must be a number but got {self.default!r}")
+        return self
+
+    def bounds(self, values: Mapping[str, Any]) -> tuple[float, float]:
+        """(low, high) with key references looked up in the already-chosen ``values``."""
+        lo, hi = (values[b] if isinstance(b, str) else b for b in (self.low, self.high))
+        return lo, hi
+
+    def contains(self, value: Any, values: Mapping[str, Any]) -> bool:
+        if self.kind == "choice":
+            return value in self.choices  # type: ignore[operator]
+        lo, hi = self.bounds(values)
+        return lo <= value <= hi
+
+
+class SearchConfig(_Frozen):
+    sampler: Literal["tpe", "random", "cmaes", "gp", "nsga2"] = "tpe"
+    seed: int = 0  # seeds the sampler
+    num_samples: int = 8  # trials in the sweep
+    max_concurrent: int = 1  # trials running at once
+    params: dict[str, Distribution] = {}  # 'section.field' -> distribution with its default
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchConfig:
+        if self.num_samples < 1 or self.max_concurrent < 1:
+            raise SpecError("num_samples", "num_samples and max_concurrent must be >= 1")
+        return self
+
+
+class SweepSpec(TrialConfig):
+    """A spec file: the trial config's sections plus ``name`` and ``search``."""
+
+    name: str = "sweep"
+    search: SearchConfig = SearchConfig()
+
+    @model_validator(mode="after")
+    def _check_params(self) -> SweepSpec:
+        keys = config_keys()
+        for key, dist in self.search.params.items():
+            if key not in keys:
+                raise SpecError(f"search.params.{key}", f"unknown key; valid keys are {', '.join(keys)}")
+            for bound in (dist.low, dist.high):
+                if isinstance(bound, str) and bound not in keys:
+                    raise SpecError(f"search.params.{key}", f"bound {bound!r} is not a config key")
+        values = flat(self.trial_config())  # the defaults must form a valid trial
+        for key, dist in self.search.params.items():
+            if dist.kind == "choice":
+                self._check_values(key, dist.choices or ())
+                continue
+            lo, hi = dist.bounds(values)
+            if lo > hi:
+                raise SpecError(f"search.params.{key}", f"low {lo} is larger than high {hi}")
+            if not dist.contains(dist.default, values):
+                raise SpecError(f"search.params.{key}", f"default {dist.default} is outside [{lo}, {hi}]")
+            self._check_values(key, (lo, hi))
+        return self
+
+    def _check_values(self, key: str, candidates: Iterable[Any]) -> None:
+        """Each end of a range, each choice, must itself be a valid value of ``key``."""
+        for value in candidates:
+            try:
+                self.trial_config({key: value})
+            except SpecError as err:
+                raise SpecError(f"search.params.{key}", f"{value!r} can be sampled but is invalid: {err}") from None
+
+    def base(self) -> dict[str, Any]:
+        """The trial sections as plain data, without ``name`` and ``search``."""
+        return {s: getattr(self, s).model_dump() for s in TRIAL_SECTIONS}
+
+    def defaults(self) -> dict[str, Any]:
+        """Each searched key -> its declared default."""
+        return {key: dist.default for key, dist in self.search.params.items()}
+
+    def trial_config(self, overrides: Mapping[str, Any] | None = None) -> TrialConfig:
+        """The spec's sections, then the searched defaults, then ``overrides`` ('section.field' keys)."""
+        data = self.base()
+        for key, value in {**self.defaults(), **(overrides or {})}.items():
+            assign(data, key, value)
+        return validate(TrialConfig, data)
+
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a spec file; every problem is a one-line ``SpecError`` naming the file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(str(path), "no such spec file; pass a YAML file such as search_spaces/smoke.yaml")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(str(path), f"is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    if not isinstance(data, dict):
+        raise SpecError(str(path), f"must be a mapping of sections ({', '.join(SweepSpec.model_fields)})")
+    data.setdefault("name", path.stem)
+    try:
+        return validate(SweepSpec, data)
+    except SpecError as err:
+        raise SpecError(f"{path}: {err.key}" if err.key else str(path), str(err).removeprefix(f"{err.key}: ")) from None
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``['ham.drop_step=3', 'ham.temperature=null']`` -> ``{'ham.drop_step': 3, ...}`` (values as YAML)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError("--set", f"expected KEY=VALUE such as ham.drop_step=3 but got {item!r}")
+        try:
+            out[key.strip()] = fraction(yaml.safe_load(raw))
+        except yaml.YAMLError:
+            raise SpecError(key.strip(), f"value {raw!r} is not valid YAML") from None
+    return out
+

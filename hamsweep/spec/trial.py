@@ -1,0 +1,195 @@
+"""The trial config: sections ``data``, ``model``, ``train``, ``ham``, ``eval``, every field with its
+default and unit. Every default of the project lives here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import model_validator
+
+from hamsweep.errors import SpecError
+from hamsweep.spec._base import PixelFloat, _Frozen, pixel_range
+
+DATASETS = ("cifar10", "cifar100", "svhn", "synthetic")
+MODELS = ("preact_resnet18", "wrn34_10", "small_cnn")
+METHODS = ("ham", "pgd_at", "trades")
+
+
+class DataConfig(_Frozen):
+    name: Literal["cifar10", "cifar100", "svhn", "synthetic"] = "cifar10"
+    root: str = "data"  # folder holding torchvision's files (e.g. data/cifar-10-batches-py)
+    download: bool = False  # let torchvision download missing files
+    val_fraction: float = 0.1  # share of each training class held out for validation, in [0, 1)
+    seed: int = 0  # seeds the validation split and the synthetic data (not training)
+    augment: bool = True  # random crop (pad 4) + horizontal flip (no flip for SVHN)
+    # synthetic data only
+    num_classes: int = 10  # classes of increasing difficulty
+    image_size: int = 32  # pixels per side
+    train_size: int = 5000  # images before the validation split
+    test_size: int = 1000  # images in the test split
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if not 0 <= self.val_fraction < 1:
+            raise SpecError("val_fraction", f"val_fraction must be in [0, 1) but got {self.val_fraction}")
+        for key in ("num_classes", "image_size", "train_size", "test_size"):
+            if getattr(self, key) < (2 if key == "num_classes" else 1):
+                raise SpecError(key, f"{key} must be positive (num_classes >= 2) but got {getattr(self, key)}")
+        return self
+
+
+class ModelConfig(_Frozen):
+    name: Literal["preact_resnet18", "wrn34_10", "small_cnn"] = "preact_resnet18"
+    width: int = 32  # small_cnn only: channels of the first conv layer, doubled per stage
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.width < 1:
+            raise SpecError("width", f"width must be >= 1 but got {self.width}")
+        return self
+
+
+class TrainConfig(_Frozen):
+    method: Literal["ham", "pgd_at", "trades"] = "ham"
+    epochs: int = 120
+    batch_size: int = 128  # examples per optimizer step (before HAM discards easy AEs)
+    lr: float = 0.1  # initial SGD learning rate
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    lr_milestones: tuple[float, ...] = (1 / 2, 3 / 4, 11 / 12)  # fractions of `epochs`
+    lr_factors: tuple[float, ...] = (0.1, 0.01, 0.005)  # lr = lr * factor from each milestone on
+    eps: PixelFloat = 8 / 255  # L-inf radius of the training attack, in [0,1] pixel units
+    step_size: PixelFloat = 2 / 255  # PGD step size, pixel units
+    attack_steps: int = 10  # K: PGD steps of the training attack
+    trades_beta: float = 6.0  # TRADES only: weight of the KL term
+    seed: int = 0  # seeds init, shuffling, augmentation, attacks and HAM's keep-easy draw
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when available, else CPU
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast on the forward passes
+    channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        pixel_range("eps", self.eps)
+        pixel_range("step_size", self.step_size)
+        for key in ("epochs", "batch_size", "attack_steps"):
+            if getattr(self, key) < 1:
+                raise SpecError(key, f"{key} must be >= 1 but got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise SpecError("lr", f"lr must be > 0 but got {self.lr}")
+        if len(self.lr_milestones) != len(self.lr_factors):
+            raise SpecError(
+                "lr_factors",
+                f"lr_milestones ({len(self.lr_milestones)}) and lr_factors ({len(self.lr_factors)}) "
+                "must have the same length"
+            )
+        if any(not 0 < m <= 1 for m in self.lr_milestones) or list(self.lr_milestones) != sorted(self.lr_milestones):
+            raise SpecError("lr_milestones", f"lr_milestones must be increasing fractions in (0, 1] but got {list(self.lr_milestones)}")
+        return self
+
+
+class HamConfig(_Frozen):
+    warmup_epochs: int = 50  # epochs of plain PGD-AT before HAM starts
+    drop_step: int = 3  # M: PGD steps run on the whole batch before easy AEs are dropped
+    discard_threshold: float = 0.0  # tau in [0,1): easy = still correct after M steps and p_true >= tau
+    keep_easy_fraction: float = 0.0  # rho in [0,1]: share of easy AEs kept anyway, drawn at random
+    temperature: float | None = None  # w ~ exp(-kappa / T) over kept AEs; None = uniform weights
+    loss_normalization: Literal["kept", "batch"] = "kept"  # average the loss over kept AEs or the whole batch
+
+    @model_validator(mode="after")
+    def _check(self) -> HamConfig:
+        if self.warmup_epochs < 0:
+            raise SpecError("warmup_epochs", f"warmup_epochs cannot be negative but got {self.warmup_epochs}")
+        if self.drop_step < 1:
+            raise SpecError("drop_step", f"drop_step must be >= 1 but got {self.drop_step}")
+        if not 0 <= self.discard_threshold < 1:
+            raise SpecError("discard_threshold", f"discard_threshold must be in [0, 1) but got {self.discard_threshold}")
+        if not 0 <= self.keep_easy_fraction <= 1:
+            raise SpecError("keep_easy_fraction", f"keep_easy_fraction must be in [0, 1] but got {self.keep_easy_fraction}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise SpecError("temperature", f"temperature must be > 0 (or null for uniform weights) but got {self.temperature}")
+        return self
+
+
+class EvalConfig(_Frozen):
+    every_epochs: int = 1  # evaluate on the validation split every N epochs (and after the last)
+    attack_steps: int = 20  # PGD steps of the evaluation attack (random start)
+    step_size: PixelFloat | None = None  # evaluation PGD step; None = train.eps / 4
+    batch_size: int = 256
+    test: bool = True  # after training, evaluate the last model on the test split
+    autoattack: bool = False  # also run AutoAttack (standard, torchattacks) on the test split
+    max_examples: int | None = None  # evaluate at most N examples per split (class-stratified); None = all
+    cvar_fraction: float = 0.2  # CVaR-k averages the k = ceil(fraction * classes) worst classes
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        pixel_range("step_size", self.step_size)
+        for key in ("every_epochs", "attack_steps", "batch_size"):
+            if getattr(self, key) < 1:
+                raise SpecError(key, f"{key} must be >= 1 but got {getattr(self, key)}")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise SpecError("max_examples", f"max_examples must be >= 1 or null but got {self.max_examples}")
+        if not 0 < self.cvar_fraction <= 1:
+            raise SpecError("cvar_fraction", f"cvar_fraction must be in (0, 1] but got {self.cvar_fraction}")
+        return self
+
+
+class TrialConfig(_Frozen):
+    """Everything one training run needs; built from a spec's defaults plus overrides."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    ham: HamConfig = HamConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> TrialConfig:
+        k, m = self.train.attack_steps, self.ham.drop_step
+        if self.train.method == "ham" and m > k:
+            raise SpecError(
+                "ham.drop_step",
+                f"{m} is larger than train.attack_steps ({k}); drop_step must be in 1..{k}",
+            )
+        if self.train.method == "ham" and self.ham.warmup_epochs > self.train.epochs:
+            raise SpecError(
+                "ham.warmup_epochs",
+                f"{self.ham.warmup_epochs} is larger than train.epochs ({self.train.epochs}); "
+                f"warmup_epochs must be in 0..{self.train.epochs}",
+            )
+        return self
+
+
+TRIAL_SECTIONS = tuple(TrialConfig.model_fields)
+
+
+def config_keys() -> dict[str, type[_Frozen]]:
+    """Every leaf key of the trial config as 'section.field' -> the section's model."""
+    keys: dict[str, type[_Frozen]] = {}
+    for section, field in TrialConfig.model_fields.items():
+        model = field.annotation
+        for name in model.model_fields:  # type: ignore[union-attr]
+            keys[f"{section}.{name}"] = model  # type: ignore[assignment]
+    return keys
+
+
+def flat(cfg: TrialConfig) -> dict[str, Any]:
+    """The trial config as {'section.field': value}."""
+    return {f"{s}.{k}": v for s in TRIAL_SECTIONS for k, v in getattr(cfg, s).model_dump().items()}
+
+
+def config_diff(saved: Mapping[str, Any], cfg: TrialConfig) -> list[str]:
+    """The 'section.field' keys where ``saved`` (a dumped config, e.g. from a run folder) differs from ``cfg``."""
+    given = cfg.model_dump(mode="json")
+    return [f"{s}.{k}" for s in given for k in given[s] if (saved.get(s) or {}).get(k) != given[s][k]]
+
+
+def assign(data: dict[str, Any], key: str, value: Any) -> None:
+    keys = config_keys()
+    if key not in keys:
+        section = key.split(".")[0]
+        valid = [k for k in keys if k.startswith(section + ".")] or list(keys)
+        raise SpecError(key, f"unknown key; valid keys are {', '.join(valid)}")
+    section, field = key.split(".")
+    data[section][field] = value
+
