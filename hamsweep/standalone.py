@@ -57,7 +57,7 @@ def train_one(name: str, cfg: TrialConfig, out: Path | None, *, resume: bool, co
     def report(record: train.EpochRecord, _checkpoint: Path) -> None:
         writer.append(EPOCHS, epoch_rows(TRIAL, record, cfg.eval.cvar_fraction))
         writer.append(CLASSES, class_rows(TRIAL, record, dataset.classes))
-        console.print(epoch_line(record, cfg.train.epochs), highlight=False)
+        console.print(epoch_line(record, cfg.train.epochs), highlight=False, soft_wrap=True)
 
     if resume and (record := train.last_record(out / "checkpoint")) is not None:
         report(record, out / "checkpoint")  # the killed run may have died between checkpoint and Parquet
@@ -71,7 +71,7 @@ def train_one(name: str, cfg: TrialConfig, out: Path | None, *, resume: bool, co
     from hamsweep.summary import render
 
     console.print(render(read_table(out, EPOCHS), read_table(out, CLASSES), cfg.eval.cvar_fraction))
-    console.print(f"results: {out}  (hamsweep query reads {out}/epochs and {out}/classes)", highlight=False)
+    console.print(f"results: {out} (Parquet tables in {out}/epochs and {out}/classes)", highlight=False, soft_wrap=True)
     return out
 
 

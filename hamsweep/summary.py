@@ -63,7 +63,7 @@ def _class_table(split: str, counts: dict[str, Any], cvar_fraction: float) -> Ta
     acc = np.where(n > 0, c / np.maximum(n, 1), np.nan)
     worst = set(np.argsort(acc, kind="stable")[: cvar_k(int((n > 0).sum()) or 1, cvar_fraction)].tolist())
     epoch = counts[robust][0]
-    table = Table(title=f"{split} split, epoch {epoch}: accuracy per class (%), weakest {robust} highlighted")
+    table = Table(title=f"{split} split, epoch {epoch}", caption=f"accuracy %; weakest {robust} in red")
     table.add_column("class")
     for a in attacks:
         table.add_column(a, justify="right")
