@@ -84,8 +84,8 @@ def early_drop(
 
 def _record(kappa: Tensor, logits: Tensor, y: Tensor, step: int, never: int) -> None:
     """Set kappa = step for examples misclassified at this step and not before (in place)."""
-    wrong = logits.argmax(dim=1) != y
-    kappa[wrong & (kappa == never)] = step
+    first = (logits.argmax(dim=1) != y) & (kappa == never)
+    kappa.copy_(torch.where(first, step, kappa))  # no boolean indexing: no host sync on a GPU
 
 
 def keep_mask(easy: Tensor, keep_easy_fraction: float, generator: torch.Generator | None = None) -> Tensor:
