@@ -63,20 +63,28 @@ def read_spec(out: Path) -> dict[str, Any]:
     return yaml.safe_load((out / SPEC).read_text())
 
 
-def write_manifest(out: Path, extra: dict[str, Any] | None = None) -> None:
-    """Package versions, git sha, command line, host and start time."""
-    manifest = {
+def write_manifest(out: Path, *, resumed: bool = False) -> None:
+    """Package versions, git sha, command line, host and start time. A resumed run keeps its
+    original manifest and appends this invocation to its ``resumes`` list."""
+    now = {
         "command": sys.argv,
         "cwd": os.getcwd(),
         "host": socket.gethostname(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "git_sha": _git_sha(),
-        "packages": {p: _version(p) for p in _PACKAGES},
-        **(extra or {}),
     }
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    path = out / MANIFEST
+    if resumed and path.is_file():
+        manifest = json.loads(path.read_text())
+        manifest.setdefault("resumes", []).append(now)
+    else:
+        manifest = {
+            **now,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "packages": {p: _version(p) for p in _PACKAGES},
+        }
+    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
 
 
 def _version(package: str) -> str | None:

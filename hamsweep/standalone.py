@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -12,6 +12,9 @@ from hamsweep import rundir
 from hamsweep.errors import SpecError
 from hamsweep.results import CLASSES, EPOCHS, PartWriter, class_rows, compact, epoch_rows, read_table
 from hamsweep.spec import TrialConfig, config_diff
+
+if TYPE_CHECKING:
+    from hamsweep.train import EpochRecord
 
 __all__ = ["TRIAL", "epoch_line", "train_one"]
 
@@ -25,7 +28,7 @@ def _check_same_config(out: Path, cfg: TrialConfig) -> None:
         )
 
 
-def epoch_line(record: Any, epochs: int) -> str:
+def epoch_line(record: EpochRecord, epochs: int) -> str:
     """One plain line per epoch, for logs and non-terminal output."""
     val = [e for e in record.evals if e.split == "val" and e.attack != "clean"]
     line = (
@@ -51,10 +54,10 @@ def train_one(name: str, cfg: TrialConfig, out: Path | None, *, resume: bool, co
         _check_same_config(out, cfg)
     dataset = data.load(cfg.data)  # a DataError here leaves nothing behind
     rundir.write_spec(out, {"name": name, **cfg.model_dump(mode="json")})
-    rundir.write_manifest(out, {"resumed": resume})
+    rundir.write_manifest(out, resumed=resume)
     writer = PartWriter(out)
 
-    def report(record: train.EpochRecord, _checkpoint: Path) -> None:
+    def report(record: EpochRecord, _checkpoint: Path) -> None:
         writer.append(EPOCHS, epoch_rows(TRIAL, record, cfg.eval.cvar_fraction))
         writer.append(CLASSES, class_rows(TRIAL, record, dataset.classes))
         console.print(epoch_line(record, cfg.train.epochs), highlight=False, soft_wrap=True)

@@ -154,6 +154,10 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):
     assert 1 <= done < 4, "the kill should land mid-run"
     resumed = hamsweep("train", spec, "--out", out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
+    import json
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "--resume" not in manifest["command"] and manifest["resumes"][0]["command"][-1] == "--resume"
     con = duckdb.connect()
     rows = con.execute(f"SELECT epoch, count(*) FROM read_parquet('{out}/epochs/*.parquet') GROUP BY epoch ORDER BY epoch").fetchall()
     assert rows == [(1, 1), (2, 1), (3, 1), (4, 1)]
