@@ -15,6 +15,12 @@ fi
   echo "error: hamsweep needs Python >= 3.11 (set PYTHON=/path/to/python3.11)" >&2; exit 2; }
 echo "setting up $venv (first run: a few minutes, torch is large)..." >&2
 "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q -c constraints.txt -e ".[test]"
+log="$venv/install.log"  # pip's full output; shown only when the install fails
+if ! { "$venv/bin/python" -m pip install --upgrade pip &&
+       "$venv/bin/python" -m pip install -c constraints.txt -e ".[test]"; } >"$log" 2>&1; then
+  tail -n 40 "$log" >&2
+  echo "error: installing into $venv failed; the whole pip log is $log" >&2
+  exit 1
+fi
 echo "$want" > "$stamp"
+echo "$venv is ready" >&2
