@@ -69,6 +69,21 @@ def train(
     train_one(s.name, cfg, out, resume=resume)
 
 
+@app.command()
+@_friendly
+def query(
+    folder: Path = typer.Argument(..., help="a run folder (holds epochs/ and classes/)"),
+    sql: str = typer.Argument(..., help="SQL over the views epochs and classes"),
+    fmt: str = typer.Option("table", "--format", help="table, csv or json"),
+) -> None:
+    """Answer SQL over a run's Parquet tables (DuckDB; views `epochs` and `classes`)."""
+    from hamsweep.query import FORMATS, query, render
+
+    if fmt not in FORMATS:
+        raise SpecError("--format", f"unknown format {fmt!r}; valid formats are {', '.join(FORMATS)}")
+    print(render(query(folder, sql), fmt))
+
+
 def main() -> None:
     app()
 

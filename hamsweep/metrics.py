@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import math
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch only for class_counts: reading stored counts (hamsweep query) needs no torch
+    import torch
 
 __all__ = [
     "SUMMARY_KEYS",
@@ -33,6 +37,8 @@ def class_counts(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> 
     pred, labels: (N,) integer class indices in [0, num_classes).
     Returns (n, correct), each int64 (num_classes,).
     """
+    import torch
+
     if pred.shape != labels.shape or labels.dim() != 1:
         got = f"{tuple(pred.shape)} and {tuple(labels.shape)}"
         raise ValueError(f"pred and labels must both have shape (N,) but got {got}")

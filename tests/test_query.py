@@ -1,0 +1,43 @@
+"""`hamsweep query`: SQL over a run folder's Parquet, through the real CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from test_cli import _assert_user_error, hamsweep
+from test_results import _record
+
+from hamsweep.results import CLASSES, EPOCHS, PartWriter, class_rows, epoch_rows
+
+
+def _folder(tmp_path):
+    w = PartWriter(tmp_path)
+    for epoch, correct in [(1, (3, 1)), (2, (4, 2)), (2, (4, 3))]:  # epoch 2 twice: the newest row counts
+        rec = _record(epoch, correct)
+        w.append(EPOCHS, epoch_rows("t", rec, 0.2))
+        w.append(CLASSES, class_rows("t", rec, ["cat", "dog"]))
+    return tmp_path
+
+
+WORST_PER_EPOCH = "SELECT epoch, min(correct / n) AS worst FROM classes WHERE attack = 'pgd20' GROUP BY epoch ORDER BY epoch"
+
+
+def test_query_formats(tmp_path):
+    folder = _folder(tmp_path)
+    as_json = hamsweep("query", folder, WORST_PER_EPOCH, "--format", "json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == [{"epoch": 1, "worst": 0.25}, {"epoch": 2, "worst": 0.75}]
+    as_csv = hamsweep("query", folder, "SELECT epoch, robust_worst FROM epochs ORDER BY epoch", "--format", "csv")
+    assert list(csv.reader(io.StringIO(as_csv.stdout))) == [["epoch", "robust_worst"], ["1", "0.25"], ["2", "0.75"]]
+    table = hamsweep("query", folder, WORST_PER_EPOCH)
+    assert "worst" in table.stdout and "0.75" in table.stdout
+
+
+def test_query_errors_are_one_line(tmp_path):
+    folder = _folder(tmp_path / "run")
+    _assert_user_error(hamsweep("query", folder, "SELEC 1"), r"SQL: Parser Error: .* \(views: classes, epochs\)")
+    _assert_user_error(hamsweep("query", folder, "SELECT * FROM trials"), r"SQL: Catalog Error: .*trials")
+    _assert_user_error(hamsweep("query", tmp_path / "empty", "SELECT 1"), r"holds no results tables")
+    _assert_user_error(hamsweep("query", folder, "SELECT 1", "--format", "xml"), r"--format: unknown format 'xml'")
