@@ -5,6 +5,7 @@ The counts are what gets stored (``results.CLASSES``); every summary is recomput
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,13 +55,13 @@ def evaluate(
     gen = torch.Generator(device=device).manual_seed(10_000 + cfg.train.seed * 1_000 + seed)
     loader = DeviceLoader(split, e.batch_size, device=device, seed=0, shuffle=False)
     step = e.step_size if e.step_size is not None else cfg.train.eps / 4
-    attack_names = [CLEAN, f"pgd{e.attack_steps}"] + ([AUTOATTACK] if autoattack else [])
+    attackers = _attackers(model, cfg.train.eps, step, e.attack_steps, gen, num_classes, autoattack)
     zeros = torch.zeros(num_classes, dtype=torch.int64, device=device)
-    totals = {a: (zeros, zeros) for a in attack_names}
+    totals = {a: (zeros, zeros) for a in attackers}
     model.eval()
     for x, y in loader.epoch(0):
-        for a in attack_names:
-            x_a = _attacked(model, x, y, a, cfg.train.eps, step, e.attack_steps, gen, num_classes)
+        for a, attack in attackers.items():
+            x_a = attack(x, y)
             with torch.no_grad():
                 pred = model(x_a).argmax(1)
             n, c = metrics.class_counts(pred, y, num_classes)
@@ -68,16 +69,16 @@ def evaluate(
     return [EvalCounts(name, a, tuple(n.tolist()), tuple(c.tolist())) for a, (n, c) in totals.items()]
 
 
-def _attacked(
-    model: nn.Module, x: Tensor, y: Tensor, attack: str, eps: float, step: float, steps: int,
-    gen: torch.Generator, num_classes: int,
-) -> Tensor:
-    if attack == CLEAN:
-        return x
-    if attack == AUTOATTACK:
+def _attackers(
+    model: nn.Module, eps: float, step: float, steps: int, gen: torch.Generator, num_classes: int, autoattack: bool
+) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+    """Attack name -> (x, y) -> x_adv, each built once per evaluation."""
+    out: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+        CLEAN: lambda x, y: x,
+        f"pgd{steps}": lambda x, y: attacks.pgd(model, x, y, eps=eps, step_size=step, steps=steps, generator=gen),
+    }
+    if autoattack:
         import torchattacks
 
-        return torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=num_classes, seed=0)(x, y)
-    return attacks.pgd(model, x, y, eps=eps, step_size=step, steps=steps, generator=gen)
-
-
+        out[AUTOATTACK] = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=num_classes, seed=0)
+    return out

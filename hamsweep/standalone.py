@@ -30,16 +30,16 @@ def _check_same_config(out: Path, cfg: TrialConfig) -> None:
 
 def epoch_line(record: EpochRecord, epochs: int) -> str:
     """One plain line per epoch, for logs and non-terminal output."""
-    val = [e for e in record.evals if e.split == "val" and e.attack != "clean"]
+    robust = record.val_robust()
     line = (
         f"epoch {record.epoch}/{epochs} {record.phase:<6} {record.seconds:6.1f}s "
         f"{record.images_per_s:7.0f} img/s lr {record.lr:.4g} loss {record.train_loss:.3f}"
     )
     if record.hard_fraction is not None:
         line += f" hard {record.hard_fraction:.2f}"
-    if val:
-        s = val[0].summary(0.2)
-        line += f" | val {val[0].attack} worst {s['worst']:.3f} mean {s['mean']:.3f}"
+    if robust is not None:
+        s = robust.summary(0.2)  # worst and mean do not depend on the CVaR fraction
+        line += f" | val {robust.attack} worst {s['worst']:.3f} mean {s['mean']:.3f}"
     return line
 
 

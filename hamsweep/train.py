@@ -58,6 +58,10 @@ class EpochRecord:
     empty_batches: int  # HAM batches with nothing kept: no optimizer step
     evals: tuple[EvalCounts, ...] = field(default=())
 
+    def val_robust(self) -> EvalCounts | None:
+        """This epoch's robust (PGD) evaluation on the validation split, if it was evaluated."""
+        return next((e for e in self.evals if e.split == "val" and e.attack != CLEAN), None)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -161,10 +165,10 @@ class Trainer:
         _atomic_save(state, self.ckpt_dir / LAST)
 
     def _save_best(self, record: EpochRecord) -> None:
-        robust = [e for e in record.evals if e.split == "val" and e.attack != CLEAN]
-        if not robust:
+        robust = record.val_robust()
+        if robust is None:
             return
-        worst = robust[0].summary(self.cfg.eval.cvar_fraction)["worst"]
+        worst = robust.summary(self.cfg.eval.cvar_fraction)["worst"]
         if worst > self.best:
             self.best = worst
             _atomic_save({"epoch": record.epoch, "model": self.model.state_dict(), "worst_robust": worst}, self.ckpt_dir / BEST)
