@@ -71,12 +71,103 @@ def train(
 
 @app.command()
 @_friendly
+def run(
+    spec: Path = typer.Argument(..., help="a spec file, e.g. search_spaces/smoke.yaml"),
+    out: Path | None = typer.Option(None, "--out", help="sweep folder (default runs/<name>-<time>)"),
+    resume: Path | None = typer.Option(None, "--resume", help="continue the sweep in this folder (same spec)"),
+    address: str | None = typer.Option(None, "--address", help="a running Ray cluster (ray://host:10001 or host:6379); default: start a local Ray"),
+    overrides: list[str] = typer.Option([], "--set", help="override one fixed key of the spec, e.g. --set train.epochs=3 (repeatable)"),
+) -> None:
+    """Sweep the spec's searched parameters: Ray Tune + Optuna + ASHA; results to Parquet."""
+    from hamsweep.spec import load_spec, parse_overrides
+
+    s = _with_overrides(load_spec(spec), parse_overrides(overrides))
+    if resume is not None and out is not None and out.resolve() != resume.resolve():
+        raise SpecError("--resume", "names the sweep folder to continue; drop --out (or give the same folder)")
+    from hamsweep.sweep import run_sweep
+
+    run_sweep(s, resume or out, resume=resume is not None, address=address)
+
+
+@app.command()
+@_friendly
+def resume(
+    folder: Path = typer.Argument(..., help="a sweep folder (holds spec.yaml)"),
+    address: str | None = typer.Option(None, "--address", help="a running Ray cluster; default: start a local Ray"),
+) -> None:
+    """Continue a sweep whose driver stopped (killed, preempted, out of time) from its folder."""
+    from hamsweep import rundir
+    from hamsweep.spec import SweepSpec, validate
+
+    if not (folder / rundir.SPEC).is_file():
+        raise SpecError(str(folder), f"holds no {rundir.SPEC}: not a sweep folder")
+    s = validate(SweepSpec, rundir.read_spec(folder))
+    from hamsweep.sweep import run_sweep
+
+    run_sweep(s, folder, resume=True, address=address)
+
+
+@app.command()
+@_friendly
+def results(
+    folder: Path = typer.Argument(..., help="a sweep folder"),
+    top: int = typer.Option(10, "--top", help="how many trials to show"),
+    by: str | None = typer.Option(None, "--by", help="rank by this validation metric (default: the objective)"),
+) -> None:
+    """The best trials of a sweep with their parameters and summary metrics."""
+    from hamsweep.final_eval import results_table
+    from hamsweep.sweep import wide_console
+
+    wide_console().print(results_table(folder, _sweep_spec(folder), top=top, by=by))
+
+
+@app.command()
+@_friendly
+def evaluate(
+    folder: Path = typer.Argument(..., help="a sweep folder"),
+    top: int = typer.Option(1, "--top", help="evaluate this many of the best completed trials"),
+    autoattack: bool = typer.Option(False, "--autoattack", help="also run AutoAttack (standard)"),
+) -> None:
+    """Evaluate the best trials' best checkpoints on the test split (per class, into `classes`)."""
+    from hamsweep.final_eval import evaluate_top
+
+    evaluate_top(folder, _sweep_spec(folder), top, autoattack=autoattack)
+
+
+def _sweep_spec(folder: Path) -> Any:
+    from hamsweep import rundir
+    from hamsweep.spec import SweepSpec, validate
+
+    if not (folder / rundir.SPEC).is_file():
+        raise SpecError(str(folder), f"holds no {rundir.SPEC}: pass a sweep folder")
+    return validate(SweepSpec, rundir.read_spec(folder))
+
+
+def _with_overrides(spec: Any, overrides: dict[str, Any]) -> Any:
+    """The spec with fixed keys overridden (``--set``); a searched key cannot be fixed this way."""
+    from hamsweep.spec import SweepSpec, validate
+
+    if not overrides:
+        return spec
+    data = spec.model_dump(mode="json")
+    for key, value in overrides.items():
+        if key in spec.search.params:
+            raise SpecError(key, "is searched (search.params); change its range in the spec instead")
+        section, _, field = key.partition(".")
+        if section not in data or not isinstance(data[section], dict) or field not in data[section]:
+            raise SpecError(key, "unknown key; use section.field as in the spec, e.g. train.epochs")
+        data[section][field] = value
+    return validate(SweepSpec, data)
+
+
+@app.command()
+@_friendly
 def query(
-    folder: Path = typer.Argument(..., help="a run folder (holds epochs/ and classes/)"),
-    sql: str = typer.Argument(..., help="SQL over the views epochs and classes"),
+    folder: Path = typer.Argument(..., help="a run or sweep folder (holds epochs/, classes/, trials/)"),
+    sql: str = typer.Argument(..., help="SQL over the views trials, epochs and classes"),
     fmt: str = typer.Option("table", "--format", help="table, csv or json"),
 ) -> None:
-    """Answer SQL over a run's Parquet tables (DuckDB; views `epochs` and `classes`)."""
+    """Answer SQL over a run's Parquet tables (DuckDB; views `trials`, `epochs`, `classes`)."""
     from hamsweep.query import FORMATS, query, render
 
     if fmt not in FORMATS:

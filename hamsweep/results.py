@@ -1,6 +1,6 @@
 """Parquet tables: schemas, the part writer, deduplicating readers, DuckDB views.
 
-A results folder holds one sub-folder per table (``epochs/``, ``classes/``), each a set of part
+A results folder holds one sub-folder per table (``trials/``, ``epochs/``, ``classes/``), each a set of part
 files. A part is written to a temporary name and renamed into place, so a reader never sees a
 half-written file; a part written twice (an epoch re-run after a crash) is harmless because
 readers keep the newest row of each key. ``compact`` folds the parts into one.
@@ -30,16 +30,20 @@ __all__ = [
     "CLASSES",
     "EPOCHS",
     "SCHEMA_VERSION",
+    "TRIALS",
+    "BufferedWriter",
     "PartWriter",
     "class_rows",
     "compact",
     "connect",
     "epoch_rows",
+    "read_pandas",
     "read_table",
+    "trials_schema",
 ]
 
 SCHEMA_VERSION = 1
-EPOCHS, CLASSES = "epochs", "classes"
+TRIALS, EPOCHS, CLASSES = "trials", "epochs", "classes"
 ROBUST, CLEAN = "robust", "clean"  # prefixes of the validation summary columns in `epochs`
 
 _SUMMARY_TYPES = {k: pa.float64() for k in SUMMARY_KEYS}
@@ -80,8 +84,41 @@ CLASS_SCHEMA = pa.schema(
     ],
     metadata={"hamsweep.schema_version": str(SCHEMA_VERSION)},
 )
-SCHEMAS = {EPOCHS: EPOCH_SCHEMA, CLASSES: CLASS_SCHEMA}
-KEYS = {EPOCHS: ("trial", "epoch"), CLASSES: ("trial", "epoch", "split", "attack", "class_id")}
+# one row per trial of a sweep; the searched parameters follow as columns `section_field`
+TRIAL_SCHEMA = pa.schema(
+    [
+        ("trial", pa.string()),  # Ray Tune's trial id
+        ("number", pa.int32()),  # Optuna's trial number
+        ("status", pa.string()),  # running | completed | stopped (ASHA, budget) | failed
+        ("stop_reason", pa.string()),
+        ("objective", pa.string()),  # the metric name, e.g. worst_robust (validation split)
+        ("best_objective", pa.float64()),
+        ("best_epoch", pa.int32()),
+        ("last_objective", pa.float64()),
+        ("epochs_run", pa.int32()),
+        ("epochs", pa.int32()),  # planned
+        ("restarts", pa.int32()),  # restarts from a checkpoint after a crash
+        ("gpu_seconds", pa.float64()),  # wall seconds x GPUs reserved
+        ("wall_seconds", pa.float64()),
+        ("started", pa.timestamp("s", tz="UTC")),
+        ("ended", pa.timestamp("s", tz="UTC")),
+        ("checkpoint", pa.string()),  # the trial's latest checkpoint folder, relative to the sweep folder
+    ],
+    metadata={"hamsweep.schema_version": str(SCHEMA_VERSION)},
+)
+SCHEMAS = {TRIALS: TRIAL_SCHEMA, EPOCHS: EPOCH_SCHEMA, CLASSES: CLASS_SCHEMA}
+KEYS = {TRIALS: ("trial",), EPOCHS: ("trial", "epoch"), CLASSES: ("trial", "epoch", "split", "attack", "class_id")}
+
+
+def param_column(key: str) -> str:
+    """'ham.drop_step' -> 'ham_drop_step': searched parameters as plain SQL column names."""
+    return key.replace(".", "_")
+
+
+def trials_schema(param_types: Mapping[str, pa.DataType]) -> pa.Schema:
+    """The ``trials`` schema of one sweep: the fixed columns, then one per searched parameter."""
+    fields = [pa.field(param_column(k), t) for k, t in param_types.items()]
+    return pa.schema([*TRIAL_SCHEMA, *fields], metadata=TRIAL_SCHEMA.metadata)
 OBJECTIVE_COLUMNS = tuple(f"{ROBUST}_{k}" for k in SUMMARY_KEYS)  # what a sweep may optimise
 
 
@@ -111,15 +148,46 @@ def class_rows(trial: str, record: EpochRecord, class_names: Sequence[str]) -> l
 class PartWriter:
     """Appends rows to a results folder as atomically renamed Parquet parts."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, schemas: Mapping[str, pa.Schema] | None = None) -> None:
         self.root = Path(root)
+        self.schemas = {**SCHEMAS, **(schemas or {})}  # e.g. this sweep's trials schema
 
     def append(self, table: str, rows: Iterable[Mapping[str, Any]]) -> Path | None:
         rows = list(rows)
         if not rows:
             return None
-        data = pa.Table.from_pylist(rows, schema=SCHEMAS[table])
+        data = pa.Table.from_pylist(rows, schema=self.schemas[table])
         return _write_part(self.root / table, data)
+
+
+class BufferedWriter:
+    """The sweep's single writer: rows are buffered and written as one part per table at most
+    every ``interval_s`` seconds (``due()``), and whenever ``flush()`` is called (a trial ended).
+    A ``trials`` row replaces the buffered row of the same trial: only its latest state is written."""
+
+    def __init__(self, writer: PartWriter, interval_s: float = 5.0) -> None:
+        self.writer = writer
+        self.interval_s = interval_s
+        self.rows: dict[str, list[Mapping[str, Any]]] = {}
+        self.trials: dict[str, Mapping[str, Any]] = {}
+        self.last_flush = time.monotonic()
+
+    def add(self, table: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        if table == TRIALS:
+            self.trials.update({r["trial"]: r for r in rows})
+        else:
+            self.rows.setdefault(table, []).extend(rows)
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last_flush >= self.interval_s
+
+    def flush(self) -> None:
+        # epochs and classes first: a trials row never points at epochs not yet on disk
+        for table, rows in self.rows.items():
+            self.writer.append(table, rows)
+        self.writer.append(TRIALS, self.trials.values())
+        self.rows, self.trials = {}, {}
+        self.last_flush = time.monotonic()
 
 
 def _write_part(folder: Path, data: pa.Table) -> Path:
@@ -138,11 +206,14 @@ def _parts_glob(root: Path, table: str) -> str:
 
 def _dedup_sql(root: Path, table: str) -> str:
     keys = ", ".join(KEYS[table])
-    cols = ", ".join(SCHEMAS[table].names)
     return (
-        f"SELECT {cols} FROM read_parquet('{_parts_glob(root, table)}', filename = true, union_by_name = true) "
+        f"SELECT * EXCLUDE (filename) FROM read_parquet('{_parts_glob(root, table)}', filename = true, union_by_name = true) "
         f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY filename DESC) = 1"
     )
+
+
+def _has_parts(root: Path, table: str) -> bool:
+    return any((Path(root) / table).glob("part-*.parquet"))
 
 
 def connect(root: Path) -> duckdb.DuckDBPyConnection:
@@ -151,28 +222,42 @@ def connect(root: Path) -> duckdb.DuckDBPyConnection:
 
     con = duckdb.connect()
     for table in SCHEMAS:
-        if any((Path(root) / table).glob("part-*.parquet")):
+        if _has_parts(root, table):
             con.execute(f"CREATE VIEW {table} AS {_dedup_sql(root, table)}")
     return con
 
 
 def read_table(root: Path, table: str) -> pa.Table:
-    """A table as pyarrow, one row per key (the newest), sorted by key; empty if nothing was written."""
-    if not any((Path(root) / table).glob("part-*.parquet")):
+    """A table as pyarrow, one row per key (the newest), sorted by key; empty if nothing was written.
+    ``trials`` keeps the parameter columns of its parts; the fixed columns have the schema's types."""
+    if not _has_parts(root, table):
         return SCHEMAS[table].empty_table()
     import duckdb
 
     order = ", ".join(KEYS[table])
-    rel = duckdb.connect().sql(f"SELECT * FROM ({_dedup_sql(root, table)}) ORDER BY {order}")
-    return rel.to_arrow_table().cast(SCHEMAS[table])
+    data = duckdb.connect().sql(f"SELECT * FROM ({_dedup_sql(root, table)}) ORDER BY {order}").to_arrow_table()
+    written = pq.read_schema(next((Path(root) / table).glob("part-*.parquet")))
+    schema = pa.schema([written.field(n) if n in written.names else pa.field(n, data.schema.field(n).type) for n in data.column_names])
+    return data.cast(schema.with_metadata(SCHEMAS[table].metadata))
 
 
-def compact(root: Path) -> None:
-    """Fold each table's parts into one part (written first, so a crash loses nothing)."""
+def read_pandas(root: Path, table: str) -> Any:
+    """A table as a pandas DataFrame (see ``read_table``)."""
+    return read_table(root, table).to_pandas()
+
+
+def compact(root: Path, keep_trials: set[str] | None = None) -> None:
+    """Fold each table's parts into one part (written first, so a crash loses nothing); with
+    ``keep_trials``, rows of any other trial are dropped."""
+    import pyarrow.compute as pc
+
     for table in SCHEMAS:
         old = sorted((Path(root) / table).glob("part-*.parquet"))
-        if len(old) <= 1:
+        if len(old) <= 1 and keep_trials is None or not old:
             continue
-        _write_part(Path(root) / table, read_table(root, table))
+        data = read_table(root, table)
+        if keep_trials is not None:
+            data = data.filter(pc.is_in(data["trial"], pa.array(sorted(keep_trials), pa.string())))
+        _write_part(Path(root) / table, data)
         for path in old:
             path.unlink()

@@ -30,6 +30,7 @@ from hamsweep.data import Dataset, DeviceLoader, load
 from hamsweep.errors import DivergenceError, SpecError
 from hamsweep.evaluation import CLEAN, EvalCounts, evaluate
 from hamsweep.spec import TrialConfig, config_diff
+from hamsweep.spec.trial import objective_summary
 
 __all__ = ["EpochRecord", "Tally", "Trainer", "last_record", "lr_at", "run"]
 
@@ -131,7 +132,7 @@ class Trainer:
             augment=cfg.data.augment, flip=self.data.flip,
         )
         self.start_epoch = 0
-        self.best = -math.inf  # best validation worst-class robust accuracy so far
+        self.best = -math.inf  # best validation `eval.select_by` so far
         self._resume()
 
     # ---- checkpoints ----
@@ -168,10 +169,13 @@ class Trainer:
         robust = record.val_robust()
         if robust is None:
             return
-        worst = robust.summary(self.cfg.eval.cvar_fraction)["worst"]
-        if worst > self.best:
-            self.best = worst
-            _atomic_save({"epoch": record.epoch, "model": self.model.state_dict(), "worst_robust": worst}, self.ckpt_dir / BEST)
+        e = self.cfg.eval
+        summary = robust.summary(e.cvar_fraction)
+        value = summary[objective_summary(e.select_by)]
+        if value > self.best:
+            self.best = value
+            state = {"epoch": record.epoch, "model": self.model.state_dict(), e.select_by: value, "summary": summary}
+            _atomic_save(state, self.ckpt_dir / BEST)
 
     # ---- the loop ----
     def epochs(self, on_batch: OnBatch | None = None) -> Iterator[EpochRecord]:

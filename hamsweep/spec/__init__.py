@@ -18,6 +18,12 @@ from __future__ import annotations
 
 from hamsweep.spec._base import validate as validate
 from hamsweep.spec.sweep import DISTRIBUTIONS as DISTRIBUTIONS
+from hamsweep.spec.sweep import SCHEDULERS as SCHEDULERS
+from hamsweep.spec.sweep import BudgetConfig as BudgetConfig
+from hamsweep.spec.sweep import FinalEvalConfig as FinalEvalConfig
+from hamsweep.spec.sweep import ObjectiveConfig as ObjectiveConfig
+from hamsweep.spec.sweep import ResourcesConfig as ResourcesConfig
+from hamsweep.spec.sweep import SchedulerConfig as SchedulerConfig
 from hamsweep.spec.sweep import SAMPLERS as SAMPLERS
 from hamsweep.spec.sweep import Distribution as Distribution
 from hamsweep.spec.sweep import SearchConfig as SearchConfig
@@ -26,6 +32,7 @@ from hamsweep.spec.sweep import load_spec as load_spec
 from hamsweep.spec.sweep import parse_overrides as parse_overrides
 from hamsweep.spec.trial import DATASETS as DATASETS
 from hamsweep.spec.trial import METHODS as METHODS
+from hamsweep.spec.trial import OBJECTIVES as OBJECTIVES
 from hamsweep.spec.trial import MODELS as MODELS
 from hamsweep.spec.trial import TRIAL_SECTIONS as TRIAL_SECTIONS
 from hamsweep.spec.trial import DataConfig as DataConfig
@@ -43,13 +50,20 @@ __all__ = [
     "DISTRIBUTIONS",
     "METHODS",
     "MODELS",
+    "OBJECTIVES",
     "SAMPLERS",
+    "SCHEDULERS",
     "TRIAL_SECTIONS",
+    "BudgetConfig",
     "DataConfig",
     "Distribution",
     "EvalConfig",
+    "FinalEvalConfig",
     "HamConfig",
     "ModelConfig",
+    "ObjectiveConfig",
+    "ResourcesConfig",
+    "SchedulerConfig",
     "SearchConfig",
     "SweepSpec",
     "TrainConfig",

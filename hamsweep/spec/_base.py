@@ -48,7 +48,8 @@ def validate(model: type[BaseModel], data: Any, prefix: str = "") -> Any:
 def _format_error(err: ValidationError, root: type[BaseModel], prefix: str = "") -> SpecError:
     """The first pydantic error as one line: 'key.path: what is wrong (got value)'."""
     e = err.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"])
+    # union members appear in the location as type tags ("literal[...]", "tuple[...]"): not keys
+    loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and "[" in p))
     cause = (e.get("ctx") or {}).get("error")
     if isinstance(cause, SpecError):  # raised by one of our validators: its key is below `loc`
         key = ".".join(p for p in (prefix, loc, cause.key) if p)

@@ -1,5 +1,6 @@
-"""The sweep spec: a trial config plus ``name`` and ``search`` (each searched parameter with its
-distribution and its default), and the readers of spec files and ``--set`` overrides."""
+"""The sweep spec: a trial config plus ``name``, ``objective``, ``search`` (each searched parameter with
+its distribution and its default), ``scheduler``, ``resources``, ``budget`` and ``final_eval``; and the
+readers of spec files and ``--set`` overrides."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from pydantic import model_validator
 
 from hamsweep.errors import SpecError
 from hamsweep.spec._base import _Frozen, fraction, validate
-from hamsweep.spec.trial import TRIAL_SECTIONS, TrialConfig, assign, config_keys, flat
+from hamsweep.spec.trial import OBJECTIVES, TRIAL_SECTIONS, Objective, TrialConfig, assign, config_keys, flat
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "nsga2")
+SCHEDULERS = ("asha", "none")
+MULTI_OBJECTIVE_SAMPLERS = ("tpe", "random", "gp", "nsga2")  # CMA-ES optimises one objective only
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 
 Bound = float | int | str  # a number, or the dotted key of an int parameter
@@ -83,24 +86,139 @@ class Distribution(_Frozen):
 
 
 class SearchConfig(_Frozen):
-    sampler: Literal["tpe", "random", "cmaes", "gp", "nsga2"] = "tpe"
+    sampler: Literal["tpe", "random", "cmaes", "gp", "nsga2"] = "tpe"  # Optuna sampler
     seed: int = 0  # seeds the sampler
     num_samples: int = 8  # trials in the sweep
     max_concurrent: int = 1  # trials running at once
+    start_with_defaults: bool = True  # the first trial runs every default (the paper's setting)
     params: dict[str, Distribution] = {}  # 'section.field' -> distribution with its default
 
     @model_validator(mode="after")
     def _check(self) -> SearchConfig:
-        if self.num_samples < 1 or self.max_concurrent < 1:
-            raise SpecError("num_samples", "num_samples and max_concurrent must be >= 1")
+        for key in ("num_samples", "max_concurrent"):
+            if getattr(self, key) < 1:
+                raise SpecError(key, f"{key} must be >= 1 but got {getattr(self, key)}")
+        return self
+
+
+class ObjectiveConfig(_Frozen):
+    """What the sweep maximises, always measured on the validation split (never the test split)."""
+
+    metric: Objective | tuple[Objective, ...] = "worst_robust"  # a list = multi-objective (e.g. nsga2)
+    mode: Literal["max"] = "max"  # accuracies are maximised
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return self.metric if isinstance(self.metric, tuple) else (self.metric,)
+
+    @property
+    def primary(self) -> str:
+        """The metric ASHA compares, best.pt is chosen by, and results are sorted by."""
+        return self.metrics[0]
+
+    @model_validator(mode="after")
+    def _check(self) -> ObjectiveConfig:
+        if not self.metrics or len(set(self.metrics)) != len(self.metrics):
+            raise SpecError("metric", f"needs one metric or a list of distinct ones from {', '.join(OBJECTIVES)}")
+        return self
+
+
+class SchedulerConfig(_Frozen):
+    """Early stopping of weak trials. ASHA compares trials on the objective at each rung."""
+
+    name: Literal["asha", "none"] = "asha"
+    grace_period: int = 1  # epochs every trial runs before ASHA may stop it
+    reduction_factor: float = 3.0  # ASHA keeps the best 1/reduction_factor of the trials at each rung
+    max_epochs: int | None = None  # ASHA's max_t, in epochs; None = train.epochs
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data  # `scheduler: none`
+
+    @model_validator(mode="after")
+    def _check(self) -> SchedulerConfig:
+        if self.grace_period < 1:
+            raise SpecError("grace_period", f"grace_period must be >= 1 epoch but got {self.grace_period}")
+        if self.reduction_factor <= 1:
+            raise SpecError("reduction_factor", f"reduction_factor must be > 1 but got {self.reduction_factor}")
+        return self
+
+
+class ResourcesConfig(_Frozen):
+    """What one trial reserves; Ray packs as many trials as fit (fractional GPUs share a device)."""
+
+    cpu: float = 1.0  # CPU cores per trial (also torch's thread count in the trial)
+    gpu: float = 0.0  # GPUs per trial; 0.5 = two trials share one GPU
+
+    @model_validator(mode="after")
+    def _check(self) -> ResourcesConfig:
+        if self.cpu <= 0:
+            raise SpecError("cpu", f"cpu must be > 0 but got {self.cpu}")
+        if self.gpu < 0 or (self.gpu > 1 and self.gpu != int(self.gpu)):
+            raise SpecError("gpu", f"gpu must be a fraction in [0, 1] or a whole number but got {self.gpu}")
+        return self
+
+
+class BudgetConfig(_Frozen):
+    """Limits of the whole sweep: no new trial starts and running ones stop once one is reached."""
+
+    wall_hours: float | None = None  # wall-clock hours of the sweep (resumes continue the count)
+    gpu_hours: float | None = None  # sum over trials of wall time x resources.gpu, in hours
+
+    @model_validator(mode="after")
+    def _check(self) -> BudgetConfig:
+        for key in ("wall_hours", "gpu_hours"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise SpecError(key, f"{key} must be > 0 (or null for no limit) but got {value}")
+        return self
+
+
+class FinalEvalConfig(_Frozen):
+    """After the search: the top-k trials' best checkpoints on the test split, per class."""
+
+    top_k: int = 1  # trials to evaluate; 0 = none
+    autoattack: bool = False  # also AutoAttack (standard), besides PGD-``eval.attack_steps``
+
+    @model_validator(mode="after")
+    def _check(self) -> FinalEvalConfig:
+        if self.top_k < 0:
+            raise SpecError("top_k", f"top_k must be >= 0 but got {self.top_k}")
         return self
 
 
 class SweepSpec(TrialConfig):
-    """A spec file: the trial config's sections plus ``name`` and ``search``."""
+    """A spec file: the trial config's sections plus ``name``, ``objective``, ``search``, ``scheduler``,
+    ``resources``, ``budget`` and ``final_eval``."""
 
     name: str = "sweep"
+    objective: ObjectiveConfig = ObjectiveConfig()
     search: SearchConfig = SearchConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    budget: BudgetConfig = BudgetConfig()
+    final_eval: FinalEvalConfig = FinalEvalConfig()
+
+    @model_validator(mode="after")
+    def _check_sweep(self) -> SweepSpec:
+        multi = len(self.objective.metrics) > 1
+        if multi and self.search.sampler not in MULTI_OBJECTIVE_SAMPLERS:
+            raise SpecError(
+                "search.sampler", f"{self.search.sampler} optimises one objective; with several objective.metric "
+                f"use one of {', '.join(MULTI_OBJECTIVE_SAMPLERS)}"
+            )
+        if "select_by" in self.eval.model_fields_set and self.eval.select_by != self.objective.primary:
+            raise SpecError(
+                "eval.select_by", f"{self.eval.select_by} differs from objective.metric ({self.objective.primary}); "
+                "a sweep selects checkpoints by its objective, so drop eval.select_by"
+            )
+        s, epochs = self.scheduler, self.train.epochs
+        if s.max_epochs is not None and not s.grace_period <= s.max_epochs <= epochs:
+            raise SpecError("scheduler.max_epochs", f"{s.max_epochs} must be in {s.grace_period}..{epochs} (grace_period..train.epochs)")
+        if s.name == "asha" and s.grace_period > epochs:
+            raise SpecError("scheduler.grace_period", f"{s.grace_period} is larger than train.epochs ({epochs})")
+        return self
 
     @model_validator(mode="after")
     def _check_params(self) -> SweepSpec:
@@ -133,8 +251,11 @@ class SweepSpec(TrialConfig):
                 raise SpecError(f"search.params.{key}", f"{value!r} can be sampled but is invalid: {err}") from None
 
     def base(self) -> dict[str, Any]:
-        """The trial sections as plain data, without ``name`` and ``search``."""
-        return {s: getattr(self, s).model_dump() for s in TRIAL_SECTIONS}
+        """The trial sections as plain data, without the sweep's sections; checkpoints are
+        selected by the objective."""
+        data = {s: getattr(self, s).model_dump() for s in TRIAL_SECTIONS}
+        data["eval"]["select_by"] = self.objective.primary
+        return data
 
     def defaults(self) -> dict[str, Any]:
         """Each searched key -> its declared default."""

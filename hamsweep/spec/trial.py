@@ -14,6 +14,15 @@ from hamsweep.spec._base import PixelFloat, _Frozen, pixel_range
 DATASETS = ("cifar10", "cifar100", "svhn", "synthetic")
 MODELS = ("preact_resnet18", "wrn34_10", "small_cnn")
 METHODS = ("ham", "pgd_at", "trades")
+# what a sweep may maximise, always on the validation split; each is the column ``robust_<summary>``
+# of the ``epochs`` table (worst class, CVaR of the worst classes, Wilson lower bound of the worst, mean)
+OBJECTIVES = ("worst_robust", "cvar_robust", "lcb_robust", "mean_robust")
+Objective = Literal["worst_robust", "cvar_robust", "lcb_robust", "mean_robust"]
+
+
+def objective_summary(objective: str) -> str:
+    """'worst_robust' -> 'worst': the key of ``metrics.summarize`` the objective reads."""
+    return objective.removesuffix("_robust")
 
 
 class DataConfig(_Frozen):
@@ -120,6 +129,7 @@ class EvalConfig(_Frozen):
     autoattack: bool = False  # also run AutoAttack (standard, torchattacks) on the test split
     max_examples: int | None = None  # evaluate at most N examples per split (class-stratified); None = all
     cvar_fraction: float = 0.2  # CVaR-k averages the k = ceil(fraction * classes) worst classes
+    select_by: Objective = "worst_robust"  # best.pt = the epoch with the highest value of this (validation)
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:

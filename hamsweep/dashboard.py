@@ -1,0 +1,288 @@
+"""The live sweep dashboard, its pure part: a sweep's state -> one rich frame, or one log line per event.
+
+``render(state)`` is a pure function of a ``SweepState`` (it never reads the clock: ``state.now`` is the
+frame's time), so a frame can be pinned in a test. The driver owns the state and hands it to a view
+from ``make_view``: a ``LiveView`` redraws the frame in a terminal, a ``LineView`` prints one plain
+line per trial event for logs. Only rich and the standard library here: no Ray, Optuna or torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.bar import Bar
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+__all__ = ["EVENTS", "STATUSES", "LineView", "LiveView", "SweepState", "TrialView", "event_line", "make_view", "render"]
+
+STATUSES = ("pending", "running", "completed", "stopped", "failed")  # stopped = ended early by ASHA (or the budget)
+EVENTS = ("start", "epoch", "completed", "stopped", "failed")  # what event_line and the views' event() accept
+_FINISHED = ("completed", "stopped", "failed")
+_STATUS_STYLE = {"pending": "dim", "running": "cyan", "completed": "green", "stopped": "yellow", "failed": "red"}
+_WEAKEST = 5  # classes shown as bars for the best trial
+_DASH = "—"
+
+
+@dataclass
+class TrialView:
+    """What the dashboard knows of one trial; the driver updates it in place as reports arrive."""
+
+    trial: str  # Ray Tune trial id, e.g. "a1b2c3d4"
+    params: dict[str, Any]  # searched keys 'section.field' -> sampled value (None allowed, e.g. ham.temperature)
+    epochs: int  # epochs planned (train.epochs)
+    number: int | None = None  # Optuna trial number
+    status: str = "pending"  # one of STATUSES
+    epoch: int = 0  # epochs completed
+    objective: float | None = None  # objective of the latest epoch, validation split, in [0, 1]
+    best_objective: float | None = None  # highest objective over the epochs so far, in [0, 1]
+    best_epoch: int | None = None  # epoch (1-based) of best_objective
+    mean_robust: float | None = None  # latest epoch's mean robust accuracy (validation), in [0, 1]
+    clean_mean: float | None = None  # latest epoch's mean clean accuracy (validation), in [0, 1]
+    class_robust: tuple[float, ...] = ()  # per-class robust accuracy at best_epoch (validation), in [0, 1]
+    class_names: tuple[str, ...] = ()  # one per entry of class_robust
+    stop_reason: str | None = None  # e.g. "ASHA at epoch 2", "diverged: train loss is nan at epoch 3, batch 4"
+    gpu_seconds: float = 0.0  # GPU time spent, in seconds (GPUs held x wall time)
+    wall_seconds: float = 0.0  # wall time since the trial started, in seconds
+
+
+@dataclass
+class SweepState:
+    """The whole sweep as the dashboard draws it."""
+
+    name: str  # sweep name, from the spec
+    objective: str  # metric name, e.g. "worst_robust"
+    num_samples: int  # trials the sweep will run in all
+    started: float  # time.time() at the start, in seconds since the epoch
+    now: float  # time.time() of this frame, in seconds (render is pure: it never reads the clock)
+    trials: dict[str, TrialView] = field(default_factory=dict)  # trial id -> view; insertion order = start order
+    gpu_hours_budget: float | None = None  # in GPU-hours; None = no budget
+    wall_hours_budget: float | None = None  # in hours of wall time; None = no budget
+    sampler_best: tuple[int, float, dict[str, Any]] | None = None  # Optuna's current best: (number, value, params)
+
+    def counts(self) -> dict[str, int]:
+        """status -> number of trials, every status present (0 if none)."""
+        out = dict.fromkeys(STATUSES, 0)
+        for view in self.trials.values():
+            if view.status not in out:
+                raise ValueError(f"trial {view.trial}: status must be one of {', '.join(STATUSES)} but got {view.status!r}")
+            out[view.status] += 1
+        return out
+
+    def gpu_hours(self) -> float:
+        return sum(v.gpu_seconds for v in self.trials.values()) / 3600
+
+    def best(self) -> TrialView | None:
+        """The trial with the highest best_objective (the first started on a tie); None if none has one."""
+        scored = [v for v in self.trials.values() if _score(v) is not None]
+        return max(scored, key=lambda v: _score(v)) if scored else None
+
+
+def _score(view: TrialView) -> float | None:
+    # a diverged trial can report nan; it must rank as unscored, not break max() and sorted()
+    x = view.best_objective
+    return None if x is None or math.isnan(x) else x
+
+
+def _hms(seconds: float) -> str:
+    s = int(max(seconds, 0))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    return _DASH if x is None else f"{x:.{digits}f}"
+
+
+def _param(key: str, value: Any) -> str:
+    """A sampled value, compactly: floats to 3 significant digits; None means uniform for a temperature."""
+    if value is None:
+        return "uniform" if key.endswith("temperature") else _DASH
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _short_names(keys: list[str]) -> dict[str, str]:
+    """'section.field' -> 'field', keeping the full key where two sections share a field name."""
+    tails = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: t if tails.count(t) == 1 else k for k, t in zip(keys, tails, strict=True)}
+
+
+def _param_keys(state: SweepState) -> list[str]:
+    keys: dict[str, None] = {}  # an ordered set: the first trial's order, then any key added later
+    for view in state.trials.values():
+        keys.update(dict.fromkeys(view.params))
+    return list(keys)
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    short = _short_names(list(params))
+    return " ".join(f"{short[k]}={_param(k, v)}" for k, v in params.items())
+
+
+def _header(state: SweepState) -> Panel:
+    n = state.counts()
+    # Tune creates trials lazily, so samples not created yet are pending too
+    pending = n["pending"] + max(state.num_samples - len(state.trials), 0)
+    trials = (
+        f"trials: {n['running']} running, {n['completed']} done, {n['stopped']} stopped by ASHA, "
+        f"{n['failed']} failed, {pending} pending, of {state.num_samples}"
+    )
+    cost = f"GPU-hours used {state.gpu_hours():.2f}"
+    if state.gpu_hours_budget is not None:
+        cost += f" of budget {state.gpu_hours_budget:g}"
+    if state.wall_hours_budget is not None:
+        cost += f"; wall-clock {_hms(state.now - state.started)} of budget {_hms(state.wall_hours_budget * 3600)}"
+    top = Text.assemble(("sweep ", "bold"), (state.name, "bold"), f"   elapsed {_hms(state.now - state.started)}")
+    return Panel(Group(top, Text(trials), Text(cost)), title="hamsweep", title_align="left")
+
+
+def _ordered(state: SweepState, max_rows: int) -> tuple[list[TrialView], int]:
+    """The rows shown (running first, then finished best first, then pending) and how many were left out."""
+    views = list(state.trials.values())
+    finished = [v for v in views if v.status in _FINISHED]
+    finished.sort(key=lambda v: (_score(v) is None, -(_score(v) or 0.0)))  # stable: ties keep start order
+    rows = [v for v in views if v.status == "running"] + finished + [v for v in views if v.status == "pending"]
+    return rows[:max_rows], max(len(rows) - max_rows, 0)
+
+
+def _trial_table(state: SweepState, rows: list[TrialView]) -> Table:
+    keys = _param_keys(state)
+    short = _short_names(keys)
+    table = Table(title="trials", title_justify="left", expand=False)
+    for name in ["#", "trial", *(short[k] for k in keys), "epoch", state.objective, "best", "mean rob", "clean"]:
+        table.add_column(name, justify="left" if name == "trial" else "right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("reason", overflow="fold")
+    for v in rows:
+        cells = [_DASH if v.number is None else str(v.number), v.trial]
+        cells += [_param(k, v.params.get(k)) if k in v.params else "" for k in keys]
+        cells += [f"{v.epoch}/{v.epochs}", _num(v.objective), _num(v.best_objective)]
+        cells += [_num(v.mean_robust), _num(v.clean_mean)]
+        status = Text(v.status, style=_STATUS_STYLE.get(v.status, ""))
+        table.add_row(*map(Text, cells), status, Text(v.stop_reason or ""))
+    return table
+
+
+def _weakest(view: TrialView) -> Table:
+    """The best trial's weakest classes as bars, lowest first."""
+    names = list(view.class_names) + [f"class {i}" for i in range(len(view.class_names), len(view.class_robust))]
+    # a class with no validation examples has accuracy nan: it sorts last, it is not "weakest"
+    pairs = sorted(zip(names, view.class_robust, strict=False), key=lambda p: (math.isnan(p[1]), p[1]))[:_WEAKEST]
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column(width=30)
+    grid.add_column(justify="right", no_wrap=True)
+    for name, acc in pairs:
+        known = not math.isnan(acc)
+        bar = Bar(1.0, 0.0, acc if known else 0.0, width=30, color="red")
+        grid.add_row(Text(name), bar, f"{100 * acc:.1f}%" if known else _DASH)
+    return grid
+
+
+def _best_panel(state: SweepState, view: TrialView) -> Panel:
+    number = "" if view.number is None else f" (#{view.number})"
+    head = f"{view.trial}{number}: {state.objective} {_num(view.best_objective)} at epoch {view.best_epoch}"
+    parts: list[RenderableType] = [Text(head), Text(_params_text(view.params))]
+    if view.class_robust:
+        parts += [Text(f"weakest classes, robust accuracy (validation, epoch {view.best_epoch}):"), _weakest(view)]
+    return Panel(Group(*parts), title="best trial so far", title_align="left")
+
+
+def _sampler_panel(objective: str, best: tuple[int, float, dict[str, Any]]) -> Panel:
+    number, value, params = best
+    line = f"trial #{number}: {objective} {value:.3f}   {_params_text(params)}"
+    return Panel(Text(line), title="sampler's best (Optuna)", title_align="left")
+
+
+def render(state: SweepState, *, max_rows: int = 20) -> RenderableType:
+    """One dashboard frame: header, trial table (at most ``max_rows`` rows), best trial, sampler's best."""
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be at least 1 but got {max_rows}")
+    parts: list[RenderableType] = [_header(state)]
+    rows, left_out = _ordered(state, max_rows)
+    parts.append(_trial_table(state, rows) if rows else Text("no trials started yet", style="dim"))
+    if left_out:
+        parts.append(Text(f"… {left_out} more", style="dim"))
+    if (best := state.best()) is not None:
+        parts.append(_best_panel(state, best))
+    if state.sampler_best is not None:
+        parts.append(_sampler_panel(state.objective, state.sampler_best))
+    return Group(*parts)
+
+
+def _metrics(state: SweepState, view: TrialView) -> str:
+    out = f"epoch {view.epoch}/{view.epochs}"
+    if view.objective is not None:
+        out += f" {state.objective} {view.objective:.3f} (best {_num(view.best_objective)})"
+    if view.mean_robust is not None:
+        out += f" mean {view.mean_robust:.2f}"
+    if view.clean_mean is not None:
+        out += f" clean {view.clean_mean:.2f}"
+    return out
+
+
+def event_line(state: SweepState, view: TrialView, event: str) -> str:
+    """One plain line (no markup) for a trial event, for logs when stdout is not a terminal."""
+    if event not in EVENTS:
+        raise ValueError(f"event must be one of {', '.join(EVENTS)} but got {event!r}")
+    number = "" if view.number is None else f" {view.number}"
+    prefix = f"[{_hms(state.now - state.started)}] trial{number} {view.trial}"
+    if event == "start":
+        return f"{prefix} start {_params_text(view.params)}".rstrip()
+    line = f"{prefix} {_metrics(state, view)} {view.status if event == 'epoch' else event}"
+    if event in ("stopped", "failed"):
+        line += f": {view.stop_reason or 'no reason given'}"
+    return line
+
+
+class LiveView:
+    """Redraws the whole frame in place, in a terminal; trial events are already in the frame."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._live: Live | None = None  # started on the first update, so an early crash leaves no empty frame
+
+    def update(self, state: SweepState) -> None:
+        if self._live is None:
+            # auto_refresh off: a refresh thread would redraw a state the driver is mutating
+            self._live = Live(console=self.console, auto_refresh=False, transient=False)
+            self._live.start()
+        self._live.update(render(state), refresh=True)
+
+    def event(self, state: SweepState, view: TrialView, event: str) -> None:
+        """Nothing: the next update shows it."""
+
+    def close(self) -> None:
+        """Stop redrawing and leave the last frame on screen; safe to call twice."""
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+
+class LineView:
+    """One plain line per trial event, for logs and pipes; no frames."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def update(self, state: SweepState) -> None:
+        """Nothing: a log gets events, not frames."""
+
+    def event(self, state: SweepState, view: TrialView, event: str) -> None:
+        # markup and emoji off: a stop reason or a param value is user text, not rich markup
+        line = event_line(state, view, event)
+        self.console.print(line, highlight=False, soft_wrap=True, markup=False, emoji=False)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def make_view(console: Console) -> LiveView | LineView:
+    """A live frame in a terminal, plain event lines otherwise (logs, pipes, SLURM output files)."""
+    return LiveView(console) if console.is_terminal else LineView(console)

@@ -1,0 +1,116 @@
+"""After the search: the top trials' best checkpoints on the test split, and the results table.
+
+The search only ever sees the validation split. ``evaluate_top`` is the one place the test split is
+used: each of the top-k completed trials (by its best validation objective) is evaluated from its
+``best.pt``, class by class, into the ``classes`` table with ``split = 'test'`` and ``epoch`` = the
+checkpoint's epoch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from hamsweep import results
+from hamsweep.errors import SpecError
+from hamsweep.results import CLASSES, param_column
+from hamsweep.spec import OBJECTIVES, SweepSpec
+from hamsweep.spec.trial import objective_summary
+
+__all__ = ["evaluate_top", "results_table", "top_trials"]
+
+
+def top_trials(out: Path, k: int, by: str = "worst_robust", *, completed_only: bool = False) -> list[dict[str, Any]]:
+    """The ``k`` best trials by the highest validation ``by`` over their epochs, best first."""
+    if by not in OBJECTIVES:
+        raise SpecError("--by", f"unknown metric {by!r}; valid metrics are {', '.join(OBJECTIVES)}")
+    con = results.connect(out)
+    if not {"trials", "epochs"} <= {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}:
+        raise SpecError(str(out), "holds no trials yet; pass a sweep folder")
+    where = "WHERE t.status = 'completed'" if completed_only else ""
+    column = f"robust_{objective_summary(by)}"
+    sql = f"""
+        WITH v AS (SELECT trial, max({column}) AS value FROM epochs GROUP BY trial),
+             b AS (SELECT e.trial, e.robust_worst, e.robust_mean, e.clean_mean FROM epochs e JOIN trials t
+                   ON e.trial = t.trial AND e.epoch = t.best_epoch),
+             x AS (SELECT trial, min(correct / n) AS test_worst, avg(correct / n) AS test_mean FROM classes
+                   WHERE split = 'test' AND attack LIKE 'pgd%' GROUP BY trial)
+        SELECT t.*, v.value, b.robust_worst, b.robust_mean, b.clean_mean, x.test_worst, x.test_mean
+        FROM trials t LEFT JOIN v USING (trial) LEFT JOIN b USING (trial) LEFT JOIN x USING (trial) {where}
+        ORDER BY v.value DESC NULLS LAST, t.number LIMIT {int(k)}"""
+    if not (Path(out) / CLASSES).exists():
+        sql = sql.replace("FROM classes", "FROM (SELECT NULL::VARCHAR AS trial, 0 AS correct, 1 AS n, '' AS split, '' AS attack)")
+    return con.sql(sql).to_arrow_table().to_pylist()
+
+
+def results_table(out: Path, spec: SweepSpec, top: int = 10, by: str | None = None) -> Table:
+    """The best trials with their parameters and summary metrics (validation; test where evaluated)."""
+    by = by or spec.objective.primary
+    rows = top_trials(out, top, by)
+    table = Table(title=f"{spec.name}: best {len(rows)} trials by validation {by}", title_justify="left")
+    keys = list(spec.search.params)
+    for col in ("#", "trial", "status", "epochs", *[k.split(".")[-1] for k in keys], by, "worst", "mean", "clean", "test worst", "test mean"):
+        table.add_column(col, justify="left" if col in ("trial", "status") else "right")
+    for r in rows:
+        params = [_fmt(r.get(param_column(k))) for k in keys]
+        table.add_row(
+            str(r["number"]), r["trial"], r["status"], f"{r['epochs_run']}/{r['epochs']}", *params, _pct(r["value"]),
+            _pct(r["robust_worst"]), _pct(r["robust_mean"]), _pct(r["clean_mean"]), _pct(r["test_worst"]), _pct(r["test_mean"]),
+        )
+    return table
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def _fmt(x: Any) -> str:
+    return "—" if x is None else f"{x:.3g}" if isinstance(x, float) else str(x)
+
+
+def evaluate_top(out: Path, spec: SweepSpec, k: int, *, autoattack: bool = False, console: Console | None = None) -> int:
+    """Evaluate the top-``k`` completed trials' best checkpoints on the test split; returns how many."""
+    console = console or Console()
+    rows = top_trials(out, k, spec.objective.primary, completed_only=True)
+    if not rows:
+        console.print("final evaluation: no completed trial to evaluate", highlight=False)
+        return 0
+    writer = results.PartWriter(out)
+    for row in rows:
+        evals, epoch, names = _evaluate(out, spec, row, autoattack)
+        writer.append(CLASSES, _class_rows(row["trial"], epoch, evals, names))
+        worst = min(c / n for e in evals if e.attack != "clean" for n, c in zip(e.n, e.correct) if n)
+        console.print(f"final evaluation: trial {row['trial']} (#{row['number']}) test worst-class robust {100 * worst:.1f}%", highlight=False)
+    return len(rows)
+
+
+def _evaluate(out: Path, spec: SweepSpec, row: dict[str, Any], autoattack: bool) -> tuple[list[Any], int, tuple[str, ...]]:
+    import torch
+
+    from hamsweep import data, models
+    from hamsweep.evaluation import evaluate
+    from hamsweep.train import BEST, pick_device
+
+    cfg = spec.trial_config({k: row[param_column(k)] for k in spec.search.params})
+    path = Path(out) / (row["checkpoint"] or "-") / BEST
+    if not row["checkpoint"] or not path.is_file():
+        raise SpecError(str(out), f"trial {row['trial']} has no best checkpoint ({path}); it cannot be evaluated")
+    dataset = data.load(cfg.data)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model = models.build(cfg.model, dataset.num_classes, in_channels=dataset.image_shape[0])
+    model.load_state_dict(state["model"])
+    model.to(pick_device(cfg.train.device))
+    evals = evaluate(model, dataset.test, "test", cfg, dataset.num_classes, seed=0, autoattack=autoattack)
+    return evals, int(state["epoch"]), tuple(dataset.classes)
+
+
+def _class_rows(trial: str, epoch: int, evals: list[Any], names: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [
+        {"trial": trial, "epoch": epoch, "split": e.split, "attack": e.attack, "class_id": c,
+         "class_name": names[c], "n": n, "correct": k}
+        for e in evals
+        for c, (n, k) in enumerate(zip(e.n, e.correct))
+    ]

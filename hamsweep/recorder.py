@@ -1,0 +1,277 @@
+"""Tune events -> the sweep's Parquet rows and the dashboard's state. One ``Recorder`` lives in the
+driver: it is the sweep's single writer (a ``tune.Callback``) and its budget stopper (a
+``tune.Stopper``).
+
+Rows are buffered and flushed as new part files at least every ``flush_s`` seconds and at every
+trial end. A resumed sweep rebuilds its state from the ``trials`` table it finds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from ray import tune
+
+from hamsweep import results
+from hamsweep.dashboard import SweepState, TrialView
+from hamsweep.results import CLASSES, EPOCHS, TRIALS, BufferedWriter, PartWriter, param_column
+from hamsweep.search import BEST, NUMBER, OBJECTIVE, full_epochs
+from hamsweep.spec import Distribution, SweepSpec
+
+__all__ = ["Recorder", "param_types"]
+
+_REFRESH_S = 1.0  # dashboard frames at most once a second between events
+
+
+@dataclass
+class _Clock:
+    """One trial's time: seconds of earlier runs (before a restart or a resume) plus the current one."""
+
+    started: float  # time.time() of the trial's first start
+    before: float = 0.0  # wall seconds of earlier segments
+    segment: float | None = None  # time.time() the current segment started; None when not running
+    ended: float | None = None
+    restarts: int = 0
+    checkpoint: str | None = None  # latest checkpoint folder, relative to the sweep folder
+
+    def seconds(self, now: float) -> float:
+        return self.before + (now - self.segment if self.segment is not None else 0.0)
+
+    def stop(self, now: float) -> None:
+        self.before, self.segment = self.seconds(now), None
+
+
+def param_types(params: dict[str, Distribution]) -> dict[str, pa.DataType]:
+    """Arrow type of each searched key's column in ``trials``."""
+    out = {}
+    for key, d in params.items():
+        if d.kind == "int":
+            out[key] = pa.int64()
+        elif d.kind != "choice":
+            out[key] = pa.float64()
+        else:
+            values = [c for c in d.choices or () if c is not None]
+            numeric = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in values)
+            ints = numeric and all(isinstance(c, int) for c in values)
+            bools = all(isinstance(c, bool) for c in values)
+            out[key] = pa.bool_() if bools and values else pa.int64() if ints else pa.float64() if numeric else pa.string()
+    return out
+
+
+class Recorder(tune.Callback, tune.Stopper):
+    """The sweep's writer, dashboard feed and budget stopper (see the module docstring)."""
+
+    def __init__(self, spec: SweepSpec, out: Path, view: Any, *, started: float, flush_s: float = 5.0) -> None:
+        self.spec, self.out, self.view = spec, Path(out), view
+        self.full = full_epochs(spec)
+        self.types = param_types(spec.search.params)
+        writer = PartWriter(self.out, {TRIALS: results.trials_schema({k: t for k, t in self.types.items()})})
+        self.writer = BufferedWriter(writer, flush_s)
+        self.state = SweepState(
+            name=spec.name, objective=spec.objective.primary, num_samples=spec.search.num_samples, started=started,
+            now=time.time(), gpu_hours_budget=spec.budget.gpu_hours, wall_hours_budget=spec.budget.wall_hours,
+        )
+        self.clocks: dict[str, _Clock] = {}
+        self.failed: dict[str, str] = {}  # trial id -> reason reported by the trainable
+        self.budget_hit: str | None = None
+        self._frame = 0.0
+        self._load()
+
+    # Tune pickles its run config (this object included) into the experiment folder; the live parts
+    # stay behind, and the sweep hands a fresh Recorder to a restored Tuner.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"spec": self.spec, "out": self.out}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    # ---- resume ----
+    def _load(self) -> None:
+        for row in results.read_table(self.out, TRIALS).to_pylist():
+            params = {k: row.get(param_column(k)) for k in self.types}
+            view = TrialView(
+                trial=row["trial"], params=params, epochs=row["epochs"], number=row["number"], status=row["status"],
+                epoch=row["epochs_run"], objective=row["last_objective"], best_objective=row["best_objective"],
+                best_epoch=row["best_epoch"], stop_reason=row["stop_reason"],
+            )
+            if view.status == "running":
+                view.status = "pending"  # until Tune resumes it
+            self.state.trials[view.trial] = view
+            started = row["started"].timestamp() if row["started"] else time.time()
+            clock = _Clock(started=started, before=row["wall_seconds"] or 0.0, restarts=row["restarts"] or 0)
+            clock.checkpoint, clock.ended = row["checkpoint"], row["ended"].timestamp() if row["ended"] else None
+            self.clocks[view.trial] = clock
+
+    # ---- trial events ----
+    def _view(self, trial: Any) -> TrialView:
+        tid = trial.trial_id
+        if tid not in self.state.trials:
+            params = {k: v for k, v in trial.config.items() if k != NUMBER}
+            self.state.trials[tid] = TrialView(trial=tid, params=params, epochs=self.full, number=trial.config.get(NUMBER))
+        if tid not in self.clocks:
+            self.clocks[tid] = _Clock(started=time.time())
+        return self.state.trials[tid]
+
+    def _running(self, trial: Any) -> TrialView:
+        view, clock = self._view(trial), self.clocks[trial.trial_id]
+        if clock.segment is None:
+            clock.segment = time.time()
+        if view.status != "running":
+            view.status = "running"
+            self._event(view, "start")
+        return view
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._running(trial)
+        self._row(trial.trial_id)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        view = self._running(trial)
+        if "failed" in result:
+            self.failed[trial.trial_id] = result["failed"]
+            return
+        self._epoch(view, result)
+        self._row(trial.trial_id)
+        self._event(view, "epoch")
+        self._tick(force_frame=True)
+
+    def _epoch(self, view: TrialView, result: dict) -> None:
+        from hamsweep.train import EpochRecord
+
+        record = EpochRecord.from_dict(result["record"])
+        cvar = self.spec.eval.cvar_fraction
+        self.writer.add(EPOCHS, results.epoch_rows(view.trial, record, cvar))
+        self.writer.add(CLASSES, results.class_rows(view.trial, record, result["class_names"]))
+        view.epoch, view.objective = record.epoch, result[OBJECTIVE]
+        view.best_objective, view.best_epoch = result[BEST], result.get("best_epoch")
+        view.mean_robust, view.clean_mean = result.get("robust_mean", view.mean_robust), result.get("clean_mean", view.clean_mean)
+        robust = record.val_robust()
+        if robust is not None and view.best_epoch == record.epoch:
+            view.class_robust = tuple(c / n if n else math.nan for n, c in zip(robust.n, robust.correct))
+            view.class_names = tuple(result["class_names"])
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        path = Path(checkpoint.path)
+        self._view(trial)
+        self.clocks[trial.trial_id].checkpoint = os.path.relpath(path, self.out) if path.is_absolute() else str(path)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        clock = self.clocks[self._view(trial).trial]
+        clock.stop(time.time())
+        clock.restarts += 1
+        self.state.trials[trial.trial_id].status = "pending"
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        view = self._view(trial)
+        if trial.trial_id in self.failed:
+            self._finish(view, "failed", self.failed[trial.trial_id])
+        elif view.epoch < self.full:
+            self._finish(view, "stopped", self.budget_hit or f"ASHA at epoch {view.epoch}")
+        else:
+            self._finish(view, "completed", f"ran all {self.full} epochs")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(self._view(trial), "failed", f"error: {_last_error_line(trial)}")
+
+    def _finish(self, view: TrialView, status: str, reason: str) -> None:
+        now = time.time()
+        clock = self.clocks[view.trial]
+        clock.stop(now)
+        clock.ended = now
+        view.status, view.stop_reason = status, reason
+        self._row(view.trial)
+        self.writer.flush()
+        self._event(view, status)
+        self._sampler_best()
+        self._tick(force_frame=True)
+
+    # ---- the loop ----
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._tick()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        for tid, view in self.state.trials.items():
+            if view.status == "running":
+                self._row(tid)
+        self.writer.flush()
+        self.view.update(self._now())
+        self.view.close()
+
+    def _tick(self, force_frame: bool = False) -> None:
+        if self.writer.due():
+            for tid, view in self.state.trials.items():
+                if view.status == "running":
+                    self._row(tid)  # wall and GPU seconds move on
+            self.writer.flush()
+        if force_frame or time.monotonic() - self._frame >= _REFRESH_S:
+            self.view.update(self._now())
+            self._frame = time.monotonic()
+
+    def _now(self) -> SweepState:
+        now = time.time()
+        self.state.now = now
+        for tid, view in self.state.trials.items():
+            view.wall_seconds = self.clocks[tid].seconds(now)
+            view.gpu_seconds = view.wall_seconds * self.spec.resources.gpu
+        return self.state
+
+    def _event(self, view: TrialView, event: str) -> None:
+        self.view.event(self._now(), view, event)
+
+    def _row(self, tid: str) -> None:
+        view, clock = self.state.trials[tid], self.clocks[tid]
+        now = time.time()
+        seconds = clock.seconds(now)
+        row = {
+            "trial": tid, "number": view.number, "status": view.status, "stop_reason": view.stop_reason,
+            "objective": self.spec.objective.primary, "best_objective": view.best_objective, "best_epoch": view.best_epoch,
+            "last_objective": view.objective, "epochs_run": view.epoch, "epochs": self.full, "restarts": clock.restarts,
+            "gpu_seconds": seconds * self.spec.resources.gpu, "wall_seconds": seconds,
+            "started": _utc(clock.started), "ended": _utc(clock.ended) if clock.ended else None, "checkpoint": clock.checkpoint,
+            **{param_column(k): view.params.get(k) for k in self.types},
+        }
+        self.writer.add(TRIALS, [row])
+
+    def _sampler_best(self) -> None:
+        """Optuna's own view of the best trial, read back from the journal (single objective only)."""
+        if len(self.spec.objective.metrics) > 1:
+            return
+        from hamsweep.search import open_study
+
+        try:
+            best = open_study(self.out).best_trial
+        except ValueError:  # no complete trial yet
+            return
+        self.state.sampler_best = (best.number, best.value, dict(best.params))
+
+    # ---- tune.Stopper: the budget ----
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        b, state = self.spec.budget, self._now()
+        if b.wall_hours is not None and state.now - state.started >= b.wall_hours * 3600:
+            self.budget_hit = f"budget: {b.wall_hours:g} wall-clock hours reached"
+        if b.gpu_hours is not None and state.gpu_hours() >= b.gpu_hours:
+            self.budget_hit = f"budget: {b.gpu_hours:g} GPU-hours reached"
+        return self.budget_hit is not None
+
+
+def _utc(t: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(t, tz=dt.timezone.utc)
+
+
+def _last_error_line(trial: Any) -> str:
+    """The exception line of the trial's error file (Ray writes the whole traceback there)."""
+    path = trial.error_file
+    if not path or not Path(path).is_file():
+        return "the trial's worker failed"
+    lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    return lines[-1] if lines else "the trial's worker failed"

@@ -1,0 +1,239 @@
+"""Spec -> what proposes and stops trials: the Optuna sampler and define-by-run space (through Ray's
+``OptunaSearch``), the Optuna journal in the sweep folder, and ASHA.
+
+Optuna runs with a no-op pruner here: early stopping is ASHA's job. Optuna is still told the truth
+about every trial: one intermediate value per epoch, COMPLETE only for trials that ran all their
+epochs, PRUNED for trials ASHA (or the budget) stopped, FAIL for crashed or diverged ones, so that
+TPE never takes an epoch-3 number for a final one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from hamsweep.errors import SpecError
+from hamsweep.spec import Distribution, SweepSpec, flat
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = [
+    "BEST",
+    "JOURNAL",
+    "NUMBER",
+    "OBJECTIVE",
+    "Searcher",
+    "Space",
+    "best_key",
+    "make_scheduler",
+    "make_searcher",
+    "open_study",
+]
+
+JOURNAL = "optuna.journal"  # the study's journal file in the sweep folder
+OBJECTIVE = "objective"  # result key: the primary objective of the latest evaluated epoch
+BEST = "best_objective"  # result key: the primary objective at the trial's best epoch
+NUMBER = "optuna_trial"  # config key the space adds: the Optuna trial number
+
+logging.getLogger("optuna").setLevel(logging.WARNING)  # one "trial finished" line per trial is noise here
+
+
+def best_key(metric: str) -> str:
+    """Result key of ``metric``'s value at the trial's best epoch (multi-objective sweeps)."""
+    return f"best_{metric}"
+
+
+class Space:
+    """Optuna define-by-run space: each searched key in dependency order, so that an int bound
+    naming another key (``ham.drop_step: {int: [1, train.attack_steps]}``) reads the value sampled
+    for this very trial, and M <= K holds for every trial."""
+
+    def __init__(self, params: Mapping[str, Distribution], fixed: Mapping[str, Any]) -> None:
+        self.params = dict(_dependency_order(params))
+        self.fixed = dict(fixed)  # the spec's values of every key, for bounds naming unsearched keys
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        values = dict(self.fixed)
+        for key, dist in self.params.items():
+            values[key] = _suggest(trial, key, dist, values)
+        return {NUMBER: trial.number}  # Ray adds returned constants to the trial's config
+
+
+def _suggest(trial: optuna.Trial, key: str, dist: Distribution, values: Mapping[str, Any]) -> Any:
+    if dist.kind == "choice":
+        return trial.suggest_categorical(key, list(dist.choices or ()))
+    lo, hi = dist.bounds(values)
+    if dist.kind == "int":
+        return trial.suggest_int(key, int(lo), int(hi), step=dist.step)
+    return trial.suggest_float(key, float(lo), float(hi), log=dist.kind == "loguniform")
+
+
+def _dependency_order(params: Mapping[str, Distribution]) -> list[tuple[str, Distribution]]:
+    """Keys whose bounds name another searched key come after it (the spec forbids cycles by
+    checking bounds against the defaults; a cycle here is reported, not looped on)."""
+    done: dict[str, Distribution] = {}
+    pending = dict(params)
+    while pending:
+        ready = [k for k, d in pending.items() if not any(b in pending for b in (d.low, d.high) if isinstance(b, str))]
+        if not ready:
+            raise SpecError("search.params", f"the bounds of {', '.join(pending)} name each other in a cycle")
+        for key in ready:
+            done[key] = pending.pop(key)
+    return list(done.items())
+
+
+def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded. TPE is multivariate with the constant liar, so that trials
+    proposed while others run do not all land on the same point."""
+    import warnings
+
+    import optuna
+
+    # multivariate, group and constant_liar are "experimental" in Optuna 5 (stable in use since 2.x)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    s, seed = spec.search.sampler, spec.search.seed
+    if s == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+    if s == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if s == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.NSGAIISampler(seed=seed)
+
+
+def journal_storage(path: Path) -> optuna.storages.JournalStorage:
+    """Optuna's journal file storage: an append-only log, safe on NFS (unlike SQLite)."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def open_study(folder: Path) -> optuna.Study:
+    """The sweep's Optuna study, read from its journal (also readable by optuna-dashboard)."""
+    import optuna
+
+    path = Path(folder) / JOURNAL
+    if not path.is_file():
+        raise SpecError(str(folder), f"holds no {JOURNAL}; pass a sweep folder")
+    storage = journal_storage(path)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    return optuna.load_study(study_name=names[0], storage=storage)
+
+
+class Searcher(OptunaSearch):
+    """Ray's OptunaSearch, made truthful and restart-safe:
+
+    - per-epoch intermediate values (``objective`` at step ``epoch``);
+    - a trial that ended before ``full_epochs`` without error is PRUNED (ASHA or the budget
+      stopped it), a diverged one (result key ``failed``) is FAIL, only a full one COMPLETE;
+    - an update to an Optuna trial that already finished is ignored: after a driver crash,
+      Tune's snapshot can be older than the journal, and Tune re-runs such a trial;
+    - on restore, Optuna trials left RUNNING by the crashed driver that Tune does not know are
+      marked FAIL, so they do not stay RUNNING forever in the study.
+    """
+
+    def __init__(self, *args: Any, full_epochs: int, **kwargs: Any) -> None:
+        self.full_epochs = full_epochs
+        super().__init__(*args, **kwargs)
+        if self._ot_study is not None:
+            self._check_directions()
+
+    def _check_directions(self) -> None:
+        import optuna
+
+        wrong = [d for d in self._ot_study.directions if d != optuna.study.StudyDirection.MAXIMIZE]
+        if wrong or len(self._ot_study.directions) != (len(self.metric) if isinstance(self.metric, list) else 1):
+            raise SpecError(
+                "objective", f"the Optuna study {self._study_name!r} in the journal has directions "
+                f"{[d.name for d in self._ot_study.directions]}, not this spec's objective; use a new folder"
+            )
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        if isinstance(self.metric, list) or trial_id not in self._ot_trials or OBJECTIVE not in result:
+            return  # Optuna keeps no intermediate values for several objectives
+        try:
+            self._ot_trials[trial_id].report(result[OBJECTIVE], result["epoch"])
+        except (UpdateFinishedTrialError, ValueError, RuntimeError):
+            pass  # finished in the journal already (see the class docstring)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        import optuna
+
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        self._completed_trials.add(trial_id)
+        state, values = self._outcome(result or {}, error)
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], values, state=state)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
+            pass  # finished in the journal already
+
+    def _outcome(self, result: Mapping[str, Any], error: bool) -> tuple[Any, Any]:
+        from optuna.trial import TrialState
+
+        if error or result.get("failed") or BEST not in result:
+            return TrialState.FAIL, None
+        if result.get("epoch", 0) < self.full_epochs:
+            return TrialState.PRUNED, None  # Optuna keeps the last intermediate value
+        if isinstance(self.metric, list):
+            return TrialState.COMPLETE, [result[m] for m in self.metric]
+        return TrialState.COMPLETE, result[self.metric]
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._fail_orphans()
+
+    def _fail_orphans(self) -> None:
+        from optuna.trial import TrialState
+
+        known = {t.number for t in self._ot_trials.values()}
+        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.number not in known:
+                self._ot_study.tell(t.number, state=TrialState.FAIL)
+
+
+def make_searcher(spec: SweepSpec, folder: Path) -> Searcher:
+    """The searcher for ``spec``, its study in ``folder``'s journal. A new study starts with the
+    spec's defaults as its first trial (``search.start_with_defaults``): the paper's setting is
+    always one of the points compared."""
+    journal = Path(folder) / JOURNAL
+    fresh = not journal.exists()
+    metrics = spec.objective.metrics
+    multi = len(metrics) > 1
+    return Searcher(
+        space=Space(spec.search.params, flat(spec.trial_config())),
+        metric=[best_key(m) for m in metrics] if multi else BEST,
+        mode=["max"] * len(metrics) if multi else "max",
+        points_to_evaluate=[spec.defaults()] if fresh and spec.search.start_with_defaults and spec.search.params else None,
+        sampler=make_sampler(spec),
+        study_name=spec.name,
+        storage=journal_storage(journal),
+        full_epochs=full_epochs(spec),
+    )
+
+
+def full_epochs(spec: SweepSpec) -> int:
+    """Epochs a trial runs when nothing stops it early (ASHA's max_t)."""
+    return spec.scheduler.max_epochs or spec.train.epochs
+
+
+def make_scheduler(spec: SweepSpec) -> ASHAScheduler | None:
+    """ASHA on the epoch counter, comparing the primary objective; None for ``scheduler: none``."""
+    s = spec.scheduler
+    if s.name == "none":
+        return None
+    return ASHAScheduler(
+        time_attr="epoch", metric=OBJECTIVE, mode="max", max_t=full_epochs(spec),
+        grace_period=s.grace_period, reduction_factor=s.reduction_factor,
+    )

@@ -1,0 +1,237 @@
+"""The sweep driver: spec -> Ray Tune (Optuna proposes, ASHA stops, the Recorder writes) -> Parquet,
+then compaction and the final evaluation of the top trials on the test split.
+
+Ray is started here, for this sweep only, unless ``address`` names a running cluster: bound to
+127.0.0.1, token auth on with a per-sweep token file (mode 0600) in the sweep folder, its session
+folder a short path of its own (it holds unix sockets), never ``~/.ray``. A driver killed at any
+moment leaves a folder that ``resume`` continues: Tune's experiment state is snapshotted every
+second, the Optuna journal is append-only, and Parquet parts are renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from hamsweep import rundir
+from hamsweep.errors import SpecError
+from hamsweep.spec import SweepSpec, validate
+
+__all__ = ["RAY_DIR", "TOKEN", "resolve_spec", "run_sweep", "wide_console"]
+
+RAY_DIR = "ray"  # Tune's experiment folder inside the sweep folder (state, trials, checkpoints)
+TOKEN = "ray_token"  # Ray's auth token for this sweep, mode 0600
+MAX_FAILURES = 3  # restarts of a crashed trial from its last checkpoint
+
+# Tune snapshots its state at most every 10 s by default while the Optuna journal is written at
+# once: after a SIGKILL the two disagree. One second keeps them close (read at import of ray.tune,
+# so it is set before, identically when resuming). The rest silences Ray's console and its
+# CSV/JSON/TensorBoard loggers: Parquet is the store, the dashboard is the view.
+_TUNE_ENV = {
+    "TUNE_GLOBAL_CHECKPOINT_S": "1",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+
+
+def wide_console() -> Console:
+    """A console for the driver: logs (not a terminal) get wide lines instead of rich's 80 columns."""
+    import sys
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def resolve_spec(spec: SweepSpec) -> SweepSpec:
+    """``data.root`` made absolute: trials run in their own folders (and on other nodes)."""
+    data = spec.model_dump(mode="json")
+    data["data"]["root"] = str(Path(spec.data.root).expanduser().resolve())
+    return validate(SweepSpec, data)
+
+
+def run_sweep(
+    spec: SweepSpec, out: Path | None, *, resume: bool = False, address: str | None = None, console: Console | None = None
+) -> Path:
+    """Run (or resume) the sweep into ``out``; every input is checked before anything starts."""
+    console = console or wide_console()
+    out = Path(out if out is not None else rundir.default_out(spec.name)).resolve()
+    rundir.prepare(out, resume=resume)
+    spec = resolve_spec(spec)
+    if resume:
+        _check_same_spec(out, spec)
+    if address is None:
+        _check_fits_here(spec)
+    _check_data(spec)
+    rundir.write_spec(out, spec.model_dump(mode="json"))
+    rundir.write_manifest(out, resumed=resume)
+    token = _token(out)
+    temp = _ray_temp_dir(out)
+    try:
+        _start_ray(address, token, temp)
+        _fit(spec, out, console, resume=resume)
+    finally:
+        _stop_ray(address, temp)
+    _finish(spec, out, console)
+    return out
+
+
+def _check_same_spec(out: Path, spec: SweepSpec) -> None:
+    saved = rundir.read_spec(out)
+    now = spec.model_dump(mode="json")
+    diff = [k for k in now if saved.get(k) != now[k]]
+    if diff:
+        raise SpecError("--resume", f"the spec differs from {out / rundir.SPEC} in {', '.join(diff)}; resume with the same spec")
+
+
+def _check_fits_here(spec: SweepSpec) -> None:
+    """A trial that needs more than this machine has would wait forever: say so now."""
+    r = spec.resources
+    cpus = os.cpu_count() or 1
+    if r.cpu > cpus:
+        raise SpecError("resources.cpu", f"{r.cpu:g} CPUs per trial but this machine has {cpus}; lower it or use --address")
+    if r.gpu > 0:
+        gpus = _gpu_count()
+        if r.gpu > gpus:
+            raise SpecError("resources.gpu", f"{r.gpu:g} GPUs per trial but this machine has {gpus}; set resources.gpu: 0 or use --address")
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _check_data(spec: SweepSpec) -> None:
+    """Load the data once in the driver: a missing dataset fails here, not in every trial."""
+    from hamsweep import data
+
+    data.load(spec.trial_config().data)
+
+
+def _token(out: Path) -> Path:
+    path = out / TOKEN
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path
+
+
+def _ray_temp_dir(out: Path) -> Path:
+    # unix socket paths must stay under ~107 bytes: a short folder named after the sweep folder
+    return Path("/tmp") / f"hamsweep-{hashlib.sha1(str(out).encode()).hexdigest()[:10]}"
+
+
+def _start_ray(address: str | None, token: Path, temp: Path) -> None:
+    os.environ.update(_TUNE_ENV)
+    if address is None:
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # a single-machine Ray binds 127.0.0.1
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+    import ray
+
+    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING, "include_dashboard": False}
+    if address is None:
+        kwargs.update(num_cpus=os.cpu_count(), num_gpus=_gpu_count(), object_store_memory=256 * 1024**2, _temp_dir=str(temp))
+        ray.init(**kwargs)
+    else:
+        ray.init(address=address, **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
+    for name in ("ray", "ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _stop_ray(address: str | None, temp: Path) -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    if address is None:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _fit(spec: SweepSpec, out: Path, console: Console, *, resume: bool) -> None:
+    from ray import tune
+
+    from hamsweep import trial
+    from hamsweep.dashboard import make_view
+    from hamsweep.recorder import Recorder
+
+    recorder = Recorder(spec, out, make_view(console), started=_started(out))
+    trainable = tune.with_resources(
+        tune.with_parameters(trial.trainable, spec_data=spec.model_dump(mode="json"), experiment=str(out / RAY_DIR)),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+    )
+    path = str(out / RAY_DIR)
+    if resume and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        _rewire(tuner, recorder)
+    else:
+        tuner = _tuner(spec, out, trainable, recorder)
+    tuner.fit()
+
+
+def _tuner(spec: SweepSpec, out: Path, trainable: Any, recorder: Any) -> Any:
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    from hamsweep import trial
+    from hamsweep.search import make_scheduler, make_searcher
+
+    searcher = ConcurrencyLimiter(make_searcher(spec, out), max_concurrent=spec.search.max_concurrent)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=make_scheduler(spec), num_samples=spec.search.num_samples, reuse_actors=True,
+            trial_dirname_creator=trial.trial_dirname, trial_name_creator=trial.trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=RAY_DIR, storage_path=str(out), callbacks=[recorder], stop=recorder, verbose=0,
+            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def _rewire(tuner: Any, recorder: Any) -> None:
+    """A restored Tuner brings back the run config pickled at the start, whose Recorder is inert
+    (see ``Recorder.__getstate__``): hand it this run's Recorder, as callback and as stopper."""
+    run_config = tuner._local_tuner.get_run_config()  # Ray 2.60: no public setter on restore
+    run_config.callbacks = [recorder]
+    run_config.stop = recorder
+
+
+def _started(out: Path) -> float:
+    """When the sweep first started (the manifest's time), for elapsed time and the wall budget."""
+    import datetime as dt
+    import json
+
+    manifest = json.loads((out / rundir.MANIFEST).read_text())
+    return dt.datetime.strptime(manifest["started"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
+
+
+def _finish(spec: SweepSpec, out: Path, console: Console) -> None:
+    from hamsweep import final_eval, results
+
+    results.compact(out, keep_trials=_tune_trials(out))
+    shutil.rmtree(out / RAY_DIR / "work", ignore_errors=True)  # every trial ended: Ray holds the checkpoints
+    if spec.final_eval.top_k:
+        final_eval.evaluate_top(out, spec, spec.final_eval.top_k, autoattack=spec.final_eval.autoattack, console=console)
+    console.print(final_eval.results_table(out, spec, top=10))
+    console.print(f"results: {out} (query with: hamsweep query {out} \"SELECT * FROM trials\")", highlight=False, soft_wrap=True)
+
+
+def _tune_trials(out: Path) -> set[str]:
+    """The trial ids in Tune's final experiment state; Parquet rows of any other trial come from
+    trials a killed driver had started after its last snapshot, which Tune never resumes."""
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(str(out / RAY_DIR))
+    return {t.trial_id for t in analysis.trials}

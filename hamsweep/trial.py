@@ -1,0 +1,151 @@
+"""The Ray Tune trainable around ``train.run``: config from Ray -> validated ``TrialConfig`` ->
+training, with ``tune.report`` injected as the core's ``report``.
+
+Each epoch is reported with its checkpoint folder (``last.pt``, ``best.pt``), which Ray copies into
+the sweep folder. A trial that starts again after a crash (its worker died, the driver was killed
+and the sweep resumed) continues from the checkpoint Ray holds, never from a newer local file: the
+epoch that follows is then re-run and reported again, deterministically, so no epoch is lost and
+none is counted twice (readers keep one row per key).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hamsweep.errors import DivergenceError
+from hamsweep.search import BEST, NUMBER, OBJECTIVE, best_key
+from hamsweep.spec import SweepSpec, TrialConfig
+from hamsweep.spec.trial import objective_summary
+
+__all__ = ["WORKER_PID", "result_metrics", "sweep_trial_config", "trainable", "trial_dirname", "work_dir"]
+
+WORKER_PID = "worker.pid"  # in the trial's work folder: the process training it (to find or kill it)
+_DATASETS: dict[str, Any] = {}  # per worker process: a reused actor loads each dataset once
+
+
+def sweep_trial_config(spec: SweepSpec, config: Mapping[str, Any]) -> TrialConfig:
+    """The trial's config: the spec, then Ray's sampled values. The test split is left alone
+    during the search: only ``final_eval`` touches it, after the search, for the top trials."""
+    params = {k: v for k, v in config.items() if k != NUMBER}
+    cfg = spec.trial_config(params)
+    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"test": False})})
+
+
+class _Best:
+    """The trial's best epoch by the primary objective, with every objective's value there."""
+
+    def __init__(self, metrics: tuple[str, ...]) -> None:
+        self.metrics = metrics
+        self.epoch: int | None = None
+        self.values: dict[str, float] = {}
+
+    def update(self, epoch: int, values: Mapping[str, float]) -> None:
+        primary = self.metrics[0]
+        if self.epoch is None or values[primary] > self.values[primary]:
+            self.epoch, self.values = epoch, dict(values)
+
+
+def result_metrics(record: Any, cfg: TrialConfig, metrics: tuple[str, ...], best: _Best, last: float | None) -> dict[str, Any]:
+    """What one epoch reports to Tune: the objective (carried over from the last evaluated epoch
+    when this one was not evaluated), the best so far, the dashboard's figures, and the whole record
+    (per-class counts included) for the driver's Parquet writer."""
+    out: dict[str, Any] = {"epoch": record.epoch, "phase": record.phase, "hard_fraction": record.hard_fraction}
+    robust = record.val_robust()
+    if robust is not None:
+        summary = robust.summary(cfg.eval.cvar_fraction)
+        values = {m: summary[objective_summary(m)] for m in metrics}
+        best.update(record.epoch, values)
+        last = values[metrics[0]]
+        clean = next((e for e in record.evals if e.split == "val" and e.attack != robust.attack), None)
+        out.update(robust_mean=summary["mean"], clean_mean=clean.summary(cfg.eval.cvar_fraction)["mean"] if clean else None)
+    out[OBJECTIVE] = last if last is not None else 0.0  # ASHA compares numbers; 0 before any evaluation
+    out[BEST] = best.values.get(metrics[0], out[OBJECTIVE])
+    out["best_epoch"] = best.epoch
+    out.update({best_key(m): best.values.get(m, 0.0) for m in metrics})
+    out["record"] = record.to_dict()
+    return out
+
+
+def work_dir(experiment: Path, number: int) -> Path:
+    """Where trial ``number`` (Optuna's) trains; Ray copies its checkpoint folder from here after
+    each epoch. Keyed by the number from the trial's config: with reused actors, Ray 2.60's
+    ``get_trial_dir()`` and ``get_trial_id()`` can still name the actor's first trial."""
+    return experiment / "work" / f"{number:05d}"
+
+
+def trial_dirname(trial: Any) -> str:
+    """Each trial's folder under the sweep's ``ray/`` (Tune's default name lists every parameter)."""
+    return f"trial_{trial if isinstance(trial, str) else trial.trial_id}"
+
+
+def trainable(config: dict[str, Any], spec_data: dict[str, Any], experiment: str) -> None:
+    """One trial under Ray Tune (wrapped with ``tune.with_parameters(trainable, spec_data=...,
+    experiment=...)``; ``experiment`` is Tune's experiment folder in the sweep folder)."""
+    import torch
+    from ray import tune
+
+    from hamsweep import train
+    from hamsweep.spec import validate
+
+    spec = validate(SweepSpec, spec_data)
+    ctx = tune.get_context()
+    cpus = ctx.get_trial_resources().required_resources.get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))  # more threads than reserved cores slows every trial
+    cfg = sweep_trial_config(spec, config)
+    work = work_dir(Path(experiment), config[NUMBER])
+    _restore(work, tune.get_checkpoint())
+    (work / WORKER_PID).write_text(str(os.getpid()))
+    dataset = _dataset(cfg)
+    metrics = spec.objective.metrics
+    best, last = _resumed_best(work, metrics, cfg), None
+
+    def report(record: Any, ckpt_dir: Path) -> None:
+        nonlocal last
+        result = result_metrics(record, cfg, metrics, best, last)
+        last = result[OBJECTIVE]
+        result["class_names"] = list(dataset.classes)
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
+
+    try:
+        train.run(cfg, workdir=work, report=report, dataset=dataset)
+    except DivergenceError as err:
+        # deterministic: a restart would diverge again, so the trial ends here as failed
+        record = train.last_record(work / "checkpoint")
+        tune.report({"epoch": record.epoch if record else 0, OBJECTIVE: last or 0.0, BEST: best.values.get(metrics[0], 0.0),
+                     "failed": f"diverged: {err}"})
+
+
+def _restore(work: Path, checkpoint: Any) -> None:
+    """Start from Ray's checkpoint (or from nothing): a stale local folder is never trusted."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            shutil.copytree(folder, work / "checkpoint")
+
+
+def _resumed_best(work: Path, metrics: tuple[str, ...], cfg: TrialConfig) -> _Best:
+    """The best epoch so far of a resumed trial, from the records its checkpoints hold."""
+    import torch
+
+    best = _Best(metrics)
+    path = work / "checkpoint" / "best.pt"
+    if path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if "summary" in state:
+            best.update(state["epoch"], {m: state["summary"][objective_summary(m)] for m in metrics})
+    return best
+
+
+def _dataset(cfg: TrialConfig) -> Any:
+    from hamsweep import data
+
+    key = cfg.data.model_dump_json()
+    if key not in _DATASETS:
+        _DATASETS.clear()  # one dataset per worker at a time
+        _DATASETS[key] = data.load(cfg.data)
+    return _DATASETS[key]

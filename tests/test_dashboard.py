@@ -1,0 +1,228 @@
+"""The dashboard's pure part: frames rendered to text, event lines, and the choice of view."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import time
+
+import pytest
+from rich.console import Console
+
+from hamsweep.dashboard import (
+    EVENTS,
+    LineView,
+    LiveView,
+    SweepState,
+    TrialView,
+    event_line,
+    make_view,
+    render,
+)
+
+T0 = 1_700_000_000.0  # a fixed start time, in seconds: frames are pure functions of the state
+
+
+def _state(**kw) -> SweepState:
+    base = {"name": "cifar10-ham", "objective": "worst_robust", "num_samples": 10, "started": T0, "now": T0 + 83}
+    return SweepState(**{**base, **kw})
+
+
+def _trial(tid: str, status: str = "running", **kw) -> TrialView:
+    base = {"params": {"train.lr": 0.05123, "ham.temperature": None}, "epochs": 6, "status": status}
+    return TrialView(trial=tid, **{**base, **kw})
+
+
+def _add(state: SweepState, *views: TrialView) -> SweepState:
+    state.trials.update({v.trial: v for v in views})
+    return state
+
+
+def _text(state: SweepState, **kw) -> str:
+    console = Console(record=True, width=160, file=io.StringIO())
+    console.print(render(state, **kw))
+    return console.export_text()
+
+
+def _sweep() -> SweepState:
+    """One trial in each status but pending, two of them scored."""
+    return _add(
+        _state(gpu_hours_budget=10, wall_hours_budget=2),
+        _trial("aaaa0000", number=0, epoch=2, objective=0.41, best_objective=0.412, best_epoch=2, gpu_seconds=1800),
+        _trial("bbbb1111", "completed", number=1, epoch=6, best_objective=0.3, gpu_seconds=1800),
+        _trial("cccc2222", "stopped", number=2, epoch=2, best_objective=0.2, stop_reason="ASHA at epoch 2"),
+        _trial("dddd3333", "failed", number=3, epoch=3, stop_reason="diverged: loss is nan"),
+    )
+
+
+def test_header_counts_elapsed_and_budgets():
+    text = _text(_sweep())
+    assert "sweep cifar10-ham" in text and "elapsed 0:01:23" in text
+    # 6 of the 10 samples have no trial yet: they count as pending
+    assert "1 running, 1 done, 1 stopped by ASHA, 1 failed, 6 pending, of 10" in text
+    assert "GPU-hours used 1.00 of budget 10" in text
+    assert "wall-clock 0:01:23 of budget 2:00:00" in text
+
+
+def test_header_without_budget_shows_only_use():
+    text = _text(_add(_state(), _trial("aaaa0000", gpu_seconds=900)))
+    assert "GPU-hours used 0.25" in text and "budget" not in text
+
+
+def test_params_are_compact_and_a_missing_temperature_is_uniform():
+    state = _add(_state(), _trial("aaaa0000", params={"train.lr": 0.05123, "ham.temperature": None, "ham.beta": None}))
+    text = _text(state)
+    assert "lr" in text and "temperature" in text and "beta" in text and "train.lr" not in text
+    row = next(line for line in text.splitlines() if "aaaa0000" in line)
+    assert "0.0512" in row and "uniform" in row and "—" in row
+
+
+def test_rows_are_limited_and_the_rest_counted():
+    state = _add(_state(num_samples=30), *(_trial(f"t{i:07d}", "completed", best_objective=i / 100) for i in range(25)))
+    text = _text(state, max_rows=20)
+    assert sum(f"t{i:07d}" in text for i in range(25)) == 20
+    assert "… 5 more" in text
+    assert "t0000024" in text and "t0000000" not in text  # the best finished ones are kept
+
+
+def test_running_trials_come_first_then_finished_best_first():
+    text = _text(_sweep())
+    order = [text.index(t) for t in ("aaaa0000", "bbbb1111", "cccc2222", "dddd3333")]
+    assert order == sorted(order)
+    state = _add(_state(), _trial("done0000", "completed", best_objective=0.9), _trial("run00000"))
+    text = _text(state)
+    assert text.index("run00000") < text.index("done0000")
+
+
+def test_best_trial_shows_its_weakest_classes_lowest_first():
+    names = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog")
+    robust = (0.3, 0.2, 0.5, 0.1, 0.9, 0.4, 0.6)
+    best = _trial("best0000", number=7, best_objective=0.5, best_epoch=4, class_names=names, class_robust=robust)
+    text = _text(_add(_state(), _trial("other000", best_objective=0.2), best))
+    panel = text[text.index("best trial so far") :]
+    assert "best0000 (#7): worst_robust 0.500 at epoch 4" in panel
+    assert "lr=0.0512 temperature=uniform" in panel
+    lines = [line for line in panel.splitlines() if "%" in line]
+    expected = [("cat", "10.0%"), ("automobile", "20.0%"), ("airplane", "30.0%"), ("dog", "40.0%"), ("bird", "50.0%")]
+    assert len(lines) == 5
+    for line, (name, pct) in zip(lines, expected, strict=True):
+        assert name in line and pct in line
+    assert "deer" not in panel and "frog" not in panel
+
+
+def test_failed_trial_shows_its_reason():
+    text = _text(_sweep())
+    row = next(line for line in text.splitlines() if "dddd3333" in line)
+    assert "failed" in row and "diverged: loss is nan" in row
+
+
+def test_sampler_best_is_shown_when_set():
+    assert "sampler" not in _text(_sweep())
+    text = _text(_add(_state(sampler_best=(4, 0.4321, {"train.lr": 0.1, "ham.temperature": None})), _trial("aaaa0000")))
+    assert "trial #4: worst_robust 0.432" in text and "lr=0.1 temperature=uniform" in text
+
+
+def test_empty_state_renders():
+    text = _text(_state())
+    assert "0 running, 0 done, 0 stopped by ASHA, 0 failed, 10 pending, of 10" in text
+    assert "no trials started yet" in text and "best trial" not in text
+
+
+def test_render_never_reads_the_clock(monkeypatch):
+    def no_clock() -> float:
+        raise AssertionError("render read the clock")
+
+    monkeypatch.setattr(time, "time", no_clock)
+    monkeypatch.setattr(time, "monotonic", no_clock)
+    assert _text(_sweep()) == _text(_sweep())
+
+
+def test_render_rejects_a_row_limit_below_one():
+    with pytest.raises(ValueError, match="max_rows must be at least 1 but got 0"):
+        render(_state(), max_rows=0)
+
+
+def test_state_counts_gpu_hours_and_best():
+    state = _sweep()
+    assert state.counts() == {"pending": 0, "running": 1, "completed": 1, "stopped": 1, "failed": 1}
+    assert state.gpu_hours() == 1.0
+    assert state.best().trial == "aaaa0000"
+    state.trials["nan00000"] = _trial("nan00000", "failed", best_objective=float("nan"))  # a diverged trial
+    assert state.best().trial == "aaaa0000"
+    assert _state().best() is None
+
+
+def test_unknown_status_is_named_with_the_valid_ones():
+    state = _add(_state(), _trial("aaaa0000", "paused"))
+    with pytest.raises(ValueError, match=r"trial aaaa0000: status must be one of pending, running.*but got 'paused'"):
+        state.counts()
+
+
+_VIEW = {"number": 3, "epoch": 2, "objective": 0.412, "best_objective": 0.412, "mean_robust": 0.51, "clean_mean": 0.83}
+_LINES = {
+    "start": "[0:01:23] trial 3 a1b2c3d4 start lr=0.0512 temperature=uniform",
+    "epoch": "[0:01:23] trial 3 a1b2c3d4 epoch 2/6 worst_robust 0.412 (best 0.412) mean 0.51 clean 0.83 running",
+    "completed": "[0:01:23] trial 3 a1b2c3d4 epoch 2/6 worst_robust 0.412 (best 0.412) mean 0.51 clean 0.83 completed",
+    "stopped": "[0:01:23] trial 3 a1b2c3d4 epoch 2/6 worst_robust 0.412 (best 0.412) mean 0.51 clean 0.83 stopped: "
+    "ASHA at epoch 2",
+    "failed": "[0:01:23] trial 3 a1b2c3d4 epoch 2/6 worst_robust 0.412 (best 0.412) mean 0.51 clean 0.83 failed: "
+    "ASHA at epoch 2",
+}
+
+
+@pytest.mark.parametrize("event", EVENTS)
+def test_event_line(event):
+    view = _trial("a1b2c3d4", stop_reason="ASHA at epoch 2", **_VIEW)
+    assert event_line(_state(), view, event) == _LINES[event]
+
+
+def test_event_line_before_any_epoch_and_without_a_reason():
+    view = _trial("a1b2c3d4", "failed")
+    assert event_line(_state(), view, "failed") == "[0:01:23] trial a1b2c3d4 epoch 0/6 failed: no reason given"
+
+
+def test_event_line_rejects_an_unknown_event():
+    with pytest.raises(ValueError, match=r"event must be one of start, epoch.*but got 'paused'"):
+        event_line(_state(), _trial("a1b2c3d4"), "paused")
+
+
+@pytest.mark.parametrize(("terminal", "kind"), [(True, LiveView), (False, LineView)])
+def test_make_view_picks_by_terminal(terminal, kind):
+    assert type(make_view(Console(force_terminal=terminal, file=io.StringIO()))) is kind
+
+
+def test_line_view_prints_one_plain_line_per_event():
+    out = io.StringIO()
+    view = make_view(Console(force_terminal=False, file=out, width=40))  # narrower than any line: no wrapping
+    state = _state()
+    trial = _trial("a1b2c3d4", stop_reason="[bold]diverged[/bold] :x:", **_VIEW)  # user text, not markup
+    view.update(state)
+    for event in EVENTS:
+        view.event(state, trial, event)
+    view.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == len(EVENTS)
+    assert lines[1] == _LINES["epoch"]
+    assert lines[-1].endswith("failed: [bold]diverged[/bold] :x:")
+
+
+def test_live_view_leaves_the_final_frame():
+    out = io.StringIO()
+    view = LiveView(Console(force_terminal=True, file=out, width=160))
+    first = _add(_state(), _trial("first000"))
+    view.event(first, first.trials["first000"], "start")
+    assert out.getvalue() == ""  # nothing is drawn before the first update
+    view.update(first)
+    view.update(_add(_state(now=T0 + 3723), _trial("final000", "completed")))
+    view.close()
+    view.close()  # closing twice is harmless
+    text = out.getvalue()
+    last = text.rindex("elapsed 1:02:03")
+    assert text.rindex("elapsed 0:01:23") < last  # both frames were drawn, the final one last
+    assert "final000" in text[last:] and "first000" not in text[last:]
+
+
+def test_import_pulls_in_neither_torch_nor_ray():
+    code = "import sys, hamsweep.dashboard; bad = {'torch', 'ray', 'optuna'} & set(sys.modules); assert not bad, bad"
+    subprocess.run([sys.executable, "-c", code], check=True)
