@@ -27,9 +27,9 @@ def top_trials(out: Path, k: int, by: str = "worst_robust", *, completed_only: b
     """The ``k`` best trials by the highest validation ``by`` over their epochs, best first."""
     if by not in OBJECTIVES:
         raise SpecError("--by", f"unknown metric {by!r}; valid metrics are {', '.join(OBJECTIVES)}")
-    con = results.connect(out)
-    if not {"trials", "epochs"} <= {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}:
+    if results.TRIALS not in results.tables(out):
         raise SpecError(str(out), "holds no trials yet; pass a sweep folder")
+    con = results.connect(out)
     where = "WHERE t.status = 'completed'" if completed_only else ""
     column = f"robust_{objective_summary(by)}"
     sql = f"""
@@ -41,8 +41,6 @@ def top_trials(out: Path, k: int, by: str = "worst_robust", *, completed_only: b
         SELECT t.*, v.value, b.robust_worst, b.robust_mean, b.clean_mean, x.test_worst, x.test_mean
         FROM trials t LEFT JOIN v USING (trial) LEFT JOIN b USING (trial) LEFT JOIN x USING (trial) {where}
         ORDER BY v.value DESC NULLS LAST, t.number LIMIT {int(k)}"""
-    if not (Path(out) / CLASSES).exists():
-        sql = sql.replace("FROM classes", "FROM (SELECT NULL::VARCHAR AS trial, 0 AS correct, 1 AS n, '' AS split, '' AS attack)")
     return con.sql(sql).to_arrow_table().to_pylist()
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from hamsweep.errors import SpecError
-from hamsweep.results import SCHEMAS, connect
+from hamsweep.results import SCHEMAS, connect, tables
 
 __all__ = ["FORMATS", "query", "render"]
 
@@ -24,10 +24,10 @@ def query(root: Path, sql: str) -> pa.Table:
     import duckdb
 
     root = Path(root)
-    con = connect(root)
-    views = [r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()]
+    views = tables(root)
     if not views:
         raise SpecError(str(root), f"holds no results tables ({', '.join(SCHEMAS)}); pass a run folder")
+    con = connect(root)
     try:
         return con.sql(sql).to_arrow_table()
     except duckdb.Error as err:

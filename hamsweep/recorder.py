@@ -39,6 +39,7 @@ class _Clock:
     segment: float | None = None  # time.time() the current segment started; None when not running
     ended: float | None = None
     restarts: int = 0
+    resumed_from: int | None = None  # epoch of the checkpoint the trial last continued from
     checkpoint: str | None = None  # latest checkpoint folder, relative to the sweep folder
 
     def seconds(self, now: float) -> float:
@@ -84,13 +85,26 @@ class Recorder(tune.Callback, tune.Stopper):
         self._frame = 0.0
         self._load()
 
-    # Tune pickles its run config (this object included) into the experiment folder; the live parts
-    # stay behind, and the sweep hands a fresh Recorder to a restored Tuner.
+    # Tune pickles its run config (this object included) into the experiment folder, and copies
+    # it when a Tuner is restored. No copy may write or draw on its own: a copy made in this
+    # process shares the live Recorder's state (the one ``activate`` registered), which is how a
+    # restored Tuner's pickled Recorder becomes this run's.
+    _live: Recorder | None = None
+
+    def activate(self) -> Recorder:
+        Recorder._live = self
+        return self
+
     def __getstate__(self) -> dict[str, Any]:
-        return {"spec": self.spec, "out": self.out}
+        return {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        if Recorder._live is None:
+            raise RuntimeError("a Recorder is restored only inside a sweep driver, after Recorder.activate()")
+        self.__dict__ = Recorder._live.__dict__
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Recorder:
+        return self
 
     # ---- resume ----
     def _load(self) -> None:
@@ -105,7 +119,8 @@ class Recorder(tune.Callback, tune.Stopper):
                 view.status = "pending"  # until Tune resumes it
             self.state.trials[view.trial] = view
             started = row["started"].timestamp() if row["started"] else time.time()
-            clock = _Clock(started=started, before=row["wall_seconds"] or 0.0, restarts=row["restarts"] or 0)
+            clock = _Clock(started=started, before=row["wall_seconds"] or 0.0, restarts=row["restarts"] or 0,
+                           resumed_from=row["resumed_from"])
             clock.checkpoint, clock.ended = row["checkpoint"], row["ended"].timestamp() if row["ended"] else None
             self.clocks[view.trial] = clock
 
@@ -137,18 +152,18 @@ class Recorder(tune.Callback, tune.Stopper):
         if "failed" in result:
             self.failed[trial.trial_id] = result["failed"]
             return
+        history = result.get("history", ())
+        for rec in history:  # a restarted trial's epochs up to its checkpoint
+            self._rows(view.trial, rec, result["class_names"])
+        if history:
+            self.clocks[view.trial].resumed_from = history[-1]["epoch"]
         self._epoch(view, result)
         self._row(trial.trial_id)
         self._event(view, "epoch")
         self._tick(force_frame=True)
 
     def _epoch(self, view: TrialView, result: dict) -> None:
-        from hamsweep.train import EpochRecord
-
-        record = EpochRecord.from_dict(result["record"])
-        cvar = self.spec.eval.cvar_fraction
-        self.writer.add(EPOCHS, results.epoch_rows(view.trial, record, cvar))
-        self.writer.add(CLASSES, results.class_rows(view.trial, record, result["class_names"]))
+        record = self._rows(view.trial, result["record"], result["class_names"])
         view.epoch, view.objective = record.epoch, result[OBJECTIVE]
         view.best_objective, view.best_epoch = result[BEST], result.get("best_epoch")
         view.mean_robust, view.clean_mean = result.get("robust_mean", view.mean_robust), result.get("clean_mean", view.clean_mean)
@@ -156,6 +171,14 @@ class Recorder(tune.Callback, tune.Stopper):
         if robust is not None and view.best_epoch == record.epoch:
             view.class_robust = tuple(c / n if n else math.nan for n, c in zip(robust.n, robust.correct))
             view.class_names = tuple(result["class_names"])
+
+    def _rows(self, trial: str, rec: dict[str, Any], class_names: list[str]) -> Any:
+        from hamsweep.train import EpochRecord
+
+        record = EpochRecord.from_dict(rec)
+        self.writer.add(EPOCHS, results.epoch_rows(trial, record, self.spec.eval.cvar_fraction))
+        self.writer.add(CLASSES, results.class_rows(trial, record, class_names))
+        return record
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         path = Path(checkpoint.path)
@@ -233,6 +256,7 @@ class Recorder(tune.Callback, tune.Stopper):
             "trial": tid, "number": view.number, "status": view.status, "stop_reason": view.stop_reason,
             "objective": self.spec.objective.primary, "best_objective": view.best_objective, "best_epoch": view.best_epoch,
             "last_objective": view.objective, "epochs_run": view.epoch, "epochs": self.full, "restarts": clock.restarts,
+            "resumed_from": clock.resumed_from,
             "gpu_seconds": seconds * self.spec.resources.gpu, "wall_seconds": seconds,
             "started": _utc(clock.started), "ended": _utc(clock.ended) if clock.ended else None, "checkpoint": clock.checkpoint,
             **{param_column(k): view.params.get(k) for k in self.types},

@@ -160,8 +160,12 @@ class Searcher(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         from optuna.exceptions import UpdateFinishedTrialError
 
-        if isinstance(self.metric, list) or trial_id not in self._ot_trials or OBJECTIVE not in result:
+        if isinstance(self.metric, list) or trial_id not in self._ot_trials or OBJECTIVE not in result or result.get("failed"):
             return  # Optuna keeps no intermediate values for several objectives
+        reported = self.__dict__.setdefault("_last_step", {})  # (a searcher restored from an older pickle has none)
+        if result["epoch"] <= reported.get(trial_id, 0):
+            return  # the last result arrives twice: as a result and with the completion
+        reported[trial_id] = result["epoch"]
         try:
             self._ot_trials[trial_id].report(result[OBJECTIVE], result["epoch"])
         except (UpdateFinishedTrialError, ValueError, RuntimeError):
@@ -172,6 +176,8 @@ class Searcher(OptunaSearch):
 
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        if result:
+            self.on_trial_result(trial_id, result)  # Tune hands a trial's last result only to this method
         self._completed_trials.add(trial_id)
         state, values = self._outcome(result or {}, error)
         try:

@@ -164,15 +164,15 @@ def _fit(spec: SweepSpec, out: Path, console: Console, *, resume: bool) -> None:
     from hamsweep.dashboard import make_view
     from hamsweep.recorder import Recorder
 
-    recorder = Recorder(spec, out, make_view(console), started=_started(out))
+    recorder = Recorder(spec, out, make_view(console), started=_started(out)).activate()
     trainable = tune.with_resources(
         tune.with_parameters(trial.trainable, spec_data=spec.model_dump(mode="json"), experiment=str(out / RAY_DIR)),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
     path = str(out / RAY_DIR)
     if resume and tune.Tuner.can_restore(path):
+        # the searcher comes back from Tune's snapshot, the Recorder from the pickled run config
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        _rewire(tuner, recorder)
     else:
         tuner = _tuner(spec, out, trainable, recorder)
     tuner.fit()
@@ -200,14 +200,6 @@ def _tuner(spec: SweepSpec, out: Path, trainable: Any, recorder: Any) -> Any:
     )
 
 
-def _rewire(tuner: Any, recorder: Any) -> None:
-    """A restored Tuner brings back the run config pickled at the start, whose Recorder is inert
-    (see ``Recorder.__getstate__``): hand it this run's Recorder, as callback and as stopper."""
-    run_config = tuner._local_tuner.get_run_config()  # Ray 2.60: no public setter on restore
-    run_config.callbacks = [recorder]
-    run_config.stop = recorder
-
-
 def _started(out: Path) -> float:
     """When the sweep first started (the manifest's time), for elapsed time and the wall budget."""
     import datetime as dt
@@ -220,10 +212,10 @@ def _started(out: Path) -> float:
 def _finish(spec: SweepSpec, out: Path, console: Console) -> None:
     from hamsweep import final_eval, results
 
-    results.compact(out, keep_trials=_tune_trials(out))
     shutil.rmtree(out / RAY_DIR / "work", ignore_errors=True)  # every trial ended: Ray holds the checkpoints
     if spec.final_eval.top_k:
         final_eval.evaluate_top(out, spec, spec.final_eval.top_k, autoattack=spec.final_eval.autoattack, console=console)
+    results.compact(out, keep_trials=_tune_trials(out))
     console.print(final_eval.results_table(out, spec, top=10))
     console.print(f"results: {out} (query with: hamsweep query {out} \"SELECT * FROM trials\")", highlight=False, soft_wrap=True)
 

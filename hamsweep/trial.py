@@ -10,6 +10,7 @@ none is counted twice (readers keep one row per key).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from hamsweep.spec.trial import objective_summary
 
 __all__ = ["WORKER_PID", "result_metrics", "sweep_trial_config", "trainable", "trial_dirname", "work_dir"]
 
+HISTORY = "history.json"  # in the checkpoint folder: every epoch's record so far
 WORKER_PID = "worker.pid"  # in the trial's work folder: the process training it (to find or kill it)
 _DATASETS: dict[str, Any] = {}  # per worker process: a reused actor loads each dataset once
 
@@ -100,23 +102,51 @@ def trainable(config: dict[str, Any], spec_data: dict[str, Any], experiment: str
     _restore(work, tune.get_checkpoint())
     (work / WORKER_PID).write_text(str(os.getpid()))
     dataset = _dataset(cfg)
-    metrics = spec.objective.metrics
-    best, last = _resumed_best(work, metrics, cfg), None
-
-    def report(record: Any, ckpt_dir: Path) -> None:
-        nonlocal last
-        result = result_metrics(record, cfg, metrics, best, last)
-        last = result[OBJECTIVE]
-        result["class_names"] = list(dataset.classes)
-        tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
-
+    reporter = _Reporter(cfg, spec.objective.metrics, dataset.classes, work / "checkpoint")
     try:
-        train.run(cfg, workdir=work, report=report, dataset=dataset)
+        train.run(cfg, workdir=work, report=reporter, dataset=dataset)
     except DivergenceError as err:
         # deterministic: a restart would diverge again, so the trial ends here as failed
-        record = train.last_record(work / "checkpoint")
-        tune.report({"epoch": record.epoch if record else 0, OBJECTIVE: last or 0.0, BEST: best.values.get(metrics[0], 0.0),
-                     "failed": f"diverged: {err}"})
+        tune.report(reporter.failure(f"diverged: {err}"))
+
+
+class _Reporter:
+    """``train.run``'s ``report`` under Tune. Every epoch's record also goes into ``history.json``
+    in the checkpoint folder: a trial restarted from its checkpoint sends that history with its
+    first result, so the driver rewrites any row a killed driver had not flushed yet."""
+
+    def __init__(self, cfg: TrialConfig, metrics: tuple[str, ...], classes: Any, ckpt_dir: Path) -> None:
+        from hamsweep.train import EpochRecord
+
+        self.cfg, self.metrics, self.classes = cfg, metrics, list(classes)
+        self.best, self.last = _Best(metrics), None
+        path = ckpt_dir / HISTORY
+        self.history: list[dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else []
+        self.backfill = list(self.history)
+        for rec in self.history:  # rebuild the best epoch and the last objective
+            self.last = result_metrics(EpochRecord.from_dict(rec), cfg, metrics, self.best, self.last)[OBJECTIVE]
+
+    def __call__(self, record: Any, ckpt_dir: Path) -> None:
+        from ray import tune
+
+        result = result_metrics(record, self.cfg, self.metrics, self.best, self.last)
+        self.last = result[OBJECTIVE]
+        result["class_names"] = self.classes
+        if self.backfill:
+            result["history"], self.backfill = self.backfill, []
+        self.history.append(result["record"])
+        _atomic_write(ckpt_dir / HISTORY, json.dumps(self.history))
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
+
+    def failure(self, reason: str) -> dict[str, Any]:
+        epoch = self.history[-1]["epoch"] if self.history else 0
+        return {"epoch": epoch, OBJECTIVE: self.last or 0.0, BEST: self.best.values.get(self.metrics[0], 0.0), "failed": reason}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _restore(work: Path, checkpoint: Any) -> None:
@@ -126,19 +156,6 @@ def _restore(work: Path, checkpoint: Any) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             shutil.copytree(folder, work / "checkpoint")
-
-
-def _resumed_best(work: Path, metrics: tuple[str, ...], cfg: TrialConfig) -> _Best:
-    """The best epoch so far of a resumed trial, from the records its checkpoints hold."""
-    import torch
-
-    best = _Best(metrics)
-    path = work / "checkpoint" / "best.pt"
-    if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if "summary" in state:
-            best.update(state["epoch"], {m: state["summary"][objective_summary(m)] for m in metrics})
-    return best
 
 
 def _dataset(cfg: TrialConfig) -> Any:

@@ -200,6 +200,19 @@ class SweepSpec(TrialConfig):
     budget: BudgetConfig = BudgetConfig()
     final_eval: FinalEvalConfig = FinalEvalConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _select_by(cls, data: Any) -> Any:
+        """A sweep selects checkpoints by its objective: an ``eval.select_by`` that says otherwise is a mistake."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("eval"), Mapping):
+            return data
+        metric = (data.get("objective") or {}).get("metric", "worst_robust") if isinstance(data.get("objective"), (Mapping, type(None))) else None
+        primary = metric[0] if isinstance(metric, (list, tuple)) and metric else metric
+        given = data["eval"].get("select_by")
+        if given is not None and primary is not None and given != primary:
+            raise SpecError("eval.select_by", f"{given} differs from objective.metric ({primary}); a sweep selects checkpoints by its objective, so drop eval.select_by")
+        return data
+
     @model_validator(mode="after")
     def _check_sweep(self) -> SweepSpec:
         multi = len(self.objective.metrics) > 1
@@ -208,11 +221,8 @@ class SweepSpec(TrialConfig):
                 "search.sampler", f"{self.search.sampler} optimises one objective; with several objective.metric "
                 f"use one of {', '.join(MULTI_OBJECTIVE_SAMPLERS)}"
             )
-        if "select_by" in self.eval.model_fields_set and self.eval.select_by != self.objective.primary:
-            raise SpecError(
-                "eval.select_by", f"{self.eval.select_by} differs from objective.metric ({self.objective.primary}); "
-                "a sweep selects checkpoints by its objective, so drop eval.select_by"
-            )
+        if self.eval.select_by != self.objective.primary:  # only the default can differ (see _select_by)
+            object.__setattr__(self, "eval", self.eval.model_copy(update={"select_by": self.objective.primary}))
         s, epochs = self.scheduler, self.train.epochs
         if s.max_epochs is not None and not s.grace_period <= s.max_epochs <= epochs:
             raise SpecError("scheduler.max_epochs", f"{s.max_epochs} must be in {s.grace_period}..{epochs} (grace_period..train.epochs)")

@@ -1,0 +1,276 @@
+"""The sweep engine end to end, through the real CLI: a real local Ray, Optuna's journal, ASHA, the
+Parquet tables read back with DuckDB and pyarrow, SIGKILLed drivers and workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from hamsweep import results
+from hamsweep.search import open_study
+from hamsweep.sweep import _ray_temp_dir
+from conftest import HAMSWEEP
+
+pytestmark = pytest.mark.timeout(600)
+
+TINY = {
+    "name": "tiny",
+    "data": {"name": "synthetic", "num_classes": 4, "image_size": 8, "train_size": 1024, "test_size": 64, "val_fraction": 0.25},
+    "model": {"name": "small_cnn", "width": 4},
+    "train": {"method": "ham", "epochs": 4, "batch_size": 64, "lr": 0.05, "attack_steps": 3},
+    "ham": {"warmup_epochs": 1, "drop_step": 1},
+    "eval": {"attack_steps": 3, "batch_size": 256},
+    "objective": {"metric": "mean_robust"},  # varies more than the worst class on tiny data: ASHA has something to cut
+    "scheduler": {"grace_period": 1, "reduction_factor": 2},
+    "final_eval": {"top_k": 1},
+    "search": {
+        "seed": 0, "num_samples": 5, "max_concurrent": 2,
+        "params": {
+            "ham.discard_threshold": {"uniform": [0.0, 0.9], "default": 0.0},
+            "train.attack_steps": {"int": [1, 3], "default": 3},
+            "ham.drop_step": {"int": [1, "train.attack_steps"], "default": 1},
+            "ham.temperature": {"choice": [None, 1.0], "default": None},
+            "train.lr": {"loguniform": [0.01, 0.1], "default": 0.05},
+        },
+    },
+}
+
+
+def write_spec(path: Path, **changes: dict) -> Path:
+    spec = yaml.safe_load(yaml.safe_dump(TINY))
+    for section, values in changes.items():
+        spec[section] = {**spec.get(section, {}), **values} if isinstance(values, dict) else values
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def hamsweep(*args: str, timeout: float = 500) -> subprocess.CompletedProcess:
+    return subprocess.run([HAMSWEEP, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def ray_processes(out: Path) -> list[int]:
+    """PIDs whose command line names this sweep's Ray session folder."""
+    marker = str(_ray_temp_dir(out.resolve()))
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp("sweep")
+    out = root / "out"
+    proc = hamsweep("run", str(write_spec(root / "tiny.yaml")), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_sweep_runs_exactly_num_samples_trials_with_m_le_k(sweep):
+    out, _ = sweep
+    trials = results.read_table(out, results.TRIALS).to_pylist()
+    assert len(trials) == TINY["search"]["num_samples"]
+    assert all(t["ham_drop_step"] <= t["train_attack_steps"] for t in trials)
+    first = min(trials, key=lambda t: t["number"])  # the spec's defaults run first
+    assert (first["ham_discard_threshold"], first["train_attack_steps"], first["train_lr"]) == (0.0, 3, 0.05)
+    for t in trials:
+        assert t["status"] in ("completed", "stopped"), t
+        if t["status"] == "completed":
+            assert t["epochs_run"] == t["epochs"] == 4 and t["stop_reason"] == "ran all 4 epochs"
+        else:
+            assert t["epochs_run"] < 4 and t["stop_reason"] == f"ASHA at epoch {t['epochs_run']}"
+        assert t["wall_seconds"] > 0 and t["gpu_seconds"] == 0 and t["ended"] >= t["started"]
+
+
+def test_asha_stopped_some_trials(sweep):
+    out, _ = sweep
+    statuses = [t["status"] for t in results.read_table(out, results.TRIALS).to_pylist()]
+    assert "stopped" in statuses and "completed" in statuses
+
+
+def test_every_epoch_and_class_is_stored_once(sweep):
+    out, _ = sweep
+    con = results.connect(out)
+    per_trial = dict(con.execute("SELECT trial, list(epoch ORDER BY epoch) FROM epochs GROUP BY trial").fetchall())
+    for t in results.read_table(out, results.TRIALS).to_pylist():
+        assert per_trial[t["trial"]] == list(range(1, t["epochs_run"] + 1))  # from epoch 1: no leaked checkpoint
+    n_val = con.execute("SELECT count(*) FROM classes WHERE split = 'val'").fetchone()[0]
+    n_epochs = con.execute("SELECT count(*) FROM epochs").fetchone()[0]
+    assert n_val == n_epochs * 2 * 4  # clean + pgd3, 4 classes
+    # compacted: one part per table, no duplicate key, readable by plain pyarrow
+    for table in (results.TRIALS, results.EPOCHS, results.CLASSES):
+        assert len(list((out / table).glob("part-*.parquet"))) == 1
+    assert pq.read_table(out / "classes").num_rows == con.execute("SELECT count(*) FROM classes").fetchone()[0]
+    assert pq.read_table(out / "epochs").schema.metadata[b"hamsweep.schema_version"] == b"1"
+
+
+def test_final_eval_puts_the_best_completed_trial_on_the_test_split(sweep):
+    out, proc = sweep
+    con = results.connect(out)
+    best = con.execute(
+        "SELECT trial, best_epoch FROM trials WHERE status = 'completed' ORDER BY best_objective DESC, number LIMIT 1"
+    ).fetchone()
+    tested = con.execute("SELECT DISTINCT trial, epoch, attack FROM classes WHERE split = 'test' ORDER BY attack").fetchall()
+    assert tested == [(best[0], best[1], "clean"), (best[0], best[1], "pgd3")]
+    assert f"final evaluation: trial {best[0]}" in proc.stdout
+
+
+def test_optuna_journal_tells_the_truth(sweep):
+    out, _ = sweep
+    study = open_study(out)
+    rows = {t["number"]: t for t in results.read_table(out, results.TRIALS).to_pylist()}
+    assert sorted(t.number for t in study.trials) == sorted(rows)
+    for t in study.trials:
+        row = rows[t.number]
+        assert t.state.name == {"completed": "COMPLETE", "stopped": "PRUNED"}[row["status"]]
+        assert sorted(t.intermediate_values) == list(range(1, row["epochs_run"] + 1))
+        if t.state.name == "COMPLETE":
+            assert t.value == pytest.approx(row["best_objective"])
+        assert t.params["ham.drop_step"] <= t.params["train.attack_steps"]
+
+
+def test_sweep_folder_layout_token_and_no_leftover_ray(sweep):
+    out, proc = sweep
+    for name in ("spec.yaml", "manifest.json", "optuna.journal", "ray_token", "trials", "epochs", "classes", "ray"):
+        assert (out / name).exists(), name
+    assert stat.S_IMODE((out / "ray_token").stat().st_mode) == 0o600
+    assert not (out / "ray" / "work").exists()  # local training copies are gone; Ray holds the checkpoints
+    assert not _ray_temp_dir(out.resolve()).exists()
+    assert ray_processes(out) == []
+    assert not (Path.home() / ".ray").exists() or "hamsweep" not in str(list((Path.home() / ".ray").iterdir()))
+    # Ray's own console output is off: no experiment tables, no TensorBoard hints
+    for noise in ("Trial status", "TensorBoard", "tensorboard", "Current time"):
+        assert noise not in proc.stdout + proc.stderr
+
+
+def test_results_and_query_commands(sweep):
+    out, _ = sweep
+    shown = hamsweep("results", str(out), "--top", "3")
+    assert shown.returncode == 0, shown.stderr
+    best = results.connect(out).execute("SELECT trial FROM trials ORDER BY best_objective DESC, number LIMIT 1").fetchone()[0]
+    assert best in shown.stdout
+    bad = hamsweep("results", str(out), "--by", "accuracy")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "worst_robust" in bad.stderr
+    q = hamsweep("query", str(out), "SELECT count(*) AS n FROM trials", "--format", "csv")
+    assert q.stdout.split() == ["n", "5"]
+
+
+def test_evaluate_command_is_idempotent(sweep):
+    out, _ = sweep
+    before = results.connect(out).execute("SELECT count(*) FROM classes WHERE split = 'test'").fetchone()[0]
+    proc = hamsweep("evaluate", str(out), "--top", "1")
+    assert proc.returncode == 0, proc.stderr
+    after = results.connect(out).execute("SELECT count(*) FROM classes WHERE split = 'test'").fetchone()[0]
+    assert after == before  # the same rows again: readers keep one per key
+
+
+def test_bad_spec_starts_nothing(tmp_path):
+    spec = write_spec(tmp_path / "bad.yaml", objective={"metric": "accuracy"})
+    proc = hamsweep("run", str(spec), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "objective.metric" in proc.stderr and "worst_robust" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_request_on_a_cpu_machine_is_refused_before_ray_starts(tmp_path):
+    spec = write_spec(tmp_path / "gpu.yaml", resources={"gpu": 1})
+    proc = hamsweep("run", str(spec), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "resources.gpu" in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_folder_is_not_overwritten_and_resume_needs_the_same_spec(sweep, tmp_path):
+    out, _ = sweep
+    spec = write_spec(tmp_path / "tiny.yaml")
+    proc = hamsweep("run", str(spec), "--out", str(out))
+    assert proc.returncode == 2 and "--resume" in proc.stderr
+    other = write_spec(tmp_path / "other.yaml", train={"epochs": 5})
+    proc = hamsweep("run", str(other), "--resume", str(out))
+    assert proc.returncode == 2 and "differs" in proc.stderr and "train" in proc.stderr
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def _checkpoints(out: Path) -> int:
+    return len(list((out / "ray").glob("trial_*/checkpoint_*")))
+
+
+def test_sigkilled_driver_resumes_to_exactly_num_samples_trials(tmp_path):
+    spec = write_spec(
+        tmp_path / "kill.yaml", data={"train_size": 1024}, train={"epochs": 6},
+        scheduler="none", search={"num_samples": 4, "max_concurrent": 2}, final_eval={"top_k": 0},
+    )
+    out = tmp_path / "out"
+    driver = subprocess.Popen([HAMSWEEP, "run", str(spec), "--out", str(out)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_for(lambda: _checkpoints(out) >= 3, 300, "three persisted checkpoints")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and its Ray daemons: power loss
+        driver.wait()
+    _wait_for(lambda: ray_processes(out) == [], 60, "the killed sweep's Ray processes to exit")
+    proc = hamsweep("resume", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = results.read_table(out, results.TRIALS).to_pylist()
+    assert len(trials) == 4 and all(t["status"] == "completed" for t in trials)
+    con = results.connect(out)
+    assert con.execute("SELECT count(*), count(DISTINCT (trial, epoch)) FROM epochs").fetchone() == (24, 24)
+    assert any(t["resumed_from"] for t in trials)  # continued from a checkpoint, not from epoch 0
+    study = open_study(out)
+    finished = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(finished) == 4 and not [t for t in study.trials if t.state.name == "RUNNING"]
+
+
+def test_killed_worker_restarts_from_its_checkpoint(tmp_path):
+    spec = write_spec(
+        tmp_path / "worker.yaml", data={"train_size": 1024}, train={"epochs": 6},
+        scheduler="none", search={"num_samples": 1, "max_concurrent": 1}, final_eval={"top_k": 0},
+    )
+    out = tmp_path / "out"
+    driver = subprocess.Popen([HAMSWEEP, "run", str(spec), "--out", str(out)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for(lambda: _checkpoints(out) >= 1 and list((out / "ray" / "work").glob("*/worker.pid")), 300, "a checkpoint")
+        pid = int(next((out / "ray" / "work").glob("*/worker.pid")).read_text())
+        os.kill(pid, signal.SIGKILL)
+        _, err = driver.communicate(timeout=400)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 0, err[-3000:]
+    (t,) = results.read_table(out, results.TRIALS).to_pylist()
+    assert t["status"] == "completed" and t["restarts"] == 1 and t["resumed_from"] >= 1
+    epochs = results.connect(out).execute("SELECT list(epoch ORDER BY epoch) FROM epochs").fetchone()[0]
+    assert epochs == [1, 2, 3, 4, 5, 6]
+
+
+def test_diverging_trials_fail_with_their_reason_and_the_sweep_goes_on(tmp_path):
+    params = dict(TINY["search"]["params"], **{"train.lr": {"loguniform": [1e8, 1e9], "default": 1e8}})
+    spec = write_spec(tmp_path / "nan.yaml", search={"num_samples": 2, "max_concurrent": 1, "params": params}, scheduler="none")
+    proc = hamsweep("run", str(spec), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = results.read_table(tmp_path / "out", results.TRIALS).to_pylist()
+    assert len(trials) == 2
+    for t in trials:
+        assert t["status"] == "failed" and t["stop_reason"].startswith("diverged: train loss is"), t
+        assert t["restarts"] == 0  # deterministic: not retried
+    assert {t.state.name for t in open_study(tmp_path / "out").trials} == {"FAIL"}
+    assert "no completed trial" in proc.stdout
