@@ -4,9 +4,10 @@
 env:
 	@scripts/env.sh
 
-# the main job on the embedded default: one HAM trial on synthetic data, a tiny CNN, CPU is fine
+# the main job on the embedded default: a sweep of 8 HAM trials on a local Ray (synthetic data, a
+# tiny CNN, CPU is fine); each run goes to a new folder runs/smoke-<time>
 run: env
-	.venv/bin/hamsweep train search_spaces/smoke.yaml
+	.venv/bin/hamsweep run search_spaces/smoke.yaml
 
 # the whole test suite
 test: env

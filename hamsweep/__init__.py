@@ -30,6 +30,9 @@ _LAZY = {
     "summarize": "hamsweep.metrics",
     "read_table": "hamsweep.results",
     "connect": "hamsweep.results",
+    "read_pandas": "hamsweep.results",
+    "open_study": "hamsweep.search",
+    "run_sweep": "hamsweep.sweep",
 }
 
 __all__ = [
@@ -45,10 +48,13 @@ __all__ = [
     "ham_attack",
     "load_data",
     "load_spec",
+    "open_study",
     "parse_overrides",
     "pgd",
+    "read_pandas",
     "read_table",
     "run",
+    "run_sweep",
     "summarize",
 ]
 

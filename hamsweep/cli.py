@@ -32,7 +32,7 @@ def _friendly(fn: F) -> F:
             print(f"hamsweep: error: {err}", file=sys.stderr)
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
-            print("hamsweep: interrupted; continue with --resume", file=sys.stderr)
+            print("hamsweep: interrupted; continue it with --resume (a sweep: hamsweep resume DIR)", file=sys.stderr)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
@@ -47,6 +47,11 @@ def validate(spec: Path = typer.Argument(..., help="a spec file, e.g. search_spa
     s = load_spec(spec)
     searched = ", ".join(s.search.params) or "nothing"
     print(f"{spec}: ok — {s.data.name} / {s.model.name} / {s.train.method}, {s.train.epochs} epochs; searches {searched}")
+    sched = f"ASHA (grace {s.scheduler.grace_period} epochs)" if s.scheduler.name == "asha" else "no early stopping"
+    print(
+        f"sweep: {s.search.num_samples} trials by {s.search.sampler}, {s.search.max_concurrent} at once, {sched}; "
+        f"maximises validation {' + '.join(s.objective.metrics)}; {s.resources.cpu:g} CPU + {s.resources.gpu:g} GPU per trial"
+    )
 
 
 @app.command()

@@ -6,7 +6,7 @@ message on one line and exits with its ``exit_code``, never a traceback.
 
 from __future__ import annotations
 
-__all__ = ["DataError", "DivergenceError", "HamsweepError", "SpecError"]
+__all__ = ["DataError", "DivergenceError", "HamsweepError", "Interrupted", "SpecError"]
 
 
 class HamsweepError(Exception):
@@ -34,3 +34,9 @@ class DivergenceError(HamsweepError):
     """Training produced a non-finite loss; the message names the epoch and batch."""
 
     exit_code = 1
+
+
+class Interrupted(HamsweepError):
+    """The user stopped a run (Ctrl-C); the message says how to continue it."""
+
+    exit_code = 130

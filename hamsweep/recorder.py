@@ -275,6 +275,11 @@ class Recorder(tune.Callback, tune.Stopper):
             return
         self.state.sampler_best = (best.number, best.value, dict(best.params))
 
+    def unfinished(self) -> int:
+        """Trials not ended yet, counting those the sampler has not proposed."""
+        ended = sum(v.status in ("completed", "stopped", "failed") for v in self.state.trials.values())
+        return self.spec.search.num_samples - ended
+
     # ---- tune.Stopper: the budget ----
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False

@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 
 from hamsweep import rundir
-from hamsweep.errors import SpecError
+from hamsweep.errors import Interrupted, SpecError
 from hamsweep.spec import SweepSpec, validate
 
 __all__ = ["RAY_DIR", "TOKEN", "resolve_spec", "run_sweep", "wide_console"]
@@ -76,9 +76,13 @@ def run_sweep(
     temp = _ray_temp_dir(out)
     try:
         _start_ray(address, token, temp)
-        _fit(spec, out, console, resume=resume)
+        recorder = _fit(spec, out, console, resume=resume)
     finally:
         _stop_ray(address, temp)
+    unfinished = recorder.unfinished()
+    if unfinished and recorder.budget_hit is None:
+        # Tune catches Ctrl-C itself and returns from fit() with trials left: not a finished sweep
+        raise Interrupted(f"stopped with {unfinished} of {spec.search.num_samples} trials unfinished; continue with: hamsweep resume {out}")
     _finish(spec, out, console)
     return out
 
@@ -96,11 +100,14 @@ def _check_fits_here(spec: SweepSpec) -> None:
     r = spec.resources
     cpus = os.cpu_count() or 1
     if r.cpu > cpus:
-        raise SpecError("resources.cpu", f"{r.cpu:g} CPUs per trial but this machine has {cpus}; lower it or use --address")
+        raise SpecError("resources.cpu", f"{r.cpu:g} CPUs per trial but this machine has {cpus}; add --set resources.cpu={cpus} or use --address")
     if r.gpu > 0:
         gpus = _gpu_count()
         if r.gpu > gpus:
-            raise SpecError("resources.gpu", f"{r.gpu:g} GPUs per trial but this machine has {gpus}; set resources.gpu: 0 or use --address")
+            raise SpecError(
+                "resources.gpu", f"{r.gpu:g} GPU per trial but this machine has {gpus}; add --set resources.gpu=0 "
+                "to train on the CPU, or run where there are GPUs (--address, or a cluster)"
+            )
 
 
 def _gpu_count() -> int:
@@ -157,7 +164,7 @@ def _stop_ray(address: str | None, temp: Path) -> None:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _fit(spec: SweepSpec, out: Path, console: Console, *, resume: bool) -> None:
+def _fit(spec: SweepSpec, out: Path, console: Console, *, resume: bool) -> Any:
     from ray import tune
 
     from hamsweep import trial
@@ -176,6 +183,7 @@ def _fit(spec: SweepSpec, out: Path, console: Console, *, resume: bool) -> None:
     else:
         tuner = _tuner(spec, out, trainable, recorder)
     tuner.fit()
+    return recorder
 
 
 def _tuner(spec: SweepSpec, out: Path, trainable: Any, recorder: Any) -> Any:

@@ -274,3 +274,27 @@ def test_diverging_trials_fail_with_their_reason_and_the_sweep_goes_on(tmp_path)
         assert t["restarts"] == 0  # deterministic: not retried
     assert {t.state.name for t in open_study(tmp_path / "out").trials} == {"FAIL"}
     assert "no completed trial" in proc.stdout
+
+
+def test_ctrl_c_stops_the_sweep_with_a_resume_hint_and_resume_finishes_it(tmp_path):
+    spec = write_spec(
+        tmp_path / "int.yaml", data={"train_size": 1024}, train={"epochs": 6},
+        scheduler="none", search={"num_samples": 2, "max_concurrent": 1}, final_eval={"top_k": 0},
+    )
+    out = tmp_path / "out"
+    driver = subprocess.Popen([HAMSWEEP, "run", str(spec), "--out", str(out)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for(lambda: _checkpoints(out) >= 1, 300, "a checkpoint")
+        driver.send_signal(signal.SIGINT)
+        _, err = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, err[-3000:]
+    assert err.strip().splitlines()[-1] == f"hamsweep: error: stopped with 2 of 2 trials unfinished; continue with: hamsweep resume {out}"
+    proc = hamsweep("resume", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = results.read_table(out, results.TRIALS).to_pylist()
+    assert [t["status"] for t in trials] == ["completed", "completed"]
+    assert results.connect(out).execute("SELECT count(*) FROM epochs").fetchone()[0] == 12

@@ -253,10 +253,17 @@ class SweepSpec(TrialConfig):
         return self
 
     def _check_values(self, key: str, candidates: Iterable[Any]) -> None:
-        """Each end of a range, each choice, must itself be a valid value of ``key``."""
+        """Each end of a range, each choice, must itself be a valid value of ``key``. A searched key
+        whose bound names ``key`` is sampled within that bound, so it is clamped into it here."""
+        defaults = {**flat(TrialConfig.model_validate(self.base())), **self.defaults()}
         for value in candidates:
+            overrides = {key: value}
+            for other, dist in self.search.params.items():
+                if key in (dist.low, dist.high):
+                    lo, hi = dist.bounds({**defaults, key: value})
+                    overrides[other] = min(max(dist.default, lo), hi)
             try:
-                self.trial_config({key: value})
+                self.trial_config(overrides)
             except SpecError as err:
                 raise SpecError(f"search.params.{key}", f"{value!r} can be sampled but is invalid: {err}") from None
 

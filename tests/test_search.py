@@ -1,0 +1,158 @@
+"""The search adapter without a Ray cluster: the define-by-run space, samplers, the journal study,
+and the searcher's truthful, restart-safe bookkeeping."""
+
+from __future__ import annotations
+
+import pickle
+
+import optuna
+import pytest
+
+from hamsweep.errors import SpecError
+from hamsweep.results import OBJECTIVE_COLUMNS
+from hamsweep.search import BEST, JOURNAL, OBJECTIVE, make_sampler, make_scheduler, make_searcher, open_study
+from hamsweep.spec import OBJECTIVES, SweepSpec, load_spec, validate
+from hamsweep.spec.trial import objective_summary
+from conftest import REPO
+
+PARAMS = {
+    "train.attack_steps": {"int": [2, 10], "default": 10},
+    "ham.drop_step": {"int": [1, "train.attack_steps"], "default": 3},
+    "ham.temperature": {"choice": [None, 1.0], "default": None},
+    "train.lr": {"loguniform": [0.01, 0.1], "default": 0.05},
+}
+
+
+def spec(**sections) -> SweepSpec:
+    base = {"name": "s", "train": {"epochs": 6}, "ham": {"warmup_epochs": 1}, "search": {"params": PARAMS}}
+    return validate(SweepSpec, {**base, **sections})
+
+
+def test_every_objective_is_a_column_of_the_epochs_table():
+    assert {f"robust_{objective_summary(o)}" for o in OBJECTIVES} <= set(OBJECTIVE_COLUMNS)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "gp", "nsga2"])
+def test_every_sampler_keeps_m_at_most_k(tmp_path, sampler):
+    s = make_searcher(spec(search={"params": PARAMS, "sampler": sampler, "num_samples": 30}), tmp_path)
+    configs = [s.suggest(f"t{i}") for i in range(30)]
+    assert all(1 <= c["ham.drop_step"] <= c["train.attack_steps"] <= 10 for c in configs)
+    assert all(0.01 <= c["train.lr"] <= 0.1 and c["ham.temperature"] in (None, 1.0) for c in configs)
+    assert [c["optuna_trial"] for c in configs] == list(range(30))
+
+
+def test_first_trial_is_the_spec_defaults_then_seeded(tmp_path):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    a = make_searcher(spec(), tmp_path / "a")
+    first = a.suggest("t0")
+    assert {k: first[k] for k in PARAMS} == {"train.attack_steps": 10, "ham.drop_step": 3, "ham.temperature": None, "train.lr": 0.05}
+    b = make_searcher(spec(), tmp_path / "b")
+    b.suggest("t0")
+    assert a.suggest("t1") == b.suggest("t1")  # seeded: the same proposals again
+
+
+def test_tpe_is_multivariate_with_constant_liar():
+    sampler = make_sampler(spec())
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert sampler._multivariate and sampler._constant_liar  # Optuna keeps no public getters
+
+
+def test_searcher_tells_optuna_complete_pruned_and_fail(tmp_path):
+    s = make_searcher(spec(), tmp_path)
+    for i in range(4):
+        s.suggest(f"t{i}")
+    for epoch in (1, 2):
+        s.on_trial_result("t0", {OBJECTIVE: 0.1 * epoch, BEST: 0.1 * epoch, "epoch": epoch})
+    s.on_trial_complete("t0", {OBJECTIVE: 0.3, BEST: 0.35, "epoch": 6})  # ran all 6 epochs
+    s.on_trial_complete("t1", {OBJECTIVE: 0.2, BEST: 0.2, "epoch": 2})  # ASHA stopped it at epoch 2
+    s.on_trial_complete("t2", {OBJECTIVE: 0.0, BEST: 0.0, "epoch": 1, "failed": "diverged: nan"})
+    s.on_trial_complete("t3", None, error=True)
+    study = open_study(tmp_path)
+    t0, t1, t2, t3 = study.trials
+    assert (t0.state.name, t0.value, t0.intermediate_values) == ("COMPLETE", 0.35, {1: 0.1, 2: 0.2, 6: 0.3})
+    assert (t1.state.name, t1.intermediate_values) == ("PRUNED", {2: 0.2})  # not taken for a final value
+    assert t2.state.name == t3.state.name == "FAIL"
+
+
+def test_updates_to_finished_trials_are_ignored_and_orphans_fail_on_restore(tmp_path):
+    s = make_searcher(spec(), tmp_path)
+    s.suggest("t0")
+    s.save(str(tmp_path / "snapshot.pkl"))  # Tune's snapshot knows t0 only
+    s.suggest("t1")  # proposed after the snapshot: the driver is killed before the next one
+    s.on_trial_complete("t0", {OBJECTIVE: 0.3, BEST: 0.3, "epoch": 6})
+    restored = make_searcher(spec(), tmp_path)
+    restored.restore(str(tmp_path / "snapshot.pkl"))
+    # Tune re-runs t0 (finished in the journal, running in the snapshot): no error, no change
+    restored.on_trial_result("t0", {OBJECTIVE: 0.9, BEST: 0.9, "epoch": 1})
+    restored.on_trial_complete("t0", {OBJECTIVE: 0.9, BEST: 0.9, "epoch": 6})
+    states = [(t.number, t.state.name, t.value) for t in open_study(tmp_path).trials]
+    assert states == [(0, "COMPLETE", 0.3), (1, "FAIL", None)]
+
+
+def test_a_journal_with_another_direction_is_refused(tmp_path):
+    from hamsweep.search import journal_storage
+
+    optuna.create_study(study_name="s", storage=journal_storage(tmp_path / JOURNAL), direction="minimize")
+    with pytest.raises(SpecError, match="directions"):
+        make_searcher(spec(), tmp_path)
+
+
+def test_the_searcher_survives_pickling_with_its_journal(tmp_path):
+    s = make_searcher(spec(), tmp_path)
+    s.suggest("t0")
+    copy = pickle.loads(pickle.dumps(s))
+    copy.on_trial_complete("t0", {OBJECTIVE: 0.5, BEST: 0.5, "epoch": 6})
+    assert open_study(tmp_path).trials[0].value == 0.5
+
+
+def test_multi_objective_sweeps_tell_every_objective_at_the_best_epoch(tmp_path):
+    s = make_searcher(spec(objective={"metric": ["worst_robust", "mean_robust"]}, search={"params": PARAMS, "sampler": "nsga2"}), tmp_path)
+    s.suggest("t0")
+    s.on_trial_complete("t0", {OBJECTIVE: 0.1, BEST: 0.2, "best_worst_robust": 0.2, "best_mean_robust": 0.5, "epoch": 6})
+    assert open_study(tmp_path).trials[0].values == [0.2, 0.5]
+
+
+def test_asha_on_the_epoch_counter_or_none():
+    asha = make_scheduler(spec(scheduler={"grace_period": 2, "reduction_factor": 3}))
+    assert (asha._time_attr, asha._metric, asha._max_t) == ("epoch", OBJECTIVE, 6)
+    assert make_scheduler(spec(scheduler="none")) is None
+
+
+@pytest.mark.parametrize(
+    ("sections", "key"),
+    [
+        ({"objective": {"metric": "accuracy"}}, "objective.metric"),
+        ({"objective": {"metric": ["worst_robust", "mean_robust"]}, "search": {"sampler": "cmaes"}}, "search.sampler"),
+        ({"objective": {"mode": "min"}}, "objective.mode"),
+        ({"scheduler": "hyperband"}, "scheduler.name"),
+        ({"scheduler": {"grace_period": 9}}, "scheduler.grace_period"),
+        ({"scheduler": {"max_epochs": 9}}, "scheduler.max_epochs"),
+        ({"scheduler": {"reduction_factor": 1}}, "scheduler.reduction_factor"),
+        ({"resources": {"gpu": 1.5}}, "resources.gpu"),
+        ({"resources": {"cpu": 0}}, "resources.cpu"),
+        ({"budget": {"gpu_hours": 0}}, "budget.gpu_hours"),
+        ({"final_eval": {"top_k": -1}}, "final_eval.top_k"),
+        ({"eval": {"select_by": "mean_robust"}}, "eval.select_by"),
+        ({"search": {"params": PARAMS, "max_concurrent": 0}}, "search.max_concurrent"),
+    ],
+)
+def test_sweep_sections_fail_with_the_key(sections, key):
+    with pytest.raises(SpecError) as err:
+        spec(**sections)
+    assert str(err.value).startswith(key), str(err.value)
+
+
+def test_checkpoints_are_selected_by_the_objective():
+    assert spec(objective={"metric": "cvar_robust"}).trial_config().eval.select_by == "cvar_robust"
+    assert spec().trial_config().eval.select_by == "worst_robust"
+
+
+@pytest.mark.parametrize("name", ["smoke", "cifar10", "cifar100", "svhn"])
+def test_shipped_specs_are_valid_sweeps(name):
+    s = load_spec(REPO / "search_spaces" / f"{name}.yaml")
+    searched = set(s.search.params)
+    assert {"ham.discard_threshold", "ham.keep_easy_fraction", "ham.temperature", "ham.drop_step",
+            "train.attack_steps", "ham.warmup_epochs", "train.lr"} <= searched
+    assert None in s.search.params["ham.temperature"].choices  # uniform weights is a choice
+    assert s.scheduler.name == "asha"
+    assert s.objective.primary == ("cvar_robust" if name == "smoke" else "worst_robust")
