@@ -53,7 +53,7 @@ def results_table(out: Path, spec: SweepSpec, top: int = 10, by: str | None = No
     for col in ("#", "trial", "status", "epochs", *[k.split(".")[-1] for k in keys], by, "worst", "mean", "clean", "test worst", "test mean"):
         table.add_column(col, justify="left" if col in ("trial", "status") else "right")
     for r in rows:
-        params = [_fmt(r.get(param_column(k))) for k in keys]
+        params = [_fmt(r.get(param_column(k)), k) for k in keys]
         table.add_row(
             str(r["number"]), r["trial"], r["status"], f"{r['epochs_run']}/{r['epochs']}", *params, _pct(r["value"]),
             _pct(r["robust_worst"]), _pct(r["robust_mean"]), _pct(r["clean_mean"]), _pct(r["test_worst"]), _pct(r["test_mean"]),
@@ -65,8 +65,10 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
-def _fmt(x: Any) -> str:
-    return "—" if x is None else f"{x:.3g}" if isinstance(x, float) else str(x)
+def _fmt(x: Any, key: str) -> str:
+    if x is None:
+        return "uniform" if key.endswith("temperature") else "—"  # ham.temperature: null = uniform weights
+    return f"{x:.3g}" if isinstance(x, float) else str(x)
 
 
 def evaluate_top(out: Path, spec: SweepSpec, k: int, *, autoattack: bool = False, console: Console | None = None) -> int:

@@ -24,15 +24,14 @@ def query(root: Path, sql: str) -> pa.Table:
     import duckdb
 
     root = Path(root)
-    views = tables(root)
-    if not views:
+    if not tables(root):
         raise SpecError(str(root), f"holds no results tables ({', '.join(SCHEMAS)}); pass a run folder")
     con = connect(root)
     try:
         return con.sql(sql).to_arrow_table()
     except duckdb.Error as err:
         message = " ".join(str(err).split())  # DuckDB's messages span lines
-        raise SpecError("SQL", f"{message} (views: {', '.join(sorted(views))})") from None
+        raise SpecError("SQL", f"{message} (views: {', '.join(sorted(SCHEMAS))})") from None
     except AttributeError:  # a statement with no result, e.g. CREATE
         raise SpecError("SQL", "the statement returns no rows; pass a SELECT") from None
 

@@ -99,8 +99,9 @@ class Recorder(tune.Callback, tune.Stopper):
         return {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        if Recorder._live is None:
-            raise RuntimeError("a Recorder is restored only inside a sweep driver, after Recorder.activate()")
+        if Recorder._live is None:  # read outside a driver (ExperimentAnalysis, a notebook): do nothing
+            self.__class__ = _Inert
+            return
         self.__dict__ = Recorder._live.__dict__
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Recorder:
@@ -181,9 +182,13 @@ class Recorder(tune.Callback, tune.Stopper):
         return record
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        from hamsweep.trial import prune_checkpoints
+
         path = Path(checkpoint.path)
         self._view(trial)
         self.clocks[trial.trial_id].checkpoint = os.path.relpath(path, self.out) if path.is_absolute() else str(path)
+        if path.is_dir():  # local storage: only the newest checkpoints keep their weights
+            prune_checkpoints(path.parent)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         clock = self.clocks[self._view(trial).trial]
@@ -221,7 +226,11 @@ class Recorder(tune.Callback, tune.Stopper):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         for tid, view in self.state.trials.items():
-            if view.status == "running":
+            if view.status == "running" and self.budget_hit:
+                # Tune ends them without on_trial_complete, to us or to the searcher
+                self._finish(view, "stopped", self.budget_hit)
+                self._tell_pruned(view)
+            elif view.status == "running":
                 self._row(tid)
         self.writer.flush()
         self.view.update(self._now())
@@ -263,14 +272,27 @@ class Recorder(tune.Callback, tune.Stopper):
         }
         self.writer.add(TRIALS, [row])
 
+    def _tell_pruned(self, view: TrialView) -> None:
+        import optuna
+
+        from hamsweep.search import open_study
+
+        try:
+            open_study(self.out).tell(view.number, state=optuna.trial.TrialState.PRUNED)
+        except (ValueError, RuntimeError):
+            pass  # already finished in the journal
+
     def _sampler_best(self) -> None:
         """Optuna's own view of the best trial, read back from the journal (single objective only)."""
         if len(self.spec.objective.metrics) > 1:
             return
         from hamsweep.search import open_study
 
+        # one study object for the sweep: the journal is then read incrementally, not replayed
+        if "_study" not in self.__dict__:
+            self._study = open_study(self.out)
         try:
-            best = open_study(self.out).best_trial
+            best = self._study.best_trial
         except ValueError:  # no complete trial yet
             return
         self.state.sampler_best = (best.number, best.value, dict(best.params))
@@ -291,6 +313,16 @@ class Recorder(tune.Callback, tune.Stopper):
         if b.gpu_hours is not None and state.gpu_hours() >= b.gpu_hours:
             self.budget_hit = f"budget: {b.gpu_hours:g} GPU-hours reached"
         return self.budget_hit is not None
+
+
+class _Inert(tune.Callback, tune.Stopper):
+    """A Recorder unpickled where no sweep runs: Tune's no-op callbacks, and a stopper that never stops."""
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return False
 
 
 def _utc(t: float) -> dt.datetime:

@@ -102,8 +102,8 @@ TRIAL_SCHEMA = pa.schema(
         ("resumed_from", pa.int32()),  # epoch of the checkpoint the trial last continued from
         ("gpu_seconds", pa.float64()),  # wall seconds x GPUs reserved
         ("wall_seconds", pa.float64()),
-        ("started", pa.timestamp("s", tz="UTC")),
-        ("ended", pa.timestamp("s", tz="UTC")),
+        ("started", pa.timestamp("ms", tz="UTC")),
+        ("ended", pa.timestamp("ms", tz="UTC")),
         ("checkpoint", pa.string()),  # the trial's latest checkpoint folder, relative to the sweep folder
     ],
     metadata={"hamsweep.schema_version": str(SCHEMA_VERSION)},

@@ -83,6 +83,8 @@ def run_sweep(
     if unfinished and recorder.budget_hit is None:
         # Tune catches Ctrl-C itself and returns from fit() with trials left: not a finished sweep
         raise Interrupted(f"stopped with {unfinished} of {spec.search.num_samples} trials unfinished; continue with: hamsweep resume {out}")
+    if recorder.budget_hit:
+        console.print(f"{recorder.budget_hit}: {unfinished} of {spec.search.num_samples} trials not run to the end", highlight=False)
     _finish(spec, out, console)
     return out
 
@@ -203,7 +205,8 @@ def _tuner(spec: SweepSpec, out: Path, trainable: Any, recorder: Any) -> Any:
         run_config=tune.RunConfig(
             name=RAY_DIR, storage_path=str(out), callbacks=[recorder], stop=recorder, verbose=0,
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # every folder stays (a snapshot may name an older one); their weights are pruned (trial.prune_checkpoints)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         ),
     )
 

@@ -22,7 +22,7 @@ from hamsweep.search import BEST, NUMBER, OBJECTIVE, best_key
 from hamsweep.spec import SweepSpec, TrialConfig
 from hamsweep.spec.trial import objective_summary
 
-__all__ = ["WORKER_PID", "result_metrics", "sweep_trial_config", "trainable", "trial_dirname", "work_dir"]
+__all__ = ["HISTORY", "WORKER_PID", "prune_checkpoints", "result_metrics", "sweep_trial_config", "trainable", "trial_dirname", "work_dir"]
 
 HISTORY = "history.json"  # in the checkpoint folder: every epoch's record so far
 WORKER_PID = "worker.pid"  # in the trial's work folder: the process training it (to find or kill it)
@@ -108,6 +108,9 @@ def trainable(config: dict[str, Any], spec_data: dict[str, Any], experiment: str
     except DivergenceError as err:
         # deterministic: a restart would diverge again, so the trial ends here as failed
         tune.report(reporter.failure(f"diverged: {err}"))
+        return
+    if reporter.backfill:  # restored at its last epoch: nothing left to train, but report once
+        reporter.repeat_last()
 
 
 class _Reporter:
@@ -138,6 +141,17 @@ class _Reporter:
         _atomic_write(ckpt_dir / HISTORY, json.dumps(self.history))
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
 
+    def repeat_last(self) -> None:
+        """Report the last epoch again (with the history), without a new checkpoint."""
+        from ray import tune
+
+        from hamsweep.train import EpochRecord
+
+        result = result_metrics(EpochRecord.from_dict(self.history[-1]), self.cfg, self.metrics, self.best, self.last)
+        result.update(class_names=self.classes, history=self.backfill)
+        self.backfill = []
+        tune.report(result)
+
     def failure(self, reason: str) -> dict[str, Any]:
         epoch = self.history[-1]["epoch"] if self.history else 0
         return {"epoch": epoch, OBJECTIVE: self.last or 0.0, BEST: self.best.values.get(self.metrics[0], 0.0), "failed": reason}
@@ -150,12 +164,57 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def _restore(work: Path, checkpoint: Any) -> None:
-    """Start from Ray's checkpoint (or from nothing): a stale local folder is never trusted."""
+    """Start from Ray's checkpoint (or from nothing): a stale local folder is never trusted.
+
+    After a driver crash, Tune's snapshot may name a checkpoint older than the newest one on disk,
+    whose weights ``prune_checkpoints`` has since removed: the newest complete checkpoint of the
+    same trial is taken instead (its history holds every epoch, so nothing is lost either way)."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            shutil.copytree(folder, work / "checkpoint")
+    if checkpoint is None:
+        return
+    source = _newest_complete(Path(checkpoint.path)) if type(checkpoint.filesystem).__name__ == "LocalFileSystem" else None
+    if source is not None:
+        shutil.copytree(source, work / "checkpoint")
+        return
+    with checkpoint.as_directory() as folder:
+        shutil.copytree(folder, work / "checkpoint")
+
+
+def _epochs_in(folder: Path) -> int:
+    try:
+        return len(json.loads((folder / HISTORY).read_text()))
+    except (OSError, ValueError):
+        return -1
+
+
+def _newest_complete(given: Path) -> Path | None:
+    """The checkpoint folder of this trial with the most epochs whose ``last.pt`` loads."""
+    import torch
+
+    from hamsweep.train import LAST
+
+    folders = sorted({given, *given.parent.glob("checkpoint_*")}, key=_epochs_in, reverse=True)
+    for folder in folders:
+        if (folder / LAST).is_file() and _epochs_in(folder) >= 0:
+            try:
+                torch.load(folder / LAST, map_location="cpu", weights_only=False)
+            except Exception:  # noqa: BLE001 - a copy cut short by a crash: try the next one
+                continue
+            return folder
+    return None
+
+
+def prune_checkpoints(trial_folder: Path, keep: int = 2) -> None:
+    """Remove the weights from all but the ``keep`` newest checkpoint folders of a trial. Ray keeps
+    every folder (``num_to_keep=None``): a snapshot taken before a crash may name an older one, and
+    Ray refuses to restore from a folder that is gone; the folders stay, with their history."""
+    from hamsweep.train import BEST, LAST
+
+    complete = sorted(f for f in trial_folder.glob("checkpoint_*") if (f / LAST).is_file())
+    for folder in complete[:-keep]:
+        for name in (LAST, BEST):
+            (folder / name).unlink(missing_ok=True)
 
 
 def _dataset(cfg: TrialConfig) -> Any:

@@ -37,7 +37,10 @@ def test_query_formats(tmp_path):
 
 def test_query_errors_are_one_line(tmp_path):
     folder = _folder(tmp_path / "run")
-    _assert_user_error(hamsweep("query", folder, "SELEC 1"), r"SQL: Parser Error: .* \(views: classes, epochs\)")
-    _assert_user_error(hamsweep("query", folder, "SELECT * FROM trials"), r"SQL: Catalog Error: .*trials")
+    _assert_user_error(hamsweep("query", folder, "SELEC 1"), r"SQL: Parser Error: .* \(views: classes, epochs, trials\)")
+    _assert_user_error(hamsweep("query", folder, "SELECT * FROM nosuch"), r"SQL: Catalog Error: .*nosuch")
+    # a single run has no sweep trials: the view is there, with its columns, and empty
+    empty = hamsweep("query", folder, "SELECT count(*) AS n, min(best_objective) AS b FROM trials", "--format", "csv")
+    assert empty.returncode == 0 and empty.stdout.split() == ["n,b", "0,"], empty.stderr
     _assert_user_error(hamsweep("query", tmp_path / "empty", "SELECT 1"), r"holds no results tables")
     _assert_user_error(hamsweep("query", folder, "SELECT 1", "--format", "xml"), r"--format: unknown format 'xml'")

@@ -248,7 +248,8 @@ def test_killed_worker_restarts_from_its_checkpoint(tmp_path):
     driver = subprocess.Popen([HAMSWEEP, "run", str(spec), "--out", str(out)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        _wait_for(lambda: _checkpoints(out) >= 1 and list((out / "ray" / "work").glob("*/worker.pid")), 300, "a checkpoint")
+        # two on disk: the driver has taken the first in hand (one just written may not be Tune's yet)
+        _wait_for(lambda: _checkpoints(out) >= 2 and list((out / "ray" / "work").glob("*/worker.pid")), 300, "two checkpoints")
         pid = int(next((out / "ray" / "work").glob("*/worker.pid")).read_text())
         os.kill(pid, signal.SIGKILL)
         _, err = driver.communicate(timeout=400)
@@ -298,3 +299,19 @@ def test_ctrl_c_stops_the_sweep_with_a_resume_hint_and_resume_finishes_it(tmp_pa
     trials = results.read_table(out, results.TRIALS).to_pylist()
     assert [t["status"] for t in trials] == ["completed", "completed"]
     assert results.connect(out).execute("SELECT count(*) FROM epochs").fetchone()[0] == 12
+
+
+def test_wall_budget_stops_the_sweep_and_says_so(tmp_path):
+    spec = write_spec(
+        tmp_path / "budget.yaml", data={"train_size": 1024}, train={"epochs": 40}, scheduler="none",
+        search={"num_samples": 6, "max_concurrent": 1}, final_eval={"top_k": 0}, budget={"wall_hours": 0.01},
+    )
+    proc = hamsweep("run", str(spec), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "budget: 0.01 wall-clock hours reached" in proc.stdout
+    trials = results.read_table(tmp_path / "out", results.TRIALS).to_pylist()
+    assert 1 <= len(trials) < 6
+    stopped = [t for t in trials if t["status"] == "stopped"]
+    assert stopped and all(t["stop_reason"] == "budget: 0.01 wall-clock hours reached" for t in stopped)
+    states = {t.number: t.state.name for t in open_study(tmp_path / "out").trials}
+    assert all(states[t["number"]] == "PRUNED" for t in stopped)
