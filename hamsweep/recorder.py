@@ -69,7 +69,7 @@ def param_types(params: dict[str, Distribution]) -> dict[str, pa.DataType]:
 class Recorder(tune.Callback, tune.Stopper):
     """The sweep's writer, dashboard feed and budget stopper (see the module docstring)."""
 
-    def __init__(self, spec: SweepSpec, out: Path, view: Any, *, started: float, flush_s: float = 5.0) -> None:
+    def __init__(self, spec: SweepSpec, out: Path, view: Any, *, started: float, restored: bool, flush_s: float = 5.0) -> None:
         self.spec, self.out, self.view = spec, Path(out), view
         self.full = full_epochs(spec)
         self.types = param_types(spec.search.params)
@@ -83,7 +83,8 @@ class Recorder(tune.Callback, tune.Stopper):
         self.failed: dict[str, str] = {}  # trial id -> reason reported by the trainable
         self.budget_hit: str | None = None
         self._frame = 0.0
-        self._load()
+        if restored:  # Tune continues these trials; rows of any other one are dropped at the end
+            self._load()
 
     # Tune pickles its run config (this object included) into the experiment folder, and copies
     # it when a Tuner is restored. No copy may write or draw on its own: a copy made in this

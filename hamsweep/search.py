@@ -217,7 +217,7 @@ def make_searcher(spec: SweepSpec, folder: Path) -> Searcher:
     fresh = not journal.exists()
     metrics = spec.objective.metrics
     multi = len(metrics) > 1
-    return Searcher(
+    searcher = Searcher(
         space=Space(spec.search.params, flat(spec.trial_config())),
         metric=[best_key(m) for m in metrics] if multi else BEST,
         mode=["max"] * len(metrics) if multi else "max",
@@ -227,6 +227,9 @@ def make_searcher(spec: SweepSpec, folder: Path) -> Searcher:
         storage=journal_storage(journal),
         full_epochs=full_epochs(spec),
     )
+    if not fresh:  # a driver killed before Tune's first snapshot: nothing it proposed will run
+        searcher._fail_orphans()
+    return searcher
 
 
 def full_epochs(spec: SweepSpec) -> int:

@@ -173,13 +173,14 @@ def _fit(spec: SweepSpec, out: Path, console: Console, *, resume: bool) -> Any:
     from hamsweep.dashboard import make_view
     from hamsweep.recorder import Recorder
 
-    recorder = Recorder(spec, out, make_view(console), started=_started(out)).activate()
+    path = str(out / RAY_DIR)
+    restore = resume and tune.Tuner.can_restore(path)
+    recorder = Recorder(spec, out, make_view(console), started=_started(out), restored=restore).activate()
     trainable = tune.with_resources(
         tune.with_parameters(trial.trainable, spec_data=spec.model_dump(mode="json"), experiment=str(out / RAY_DIR)),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
-    path = str(out / RAY_DIR)
-    if resume and tune.Tuner.can_restore(path):
+    if restore:
         # the searcher comes back from Tune's snapshot, the Recorder from the pickled run config
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:

@@ -156,3 +156,12 @@ def test_shipped_specs_are_valid_sweeps(name):
     assert None in s.search.params["ham.temperature"].choices  # uniform weights is a choice
     assert s.scheduler.name == "asha"
     assert s.objective.primary == ("cvar_robust" if name == "smoke" else "worst_robust")
+
+
+def test_a_searcher_started_over_an_existing_journal_fails_its_running_trials(tmp_path):
+    # the driver was killed before Tune's first snapshot: a resume starts a new Tuner on the journal
+    make_searcher(spec(), tmp_path).suggest("t0")
+    again = make_searcher(spec(), tmp_path)
+    assert [t.state.name for t in open_study(tmp_path).trials] == ["FAIL"]
+    proposal = again.suggest("t0")
+    assert proposal["optuna_trial"] == 1 and proposal["train.attack_steps"] >= proposal["ham.drop_step"]

@@ -315,3 +315,35 @@ def test_wall_budget_stops_the_sweep_and_says_so(tmp_path):
     assert stopped and all(t["stop_reason"] == "budget: 0.01 wall-clock hours reached" for t in stopped)
     states = {t.number: t.state.name for t in open_study(tmp_path / "out").trials}
     assert all(states[t["number"]] == "PRUNED" for t in stopped)
+
+
+def test_address_runs_the_sweep_on_an_existing_ray_cluster(tmp_path):
+    import secrets
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = tmp_path / "token"
+    token.write_text(secrets.token_hex(16))
+    token.chmod(0o600)
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    temp = Path("/tmp") / f"hs-test-{secrets.token_hex(3)}"
+    ray_cli = str(Path(HAMSWEEP).with_name("ray"))
+    head = subprocess.Popen(
+        [ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+         f"--temp-dir={temp}", "--object-store-memory=100000000"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        spec = write_spec(tmp_path / "addr.yaml", search={"num_samples": 2, "max_concurrent": 2}, final_eval={"top_k": 0})
+        proc = subprocess.run([HAMSWEEP, "run", str(spec), "--out", str(tmp_path / "out"), "--address", f"127.0.0.1:{port}"],
+                              env=env, capture_output=True, text=True, timeout=400)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert len(results.read_table(tmp_path / "out", results.TRIALS)) == 2
+        assert head.poll() is None  # the cluster is not ours: it keeps running
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+        subprocess.run(["rm", "-rf", str(temp)], check=False)
