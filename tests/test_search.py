@@ -165,3 +165,13 @@ def test_a_searcher_started_over_an_existing_journal_fails_its_running_trials(tm
     assert [t.state.name for t in open_study(tmp_path).trials] == ["FAIL"]
     proposal = again.suggest("t0")
     assert proposal["optuna_trial"] == 1 and proposal["train.attack_steps"] >= proposal["ham.drop_step"]
+
+
+def test_cmaes_runs_past_its_random_start(tmp_path):
+    params = {k: v for k, v in PARAMS.items() if k != "ham.temperature"}  # CMA-ES: numbers only
+    s = make_searcher(spec(search={"params": params, "sampler": "cmaes", "start_with_defaults": False}), tmp_path)
+    for i in range(25):
+        c = s.suggest(f"t{i}")
+        assert 1 <= c["ham.drop_step"] <= c["train.attack_steps"]
+        s.on_trial_complete(f"t{i}", {OBJECTIVE: c["train.lr"], BEST: c["train.lr"], "epoch": 6})
+    assert len([t for t in open_study(tmp_path).trials if t.state.name == "COMPLETE"]) == 25
