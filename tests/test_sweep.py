@@ -213,14 +213,21 @@ def _checkpoints(out: Path) -> int:
     return len(list((out / "ray").glob("trial_*/checkpoint_*")))
 
 
+def _slow_spec(path: Path, **search: int) -> Path:
+    """Trials of 6 epochs, no ASHA, no final evaluation: long enough to be interrupted."""
+    return write_spec(path, data={"train_size": 1024}, train={"epochs": 6}, scheduler="none",
+                      search={"max_concurrent": 1, **search}, final_eval={"top_k": 0})
+
+
+def _driver(spec: Path, out: Path) -> subprocess.Popen:
+    """`hamsweep run` in its own process group (Ray's daemons are its children)."""
+    return subprocess.Popen([HAMSWEEP, "run", str(spec), "--out", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
 def test_sigkilled_driver_resumes_to_exactly_num_samples_trials(tmp_path):
-    spec = write_spec(
-        tmp_path / "kill.yaml", data={"train_size": 1024}, train={"epochs": 6},
-        scheduler="none", search={"num_samples": 4, "max_concurrent": 2}, final_eval={"top_k": 0},
-    )
     out = tmp_path / "out"
-    driver = subprocess.Popen([HAMSWEEP, "run", str(spec), "--out", str(out)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    driver = _driver(_slow_spec(tmp_path / "kill.yaml", num_samples=4, max_concurrent=2), out)
     try:
         _wait_for(lambda: _checkpoints(out) >= 3, 300, "three persisted checkpoints")
     finally:
@@ -240,13 +247,8 @@ def test_sigkilled_driver_resumes_to_exactly_num_samples_trials(tmp_path):
 
 
 def test_killed_worker_restarts_from_its_checkpoint(tmp_path):
-    spec = write_spec(
-        tmp_path / "worker.yaml", data={"train_size": 1024}, train={"epochs": 6},
-        scheduler="none", search={"num_samples": 1, "max_concurrent": 1}, final_eval={"top_k": 0},
-    )
     out = tmp_path / "out"
-    driver = subprocess.Popen([HAMSWEEP, "run", str(spec), "--out", str(out)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    driver = _driver(_slow_spec(tmp_path / "worker.yaml", num_samples=1), out)
     try:
         # two on disk: the driver has taken the first in hand (one just written may not be Tune's yet)
         _wait_for(lambda: _checkpoints(out) >= 2 and list((out / "ray" / "work").glob("*/worker.pid")), 300, "two checkpoints")
@@ -278,13 +280,8 @@ def test_diverging_trials_fail_with_their_reason_and_the_sweep_goes_on(tmp_path)
 
 
 def test_ctrl_c_stops_the_sweep_with_a_resume_hint_and_resume_finishes_it(tmp_path):
-    spec = write_spec(
-        tmp_path / "int.yaml", data={"train_size": 1024}, train={"epochs": 6},
-        scheduler="none", search={"num_samples": 2, "max_concurrent": 1}, final_eval={"top_k": 0},
-    )
     out = tmp_path / "out"
-    driver = subprocess.Popen([HAMSWEEP, "run", str(spec), "--out", str(out)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    driver = _driver(_slow_spec(tmp_path / "int.yaml", num_samples=2), out)
     try:
         _wait_for(lambda: _checkpoints(out) >= 1, 300, "a checkpoint")
         driver.send_signal(signal.SIGINT)
