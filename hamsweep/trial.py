@@ -206,14 +206,15 @@ def _newest_complete(given: Path) -> Path | None:
 
 
 def prune_checkpoints(trial_folder: Path, keep: int = 2) -> None:
-    """Remove the weights from all but the ``keep`` newest checkpoint folders of a trial. Ray keeps
-    every folder (``num_to_keep=None``): a snapshot taken before a crash may name an older one, and
-    Ray refuses to restore from a folder that is gone; the folders stay, with their history."""
+    """Empty all but the ``keep`` newest checkpoint folders of a trial. Ray keeps every folder
+    (``num_to_keep=None``): a snapshot taken before a crash may name an older one, and Ray refuses
+    to restore from a folder that is gone; so the folders stay, empty, and ``_restore`` takes the
+    newest complete one instead."""
     from hamsweep.train import BEST, LAST
 
     complete = sorted(f for f in trial_folder.glob("checkpoint_*") if (f / LAST).is_file())
     for folder in complete[:-keep]:
-        for name in (LAST, BEST):
+        for name in (LAST, BEST, HISTORY):  # the newest folders hold the whole history
             (folder / name).unlink(missing_ok=True)
 
 

@@ -344,3 +344,12 @@ def test_address_runs_the_sweep_on_an_existing_ray_cluster(tmp_path):
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
         subprocess.run(["rm", "-rf", str(temp)], check=False)
+
+
+def test_only_the_newest_two_checkpoints_of_a_trial_keep_their_files(sweep):
+    out, _ = sweep
+    for trial in (out / "ray").glob("trial_*"):
+        folders = sorted(trial.glob("checkpoint_*"))
+        full = [f for f in folders if (f / "last.pt").is_file()]
+        assert full == folders[-2:] and all((f / "history.json").is_file() for f in full)
+        assert all(not any(f.iterdir()) for f in folders[:-2])  # kept for Tune, emptied
