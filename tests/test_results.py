@@ -41,3 +41,21 @@ def test_empty_folder_reads_as_empty_tables(tmp_path):
 def test_no_temporary_files_are_left(tmp_path):
     PartWriter(tmp_path).append(EPOCHS, epoch_rows("t", _record(1), 0.2))
     assert [p.name.startswith("part-") for p in (tmp_path / EPOCHS).iterdir()] == [True]
+
+
+def test_a_newer_row_replaces_the_whole_row_nulls_included(tmp_path):
+    from hamsweep.results import TRIALS, BufferedWriter, trials_schema
+
+    import pyarrow as pa
+
+    w = BufferedWriter(PartWriter(tmp_path, {TRIALS: trials_schema({"ham.drop_step": pa.int64()})}), interval_s=3600)
+    base = {"trial": "a", "number": 0, "objective": "worst_robust", "epochs": 4, "restarts": 0, "ham_drop_step": 3}
+    w.add(TRIALS, [{**base, "status": "completed", "best_objective": 0.5, "epochs_run": 4}])
+    w.flush()
+    assert not w.due()  # the next flush waits for its interval
+    w.add(TRIALS, [{**base, "status": "running", "best_objective": 0.1, "epochs_run": 1}])
+    w.add(TRIALS, [{**base, "status": "running", "best_objective": None, "epochs_run": 2}])  # replaces the buffered one
+    w.flush()
+    (row,) = read_table(tmp_path, TRIALS).to_pylist()
+    assert (row["status"], row["best_objective"], row["epochs_run"], row["ham_drop_step"]) == ("running", None, 2, 3)
+    assert len(list((tmp_path / TRIALS).glob("part-*.parquet"))) == 2  # one part per flush
