@@ -81,7 +81,7 @@ def evaluate_top(out: Path, spec: SweepSpec, k: int, *, autoattack: bool = False
     writer = results.PartWriter(out)
     for row in rows:
         evals, epoch, names = _evaluate(out, spec, row, autoattack)
-        writer.append(CLASSES, _class_rows(row["trial"], epoch, evals, names))
+        writer.append(CLASSES, results.eval_rows(row["trial"], epoch, evals, names))
         worst = min(c / n for e in evals if e.attack != "clean" for n, c in zip(e.n, e.correct) if n)
         console.print(f"final evaluation: trial {row['trial']} (#{row['number']}) test worst-class robust {100 * worst:.1f}%", highlight=False)
     return len(rows)
@@ -105,12 +105,3 @@ def _evaluate(out: Path, spec: SweepSpec, row: dict[str, Any], autoattack: bool)
     model.to(pick_device(cfg.train.device))
     evals = evaluate(model, dataset.test, "test", cfg, dataset.num_classes, seed=0, autoattack=autoattack)
     return evals, int(state["epoch"]), tuple(dataset.classes)
-
-
-def _class_rows(trial: str, epoch: int, evals: list[Any], names: tuple[str, ...]) -> list[dict[str, Any]]:
-    return [
-        {"trial": trial, "epoch": epoch, "split": e.split, "attack": e.attack, "class_id": c,
-         "class_name": names[c], "n": n, "correct": k}
-        for e in evals
-        for c, (n, k) in enumerate(zip(e.n, e.correct))
-    ]

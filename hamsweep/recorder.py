@@ -73,7 +73,7 @@ class Recorder(tune.Callback, tune.Stopper):
         self.spec, self.out, self.view = spec, Path(out), view
         self.full = full_epochs(spec)
         self.types = param_types(spec.search.params)
-        writer = PartWriter(self.out, {TRIALS: results.trials_schema({k: t for k, t in self.types.items()})})
+        writer = PartWriter(self.out, {TRIALS: results.trials_schema(self.types)})
         self.writer = BufferedWriter(writer, flush_s)
         self.state = SweepState(
             name=spec.name, objective=spec.objective.primary, num_samples=spec.search.num_samples, started=started,

@@ -37,6 +37,7 @@ __all__ = [
     "compact",
     "connect",
     "epoch_rows",
+    "eval_rows",
     "read_pandas",
     "read_table",
     "tables",
@@ -139,10 +140,15 @@ def epoch_rows(trial: str, record: EpochRecord, cvar_fraction: float) -> list[di
 
 def class_rows(trial: str, record: EpochRecord, class_names: Sequence[str]) -> list[dict[str, Any]]:
     """One row per (split, attack, class) of the record's evaluations, for ``classes``."""
+    return eval_rows(trial, record.epoch, record.evals, class_names)
+
+
+def eval_rows(trial: str, epoch: int, evals: Iterable[Any], class_names: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per (split, attack, class) of ``evals`` (``EvalCounts``) of ``epoch``'s model."""
     return [
-        {"trial": trial, "epoch": record.epoch, "split": e.split, "attack": e.attack, "class_id": c,
+        {"trial": trial, "epoch": epoch, "split": e.split, "attack": e.attack, "class_id": c,
          "class_name": class_names[c], "n": n, "correct": k}
-        for e in record.evals
+        for e in evals
         for c, (n, k) in enumerate(zip(e.n, e.correct))
     ]
 
@@ -210,13 +216,13 @@ def _dedup_sql(root: Path, table: str) -> str:
     keys = ", ".join(KEYS[table])
     if len(list((Path(root) / table).glob("part-*.parquet"))) == 1:
         # one part: written by `compact` (or once), so each key is there once; a plain scan of
-        # 10 M rows takes ~0.2 s, the deduplication below ~2-3 s
+        # 10 M rows takes ~0.2 s, the deduplication below ~8 s
         return f"SELECT * FROM read_parquet('{_parts_glob(root, table)}')"
-    # the newest part's row of each key, whole (arg_max_null: a NULL in the newest row stays NULL);
-    # about 3x faster than a row_number() window over 10 M rows
+    # the newest part's row of each key, whole. (A GROUP BY with arg_max_null per column was 4x
+    # slower over 1,000 parts and 10 M rows: 49 s against 11 s; plain arg_max also skips NULLs.)
     return (
-        f"SELECT arg_max_null(COLUMNS(* EXCLUDE (filename)), filename) "
-        f"FROM read_parquet('{_parts_glob(root, table)}', filename = true, union_by_name = true) GROUP BY {keys}"
+        f"SELECT * EXCLUDE (filename) FROM read_parquet('{_parts_glob(root, table)}', filename = true, union_by_name = true) "
+        f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY filename DESC) = 1"
     )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hamsweep.errors import DivergenceError
+from hamsweep.rundir import atomic_write_text
 from hamsweep.search import BEST, NUMBER, OBJECTIVE, best_key
 from hamsweep.spec import SweepSpec, TrialConfig
 from hamsweep.spec.trial import objective_summary
@@ -138,7 +139,7 @@ class _Reporter:
         if self.backfill:
             result["history"], self.backfill = self.backfill, []
         self.history.append(result["record"])
-        _atomic_write(ckpt_dir / HISTORY, json.dumps(self.history))
+        atomic_write_text(ckpt_dir / HISTORY, json.dumps(self.history))
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
 
     def repeat_last(self) -> None:
@@ -155,12 +156,6 @@ class _Reporter:
     def failure(self, reason: str) -> dict[str, Any]:
         epoch = self.history[-1]["epoch"] if self.history else 0
         return {"epoch": epoch, OBJECTIVE: self.last or 0.0, BEST: self.best.values.get(self.metrics[0], 0.0), "failed": reason}
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _restore(work: Path, checkpoint: Any) -> None:
