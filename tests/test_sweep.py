@@ -300,16 +300,16 @@ def test_ctrl_c_stops_the_sweep_with_a_resume_hint_and_resume_finishes_it(tmp_pa
 
 def test_wall_budget_stops_the_sweep_and_says_so(tmp_path):
     spec = write_spec(
-        tmp_path / "budget.yaml", data={"train_size": 1024}, train={"epochs": 40}, scheduler="none",
-        search={"num_samples": 6, "max_concurrent": 1}, final_eval={"top_k": 0}, budget={"wall_hours": 0.01},
+        tmp_path / "budget.yaml", data={"train_size": 1024}, train={"epochs": 80}, scheduler="none",
+        search={"num_samples": 6, "max_concurrent": 1}, final_eval={"top_k": 0}, budget={"wall_hours": 0.015},
     )
     proc = hamsweep("run", str(spec), "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "budget: 0.01 wall-clock hours reached" in proc.stdout
+    assert "budget: 0.015 wall-clock hours reached" in proc.stdout
     trials = results.read_table(tmp_path / "out", results.TRIALS).to_pylist()
     assert 1 <= len(trials) < 6
     stopped = [t for t in trials if t["status"] == "stopped"]
-    assert stopped and all(t["stop_reason"] == "budget: 0.01 wall-clock hours reached" for t in stopped)
+    assert stopped and all(t["stop_reason"] == "budget: 0.015 wall-clock hours reached" for t in stopped)
     states = {t.number: t.state.name for t in open_study(tmp_path / "out").trials}
     assert all(states[t["number"]] == "PRUNED" for t in stopped)
 
