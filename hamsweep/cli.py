@@ -40,11 +40,18 @@ def _friendly(fn: F) -> F:
 
 @app.command()
 @_friendly
-def validate(spec: Path = typer.Argument(..., help="a spec file, e.g. search_spaces/smoke.yaml")) -> None:
-    """Check a spec file; print what it would run."""
+def validate(
+    spec: Path = typer.Argument(..., help="a spec file, e.g. search_spaces/smoke.yaml"),
+    cluster: Path | None = typer.Option(None, "--cluster", help="also check a cluster profile, e.g. cluster/slurm.yaml"),
+) -> None:
+    """Check a spec file (and a cluster profile); print what it would run."""
     from hamsweep.spec import load_spec
+    from hamsweep.spec.cluster import check_fits, load_profile
 
     s = load_spec(spec)
+    profile = load_profile(cluster) if cluster is not None else None
+    if profile is not None:
+        check_fits(profile, s.resources.cpu, s.resources.gpu)
     searched = ", ".join(s.search.params) or "nothing"
     print(f"{spec}: ok — {s.data.name} / {s.model.name} / {s.train.method}, {s.train.epochs} epochs; searches {searched}")
     sched = f"ASHA (grace {s.scheduler.grace_period} epochs)" if s.scheduler.name == "asha" else "no early stopping"
@@ -52,6 +59,8 @@ def validate(spec: Path = typer.Argument(..., help="a spec file, e.g. search_spa
         f"sweep: {s.search.num_samples} trials by {s.search.sampler}, {s.search.max_concurrent} at once, {sched}; "
         f"maximises validation {' + '.join(s.objective.metrics)}; {s.resources.cpu:g} CPU + {s.resources.gpu:g} GPU per trial"
     )
+    if profile is not None:
+        print(f"{cluster}: ok — {profile.describe()}")
 
 
 @app.command()

@@ -17,6 +17,9 @@ Errors are ``SpecError``s whose message starts with the key path and says what i
 from __future__ import annotations
 
 from hamsweep.spec._base import validate as validate
+from hamsweep.spec.cluster import LocalProfile as LocalProfile
+from hamsweep.spec.cluster import SlurmProfile as SlurmProfile
+from hamsweep.spec.cluster import load_profile as load_profile
 from hamsweep.spec.sweep import DISTRIBUTIONS as DISTRIBUTIONS
 from hamsweep.spec.sweep import SCHEDULERS as SCHEDULERS
 from hamsweep.spec.sweep import BudgetConfig as BudgetConfig
@@ -60,17 +63,20 @@ __all__ = [
     "EvalConfig",
     "FinalEvalConfig",
     "HamConfig",
+    "LocalProfile",
     "ModelConfig",
     "ObjectiveConfig",
     "ResourcesConfig",
     "SchedulerConfig",
     "SearchConfig",
+    "SlurmProfile",
     "SweepSpec",
     "TrainConfig",
     "TrialConfig",
     "config_diff",
     "config_keys",
     "flat",
+    "load_profile",
     "load_spec",
     "parse_overrides",
     "validate",

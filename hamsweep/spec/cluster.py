@@ -1,0 +1,103 @@
+"""Cluster profiles (``cluster/*.yaml``): where a sweep runs. Validated like specs: one-line errors
+naming the key, before anything is submitted.
+
+``kind: local`` is the default (a Ray that hamsweep starts on this machine). ``kind: slurm``
+describes one SLURM allocation; its fields map one to one onto submitit's SLURM parameters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import model_validator
+
+from hamsweep.errors import SpecError
+from hamsweep.spec._base import _Frozen, validate
+
+__all__ = ["KINDS", "MODES", "LocalProfile", "Profile", "SlurmProfile", "check_fits", "load_profile"]
+
+KINDS = ("local", "slurm")
+MODES = ("ray", "jobs")  # ray: the allocation becomes one Ray cluster; jobs: one SLURM job per trial
+
+
+class LocalProfile(_Frozen):
+    """A Ray that hamsweep starts on this machine and stops at the end (the default)."""
+
+    kind: Literal["local"] = "local"
+
+    def describe(self) -> str:
+        return "a local Ray on this machine, started and stopped by hamsweep"
+
+
+class SlurmProfile(_Frozen):
+    """One SLURM allocation, submitted through submitit."""
+
+    kind: Literal["slurm"]
+    mode: Literal["ray", "jobs"] = "ray"  # ray: N nodes become one Ray cluster; jobs: one SLURM job per trial
+    partition: str | None = None  # sbatch --partition; None = the cluster's default partition
+    account: str | None = None  # sbatch --account (the allocation billed)
+    qos: str | None = None  # sbatch --qos
+    constraint: str | None = None  # sbatch --constraint, node features, e.g. "a100|h100"
+    nodes: int = 1  # nodes of the allocation (mode: ray); a trial job always takes one
+    gpus_per_node: int = 0  # GPUs per node (--gpus-per-node); trials get resources.gpu of them
+    cpus_per_task: int = 8  # CPU cores per node (one task per node)
+    mem_gb: float | None = None  # memory per node in GB; None = the partition's default
+    timeout_min: int = 24 * 60  # wall-clock limit of each job, in minutes; a requeued job resumes
+    setup: tuple[str, ...] = ()  # shell lines run first in every job, e.g. "module load cuda/12.4"
+    sbatch_extra: dict[str, str] = {}  # any other sbatch option, e.g. {mail-type: END}
+    shared_folder: str = "runs"  # where sweep folders go: visible from the login node and every compute node
+
+    @model_validator(mode="after")
+    def _check(self) -> SlurmProfile:
+        for key in ("nodes", "cpus_per_task", "timeout_min"):
+            if getattr(self, key) < 1:
+                raise SpecError(key, f"{key} must be >= 1 but got {getattr(self, key)}")
+        if self.gpus_per_node < 0:
+            raise SpecError("gpus_per_node", f"gpus_per_node cannot be negative but got {self.gpus_per_node}")
+        if self.mem_gb is not None and self.mem_gb <= 0:
+            raise SpecError("mem_gb", f"mem_gb must be > 0 (or null for the partition's default) but got {self.mem_gb}")
+        if self.mode == "jobs" and self.nodes != 1:
+            raise SpecError("nodes", f"mode: jobs runs each trial as its own one-node job; nodes must be 1 but got {self.nodes}")
+        return self
+
+    def describe(self) -> str:
+        where = f"partition {self.partition}" if self.partition else "the default partition"
+        size = f"{self.nodes} node(s) x {self.cpus_per_task} CPUs + {self.gpus_per_node} GPUs" if self.mode == "ray" else (
+            f"one job per trial, up to {self.cpus_per_task} CPUs + {self.gpus_per_node} GPUs each")
+        return f"SLURM, mode {self.mode}: {size} on {where}, {self.timeout_min} min per job; sweeps in {self.shared_folder}/"
+
+
+def check_fits(profile: LocalProfile | SlurmProfile, cpu: float, gpu: float) -> None:
+    """A trial must fit on one node of the profile: else it would wait in the queue forever."""
+    if not isinstance(profile, SlurmProfile):
+        return
+    if cpu > profile.cpus_per_task:
+        raise SpecError("resources.cpu", f"{cpu:g} CPUs per trial but the profile's nodes have cpus_per_task {profile.cpus_per_task}")
+    if gpu > profile.gpus_per_node:
+        raise SpecError("resources.gpu", f"{gpu:g} GPUs per trial but the profile's nodes have gpus_per_node {profile.gpus_per_node}")
+
+
+Profile = LocalProfile | SlurmProfile
+_BY_KIND: dict[str, type[LocalProfile] | type[SlurmProfile]] = {"local": LocalProfile, "slurm": SlurmProfile}
+
+
+def load_profile(path: str | Path) -> LocalProfile | SlurmProfile:
+    """Read and validate a profile file; every problem is a one-line ``SpecError`` naming the file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(str(path), "no such cluster profile; pass a YAML file such as cluster/local.yaml or cluster/slurm.yaml")
+    try:
+        data: Any = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SpecError(str(path), f"is not valid YAML: {getattr(err, 'problem', err)}") from None
+    if not isinstance(data, dict):
+        raise SpecError(str(path), "must be a mapping of keys (kind, mode, partition, ...)")
+    if data.get("kind") not in KINDS:
+        raise SpecError(f"{path}: kind", f"must be one of {', '.join(KINDS)} but got {data.get('kind')!r}")
+    try:
+        return validate(_BY_KIND[data["kind"]], data)
+    except SpecError as err:
+        raise SpecError(f"{path}: {err.key}", str(err).removeprefix(f"{err.key}: ")) from None
