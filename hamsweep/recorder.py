@@ -82,6 +82,8 @@ class Recorder(tune.Callback, tune.Stopper):
         self.clocks: dict[str, _Clock] = {}
         self.failed: dict[str, str] = {}  # trial id -> reason reported by the trainable
         self.budget_hit: str | None = None
+        self.tune_trials: set[str] = set()  # the trial ids Tune knows, set when the experiment ends
+        self.study: Any = None  # see _study()
         self._frame = 0.0
         if restored:  # Tune continues these trials; rows of any other one are dropped at the end
             self._load()
@@ -226,6 +228,7 @@ class Recorder(tune.Callback, tune.Stopper):
         self._tick()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.tune_trials = {t.trial_id for t in trials}
         for tid, view in self.state.trials.items():
             if view.status == "running" and self.budget_hit:
                 # Tune ends them without on_trial_complete, to us or to the searcher
@@ -273,13 +276,19 @@ class Recorder(tune.Callback, tune.Stopper):
         }
         self.writer.add(TRIALS, [row])
 
+    def _study(self) -> Any:
+        """The sweep's Optuna study, opened once: the journal is then read incrementally, not replayed."""
+        from hamsweep.search import open_study
+
+        if self.study is None:
+            self.study = open_study(self.out)
+        return self.study
+
     def _tell_pruned(self, view: TrialView) -> None:
         import optuna
 
-        from hamsweep.search import open_study
-
         try:
-            open_study(self.out).tell(view.number, state=optuna.trial.TrialState.PRUNED)
+            self._study().tell(view.number, state=optuna.trial.TrialState.PRUNED)
         except (ValueError, RuntimeError):
             pass  # already finished in the journal
 
@@ -287,13 +296,8 @@ class Recorder(tune.Callback, tune.Stopper):
         """Optuna's own view of the best trial, read back from the journal (single objective only)."""
         if len(self.spec.objective.metrics) > 1:
             return
-        from hamsweep.search import open_study
-
-        # one study object for the sweep: the journal is then read incrementally, not replayed
-        if "_study" not in self.__dict__:
-            self._study = open_study(self.out)
         try:
-            best = self._study.best_trial
+            best = self._study().best_trial
         except ValueError:  # no complete trial yet
             return
         self.state.sampler_best = (best.number, best.value, dict(best.params))

@@ -143,6 +143,7 @@ class Searcher(OptunaSearch):
 
     def __init__(self, *args: Any, full_epochs: int, **kwargs: Any) -> None:
         self.full_epochs = full_epochs
+        self._last_step: dict[str, int] = {}  # trial id -> the last epoch reported to Optuna
         super().__init__(*args, **kwargs)
         if self._ot_study is not None:
             self._check_directions()
@@ -162,10 +163,9 @@ class Searcher(OptunaSearch):
 
         if isinstance(self.metric, list) or trial_id not in self._ot_trials or OBJECTIVE not in result or result.get("failed"):
             return  # Optuna keeps no intermediate values for several objectives
-        reported = self.__dict__.setdefault("_last_step", {})  # (a searcher restored from an older pickle has none)
-        if result["epoch"] <= reported.get(trial_id, 0):
+        if result["epoch"] <= self._last_step.get(trial_id, 0):
             return  # the last result arrives twice: as a result and with the completion
-        reported[trial_id] = result["epoch"]
+        self._last_step[trial_id] = result["epoch"]
         try:
             self._ot_trials[trial_id].report(result[OBJECTIVE], result["epoch"])
         except (UpdateFinishedTrialError, ValueError, RuntimeError):

@@ -85,7 +85,7 @@ def run_sweep(
         raise Interrupted(f"stopped with {unfinished} of {spec.search.num_samples} trials unfinished; continue with: hamsweep resume {out}")
     if recorder.budget_hit:
         console.print(f"{recorder.budget_hit}: {unfinished} of {spec.search.num_samples} trials not run to the end", highlight=False)
-    _finish(spec, out, console)
+    _finish(spec, out, console, recorder.tune_trials)
     return out
 
 
@@ -221,21 +221,14 @@ def _started(out: Path) -> float:
     return dt.datetime.strptime(manifest["started"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
 
 
-def _finish(spec: SweepSpec, out: Path, console: Console) -> None:
+def _finish(spec: SweepSpec, out: Path, console: Console, tune_trials: set[str]) -> None:
+    """Final evaluation and compaction. Parquet rows of trials outside ``tune_trials`` come from
+    trials a killed driver had started after Tune's last snapshot, which Tune never resumes: dropped."""
     from hamsweep import final_eval, results
 
     shutil.rmtree(out / RAY_DIR / "work", ignore_errors=True)  # every trial ended: Ray holds the checkpoints
     if spec.final_eval.top_k:
         final_eval.evaluate_top(out, spec, spec.final_eval.top_k, autoattack=spec.final_eval.autoattack, console=console)
-    results.compact(out, keep_trials=_tune_trials(out))
+    results.compact(out, keep_trials=tune_trials)
     console.print(final_eval.results_table(out, spec, top=10))
     console.print(f"results: {out} (query with: hamsweep query {out} \"SELECT * FROM trials\")", highlight=False, soft_wrap=True)
-
-
-def _tune_trials(out: Path) -> set[str]:
-    """The trial ids in Tune's final experiment state; Parquet rows of any other trial come from
-    trials a killed driver had started after its last snapshot, which Tune never resumes."""
-    from ray.tune import ExperimentAnalysis
-
-    analysis = ExperimentAnalysis(str(out / RAY_DIR))
-    return {t.trial_id for t in analysis.trials}

@@ -32,6 +32,14 @@ def pixel_range(key: str, value: float | None) -> None:
         raise SpecError(key, f"{key} must be in (0, 1] but got {value:g}")
 
 
+def at_least(model: BaseModel, minimum: int, *keys: str) -> None:
+    """Each of ``model``'s fields ``keys`` must be >= ``minimum``: one-line error naming the first that is not."""
+    for key in keys:
+        value = getattr(model, key)
+        if value < minimum:
+            raise SpecError(key, f"{key} must be >= {minimum} but got {value}")
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

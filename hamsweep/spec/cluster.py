@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import model_validator
 
 from hamsweep.errors import SpecError
-from hamsweep.spec._base import _Frozen, validate
+from hamsweep.spec._base import _Frozen, at_least, validate
 
 __all__ = ["KINDS", "MODES", "LocalProfile", "Profile", "SlurmProfile", "check_fits", "load_profile"]
 
@@ -50,9 +50,7 @@ class SlurmProfile(_Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> SlurmProfile:
-        for key in ("nodes", "cpus_per_task", "timeout_min"):
-            if getattr(self, key) < 1:
-                raise SpecError(key, f"{key} must be >= 1 but got {getattr(self, key)}")
+        at_least(self, 1, "nodes", "cpus_per_task", "timeout_min")
         if self.gpus_per_node < 0:
             raise SpecError("gpus_per_node", f"gpus_per_node cannot be negative but got {self.gpus_per_node}")
         if self.mem_gb is not None and self.mem_gb <= 0:

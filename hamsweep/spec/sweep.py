@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import model_validator
 
 from hamsweep.errors import SpecError
-from hamsweep.spec._base import _Frozen, fraction, validate
+from hamsweep.spec._base import _Frozen, at_least, fraction, validate
 from hamsweep.spec.trial import OBJECTIVES, TRIAL_SECTIONS, Objective, TrialConfig, assign, config_keys, flat
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "nsga2")
@@ -95,9 +95,7 @@ class SearchConfig(_Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> SearchConfig:
-        for key in ("num_samples", "max_concurrent"):
-            if getattr(self, key) < 1:
-                raise SpecError(key, f"{key} must be >= 1 but got {getattr(self, key)}")
+        at_least(self, 1, "num_samples", "max_concurrent")
         return self
 
 
@@ -183,8 +181,7 @@ class FinalEvalConfig(_Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> FinalEvalConfig:
-        if self.top_k < 0:
-            raise SpecError("top_k", f"top_k must be >= 0 but got {self.top_k}")
+        at_least(self, 0, "top_k")
         return self
 
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import model_validator
 
 from hamsweep.errors import SpecError
-from hamsweep.spec._base import PixelFloat, _Frozen, pixel_range
+from hamsweep.spec._base import PixelFloat, _Frozen, at_least, pixel_range
 
 DATASETS = ("cifar10", "cifar100", "svhn", "synthetic")
 MODELS = ("preact_resnet18", "wrn34_10", "small_cnn")
@@ -54,8 +54,7 @@ class ModelConfig(_Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
-        if self.width < 1:
-            raise SpecError("width", f"width must be >= 1 but got {self.width}")
+        at_least(self, 1, "width")
         return self
 
 
@@ -81,9 +80,7 @@ class TrainConfig(_Frozen):
     def _check(self) -> TrainConfig:
         pixel_range("eps", self.eps)
         pixel_range("step_size", self.step_size)
-        for key in ("epochs", "batch_size", "attack_steps"):
-            if getattr(self, key) < 1:
-                raise SpecError(key, f"{key} must be >= 1 but got {getattr(self, key)}")
+        at_least(self, 1, "epochs", "batch_size", "attack_steps")
         if self.lr <= 0:
             raise SpecError("lr", f"lr must be > 0 but got {self.lr}")
         if len(self.lr_milestones) != len(self.lr_factors):
@@ -109,8 +106,7 @@ class HamConfig(_Frozen):
     def _check(self) -> HamConfig:
         if self.warmup_epochs < 0:
             raise SpecError("warmup_epochs", f"warmup_epochs cannot be negative but got {self.warmup_epochs}")
-        if self.drop_step < 1:
-            raise SpecError("drop_step", f"drop_step must be >= 1 but got {self.drop_step}")
+        at_least(self, 1, "drop_step")
         if not 0 <= self.discard_threshold < 1:
             raise SpecError("discard_threshold", f"discard_threshold must be in [0, 1) but got {self.discard_threshold}")
         if not 0 <= self.keep_easy_fraction <= 1:
@@ -134,9 +130,7 @@ class EvalConfig(_Frozen):
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:
         pixel_range("step_size", self.step_size)
-        for key in ("every_epochs", "attack_steps", "batch_size"):
-            if getattr(self, key) < 1:
-                raise SpecError(key, f"{key} must be >= 1 but got {getattr(self, key)}")
+        at_least(self, 1, "every_epochs", "attack_steps", "batch_size")
         if self.max_examples is not None and self.max_examples < 1:
             raise SpecError("max_examples", f"max_examples must be >= 1 or null but got {self.max_examples}")
         if not 0 < self.cvar_fraction <= 1:
