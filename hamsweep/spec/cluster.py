@@ -2,7 +2,9 @@
 naming the key, before anything is submitted.
 
 ``kind: local`` is the default (a Ray that hamsweep starts on this machine). ``kind: slurm``
-describes one SLURM allocation; its fields map one to one onto submitit's SLURM parameters.
+describes one SLURM allocation; its fields map one to one onto submitit's SLURM parameters. A Ray
+cluster-launcher config (``ray up`` file, no ``kind``: ``cluster/aws.yaml``, ``cluster/gcp.yaml``) is
+checked with Ray's own validation and becomes a ``CloudProfile`` (``hamsweep/spec/cloud.py``).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from pydantic import model_validator
 
 from hamsweep.errors import SpecError
 from hamsweep.spec._base import _Frozen, at_least, validate
+from hamsweep.spec.cloud import CloudProfile, is_launcher_config, load_cloud_profile
 
-__all__ = ["KINDS", "MODES", "LocalProfile", "Profile", "SlurmProfile", "check_fits", "load_profile"]
+__all__ = ["KINDS", "MODES", "CloudProfile", "LocalProfile", "Profile", "SlurmProfile", "check_fits", "load_profile"]
 
 KINDS = ("local", "slurm")
 MODES = ("ray", "jobs")  # ray: the allocation becomes one Ray cluster; jobs: one SLURM job per trial
@@ -66,8 +69,11 @@ class SlurmProfile(_Frozen):
         return f"SLURM, mode {self.mode}: {size} on {where}, {self.timeout_min} min per job; sweeps in {self.shared_folder}/"
 
 
-def check_fits(profile: LocalProfile | SlurmProfile, cpu: float, gpu: float) -> None:
+def check_fits(profile: LocalProfile | SlurmProfile | CloudProfile, cpu: float, gpu: float) -> None:
     """A trial must fit on one node of the profile: else it would wait in the queue forever."""
+    if isinstance(profile, CloudProfile):
+        profile.check_fits(cpu, gpu)
+        return
     if not isinstance(profile, SlurmProfile):
         return
     if cpu > profile.cpus_per_task:
@@ -76,11 +82,11 @@ def check_fits(profile: LocalProfile | SlurmProfile, cpu: float, gpu: float) -> 
         raise SpecError("resources.gpu", f"{gpu:g} GPUs per trial but the profile's nodes have gpus_per_node {profile.gpus_per_node}")
 
 
-Profile = LocalProfile | SlurmProfile
+Profile = LocalProfile | SlurmProfile | CloudProfile
 _BY_KIND: dict[str, type[LocalProfile] | type[SlurmProfile]] = {"local": LocalProfile, "slurm": SlurmProfile}
 
 
-def load_profile(path: str | Path) -> LocalProfile | SlurmProfile:
+def load_profile(path: str | Path) -> LocalProfile | SlurmProfile | CloudProfile:
     """Read and validate a profile file; every problem is a one-line ``SpecError`` naming the file."""
     import yaml
 
@@ -93,6 +99,8 @@ def load_profile(path: str | Path) -> LocalProfile | SlurmProfile:
         raise SpecError(str(path), f"is not valid YAML: {getattr(err, 'problem', err)}") from None
     if not isinstance(data, dict):
         raise SpecError(str(path), "must be a mapping of keys (kind, mode, partition, ...)")
+    if is_launcher_config(data):  # a `ray up` file: Ray's schema forbids a `kind` key there
+        return load_cloud_profile(path, data)
     if data.get("kind") not in KINDS:
         raise SpecError(f"{path}: kind", f"must be one of {', '.join(KINDS)} but got {data.get('kind')!r}")
     try:
