@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -41,3 +45,45 @@ def dataset(cfg: TrialConfig):
     from hamsweep.data import load
 
     return load(cfg.data)
+
+
+@dataclass(frozen=True)
+class LocalSlurm:
+    """The project's test SLURM (cluster/local/slurm.sh), as `sinfo` describes it."""
+
+    conf: Path  # its slurm.conf, the SLURM_CONF the tests run with
+    partitions: tuple[str, ...]  # every partition, the default first
+    cpus: int  # CPUs the one node advertises (more than the machine has: 1-CPU jobs run side by side)
+    gpus: int  # fake GPUs on that node, handed to jobs as CUDA_VISIBLE_DEVICES
+
+    @property
+    def default_partition(self) -> str:
+        return self.partitions[0]
+
+
+_SLURM_HINT = (
+    'start it with `eval "$(cluster/local/slurm.sh up)"` (root; it installs slurm and munge with '
+    "apt-get the first time) and run pytest in that shell, or run `make test`, which starts and stops it"
+)
+
+
+@pytest.fixture(scope="session")
+def slurm() -> LocalSlurm:
+    """The running test cluster; fails (not skips) when there is none, so that a SLURM test never
+    passes by not running."""
+    conf = os.environ.get("SLURM_CONF")
+    if not conf or not Path(conf).is_file():
+        why = f"SLURM_CONF={conf} is no file (cluster down?)" if conf else "SLURM_CONF is not set"
+        pytest.fail(f"{why}: the SLURM tests need the project's local cluster; {_SLURM_HINT}", pytrace=False)
+    if "ClusterName=hamsweep" not in Path(conf).read_text():
+        # the tests submit and cancel jobs: never on a real cluster by accident
+        pytest.fail(f"SLURM_CONF={conf} is not the project's test cluster (ClusterName=hamsweep); {_SLURM_HINT}", pytrace=False)
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P|%c|%G"], capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.CalledProcessError) as err:
+        detail = getattr(err, "stderr", None) or err
+        pytest.fail(f"sinfo failed with SLURM_CONF={conf}: {str(detail).strip()}; is the cluster down? {_SLURM_HINT}", pytrace=False)
+    rows = [line.split("|") for line in out.stdout.split()]  # one per partition: ["debug*", "8", "gpu:2"]
+    names = [name for name, _, _ in rows if name.endswith("*")] + [name for name, _, _ in rows if not name.endswith("*")]
+    gpus = re.search(r"gpu(?::\w+)?:(\d+)", rows[0][2])
+    return LocalSlurm(Path(conf), tuple(n.rstrip("*") for n in names), cpus=int(rows[0][1]), gpus=int(gpus[1]) if gpus else 0)
