@@ -8,7 +8,7 @@ measured wall-time ratio, the measured pass ratio (forward+backward passes of at
 as counted by the trainer), and the ideal (M + (K - M + 1) h) / (K + 1) from the measured h.
 Goal: wall ratio within 1.1x of the pass ratio.
 
-    .venv/bin/python bench/ham_cost.py [--n 1280] [--warm 3] [--eps 8/255] [--device auto]
+    .venv/bin/python bench/ham_cost.py [--n 1280] [--warm 3] [--eps 8/255] [--device auto] [--model small_cnn]
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ PHASES = ("pgd_at", "ham")
 def config(args: argparse.Namespace) -> TrialConfig:
     return TrialConfig.model_validate({
         "data": {"name": "synthetic", "num_classes": 10, "image_size": 32, "train_size": args.n, "val_fraction": 0.1},
-        "model": {"name": "small_cnn", "width": 32},
-        "train": {"method": "ham", "epochs": args.warm + 1, "batch_size": 128, "lr": 0.05, "attack_steps": args.k,
-                  "eps": args.eps, "step_size": args.eps / 4, "device": args.device},
+        "model": {"name": args.model, **({"width": args.width} if args.model == "small_cnn" else {})},
+        "train": {"method": "ham", "epochs": args.warm + 1, "batch_size": args.batch, "lr": 0.05, "attack_steps": args.k,
+                  "eps": args.eps, "step_size": args.eps / 4, "device": args.device,
+                  "precision": args.precision, "channels_last": args.channels_last},
         "ham": {"warmup_epochs": args.warm, "drop_step": args.m},
         "eval": {"test": False},
     })
@@ -75,6 +76,11 @@ def main() -> None:
     p.add_argument("--m", type=int, default=3)
     p.add_argument("--eps", type=lambda s: eval(s, {}), default=8 / 255, help="e.g. 8/255")  # noqa: S307
     p.add_argument("--device", default="auto")
+    p.add_argument("--model", default="small_cnn", help="small_cnn, preact_resnet18 or wrn34_10")
+    p.add_argument("--width", type=int, default=32, help="small_cnn's width")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--precision", default="fp32", help="fp32 or bf16 (autocast)")
+    p.add_argument("--channels-last", action="store_true")
     args = p.parse_args()
     cfg = config(args)
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,7 +97,7 @@ def report(seconds: dict[str, float], tallies: dict[str, Tally], args: argparse.
     passes = (ham.attack_steps + ham.train_examples) / (pgd.attack_steps + pgd.train_examples)
     h, k, m = ham.train_examples / ham.images, args.k, args.m
     ideal = (m + (k - m + 1) * h) / (k + 1)
-    print(f"device {device}, torch threads {torch.get_num_threads()}, {pgd.images} images, "
+    print(f"model {args.model} ({args.precision}{', channels_last' if args.channels_last else ''}), batch {args.batch}, device {device}, torch threads {torch.get_num_threads()}, {pgd.images} images, "
           f"eps {args.eps * 255:.0f}/255, K={k}, M={m}, after {args.warm} PGD-AT epochs")
     print(f"seconds over the epoch: PGD-AT {seconds['pgd_at']:.2f}, HAM {seconds['ham']:.2f}; hard fraction h = {h:.3f}")
     print(f"attack-step ratio (HAM / PGD-AT)        {ham.attack_steps / pgd.attack_steps:.3f}")
