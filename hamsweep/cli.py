@@ -87,8 +87,10 @@ def train(
 @_friendly
 def run(
     spec: Path = typer.Argument(..., help="a spec file, e.g. search_spaces/smoke.yaml"),
-    out: Path | None = typer.Option(None, "--out", help="sweep folder (default runs/<name>-<time>)"),
+    out: Path | None = typer.Option(None, "--out", help="sweep folder (default runs/<name>-<time>, or the profile's shared_folder)"),
     resume: Path | None = typer.Option(None, "--resume", help="continue the sweep in this folder (same spec)"),
+    cluster: Path | None = typer.Option(None, "--cluster", help="a cluster profile, e.g. cluster/slurm.yaml (default: this machine)"),
+    detach: bool = typer.Option(False, "--detach", help="with a SLURM profile: submit and return (watch with hamsweep status)"),
     address: str | None = typer.Option(None, "--address", help="a running Ray cluster (ray://host:10001 or host:6379); default: start a local Ray"),
     overrides: list[str] = typer.Option([], "--set", help="override one fixed key of the spec, e.g. --set train.epochs=3 (repeatable)"),
 ) -> None:
@@ -98,15 +100,15 @@ def run(
     s = _with_overrides(load_spec(spec), parse_overrides(overrides))
     if resume is not None and out is not None and out.resolve() != resume.resolve():
         raise SpecError("--resume", "names the sweep folder to continue; drop --out (or give the same folder)")
-    from hamsweep.sweep import run_sweep
-
-    run_sweep(s, resume or out, resume=resume is not None, address=address)
+    _launch(s, resume or out, resume=resume is not None, cluster=cluster, detach=detach, address=address)
 
 
 @app.command()
 @_friendly
 def resume(
     folder: Path = typer.Argument(..., help="a sweep folder (holds spec.yaml)"),
+    cluster: Path | None = typer.Option(None, "--cluster", help="a cluster profile to continue on (default: this machine)"),
+    detach: bool = typer.Option(False, "--detach", help="with a SLURM profile: submit and return"),
     address: str | None = typer.Option(None, "--address", help="a running Ray cluster; default: start a local Ray"),
 ) -> None:
     """Continue a sweep whose driver stopped (killed, preempted, out of time) from its folder."""
@@ -116,9 +118,51 @@ def resume(
     if not (folder / rundir.SPEC).is_file():
         raise SpecError(str(folder), f"holds no {rundir.SPEC}: not a sweep folder")
     s = validate(SweepSpec, rundir.read_spec(folder))
-    from hamsweep.sweep import run_sweep
+    _launch(s, folder, resume=True, cluster=cluster, detach=detach, address=address)
 
-    run_sweep(s, folder, resume=True, address=address)
+
+def _launch(spec: Any, out: Path | None, *, resume: bool, cluster: Path | None, detach: bool, address: str | None) -> None:
+    from hamsweep.launch import launch
+    from hamsweep.spec.cluster import LocalProfile, load_profile
+
+    profile = load_profile(cluster) if cluster is not None else LocalProfile()
+    if address is not None and not isinstance(profile, LocalProfile):
+        raise SpecError("--address", "runs the driver here on a running Ray cluster; it cannot be combined with a SLURM --cluster")
+    launch(spec, out, profile=profile, resume=resume, detach=detach, address=address)
+
+
+@app.command()
+@_friendly
+def status(
+    folder: Path = typer.Argument(..., help="a sweep folder"),
+    watch: bool = typer.Option(False, "--watch", help="redraw every 2 s until the sweep ends (Ctrl-C stops watching only)"),
+) -> None:
+    """Where a sweep runs and its dashboard, from any machine that sees its folder."""
+    from hamsweep import launch
+    from hamsweep.sweep import wide_console
+
+    _sweep_spec(folder)
+    console = wide_console()
+    if watch:
+        job = launch.watch(folder, console)
+        if job is not None and job.ok is False:
+            raise typer.Exit(1)
+        return
+    frame, _ = launch.status_frame(folder)
+    console.print(frame)
+
+
+@app.command()
+@_friendly
+def cancel(folder: Path = typer.Argument(..., help="a sweep folder")) -> None:
+    """Stop a sweep wherever it runs (scancel on SLURM, Ctrl-C locally); the folder stays resumable."""
+    from hamsweep import launch
+    from hamsweep.sweep import wide_console
+
+    _sweep_spec(folder)
+    console = wide_console()
+    launch.cancel(folder, console)
+    console.print(f"cancelled; continue it later with: hamsweep resume {folder}", highlight=False, soft_wrap=True)
 
 
 @app.command()

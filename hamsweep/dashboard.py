@@ -8,8 +8,9 @@ line per trial event for logs. Only rich and the standard library here: no Ray, 
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rich.bar import Bar
@@ -19,11 +20,12 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["EVENTS", "STATUSES", "LineView", "LiveView", "SweepState", "TrialView", "event_line", "make_view", "render"]
+__all__ = ["EVENTS", "STATE_FILE", "STATUSES", "LineView", "LiveView", "SweepState", "TrialView", "event_line", "make_view", "render", "state_from_json", "state_to_json"]
 
 STATUSES = ("pending", "running", "completed", "stopped", "failed")  # stopped = ended early by ASHA (or the budget)
 EVENTS = ("start", "epoch", "completed", "stopped", "failed")  # what event_line and the views' event() accept
 _FINISHED = ("completed", "stopped", "failed")
+STATE_FILE = "state.json"  # in the sweep folder: the driver's last SweepState, for `hamsweep status` elsewhere
 _STATUS_STYLE = {"pending": "dim", "running": "cyan", "completed": "green", "stopped": "yellow", "failed": "red"}
 _WEAKEST = 5  # classes shown as bars for the best trial
 _DASH = "—"
@@ -81,6 +83,21 @@ class SweepState:
         """The trial with the highest best_objective (the first started on a tie); None if none has one."""
         scored = [v for v in self.trials.values() if _score(v) is not None]
         return max(scored, key=lambda v: _score(v)) if scored else None
+
+
+def state_to_json(state: SweepState) -> str:
+    return json.dumps(asdict(state), allow_nan=True)
+
+
+def state_from_json(text: str) -> SweepState:
+    """The inverse of ``state_to_json`` (tuples come back as tuples)."""
+    data = json.loads(text)
+    trials = {}
+    for tid, view in data.pop("trials").items():
+        view["class_robust"], view["class_names"] = tuple(view["class_robust"]), tuple(view["class_names"])
+        trials[tid] = TrialView(**view)
+    best = data.pop("sampler_best")
+    return SweepState(**data, trials=trials, sampler_best=tuple(best) if best else None)
 
 
 def _score(view: TrialView) -> float | None:

@@ -6,7 +6,7 @@ message on one line and exits with its ``exit_code``, never a traceback.
 
 from __future__ import annotations
 
-__all__ = ["DataError", "DivergenceError", "HamsweepError", "Interrupted", "SpecError"]
+__all__ = ["DataError", "DivergenceError", "HamsweepError", "Interrupted", "JobFailed", "SpecError"]
 
 
 class HamsweepError(Exception):
@@ -40,3 +40,9 @@ class Interrupted(HamsweepError):
     """The user stopped a run (Ctrl-C); the message says how to continue it."""
 
     exit_code = 130
+
+
+class JobFailed(HamsweepError):
+    """A sweep's cluster job ended without finishing the sweep; the message names its log."""
+
+    exit_code = 1

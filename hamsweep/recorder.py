@@ -20,7 +20,8 @@ import pyarrow as pa
 from ray import tune
 
 from hamsweep import results
-from hamsweep.dashboard import SweepState, TrialView
+from hamsweep.dashboard import STATE_FILE, SweepState, TrialView, state_to_json
+from hamsweep.rundir import atomic_write_text
 from hamsweep.results import CLASSES, EPOCHS, TRIALS, BufferedWriter, PartWriter, param_column
 from hamsweep.search import BEST, NUMBER, OBJECTIVE, full_epochs
 from hamsweep.spec import Distribution, SweepSpec
@@ -238,6 +239,7 @@ class Recorder(tune.Callback, tune.Stopper):
                 self._row(tid)
         self.writer.flush()
         self.view.update(self._now())
+        self._save_state()
         self.view.close()
 
     def _tick(self, force_frame: bool = False) -> None:
@@ -248,7 +250,12 @@ class Recorder(tune.Callback, tune.Stopper):
             self.writer.flush()
         if force_frame or time.monotonic() - self._frame >= _REFRESH_S:
             self.view.update(self._now())
+            self._save_state()
             self._frame = time.monotonic()
+
+    def _save_state(self) -> None:
+        """The frame's state as a file: ``hamsweep status`` draws it from any machine that sees the folder."""
+        atomic_write_text(self.out / STATE_FILE, state_to_json(self.state))
 
     def _now(self) -> SweepState:
         now = time.time()

@@ -24,7 +24,7 @@ from hamsweep import rundir
 from hamsweep.errors import Interrupted, SpecError
 from hamsweep.spec import SweepSpec, validate
 
-__all__ = ["RAY_DIR", "TOKEN", "resolve_spec", "run_sweep", "wide_console"]
+__all__ = ["RAY_DIR", "TOKEN", "drive", "prepare_sweep", "resolve_spec", "run_sweep", "wide_console"]
 
 RAY_DIR = "ray"  # Tune's experiment folder inside the sweep folder (state, trials, checkpoints)
 TOKEN = "ray_token"  # Ray's auth token for this sweep, mode 0600
@@ -61,22 +61,36 @@ def run_sweep(
     spec: SweepSpec, out: Path | None, *, resume: bool = False, address: str | None = None, console: Console | None = None
 ) -> Path:
     """Run (or resume) the sweep into ``out``; every input is checked before anything starts."""
-    console = console or wide_console()
+    out = prepare_sweep(spec, out, resume=resume, check_here=address is None)
+    return drive(out, address=address, console=console)
+
+
+def prepare_sweep(spec: SweepSpec, out: Path | None, *, resume: bool, check_here: bool = True) -> Path:
+    """Check everything a sweep needs, then write its folder's spec, manifest and token: what a
+    driver, here or in a cluster job, starts from. ``check_here``: trials must fit this machine."""
     out = Path(out if out is not None else rundir.default_out(spec.name)).resolve()
     rundir.prepare(out, resume=resume)
     spec = resolve_spec(spec)
     if resume:
         _check_same_spec(out, spec)
-    if address is None:
+    if check_here:
         _check_fits_here(spec)
     _check_data(spec)
     rundir.write_spec(out, spec.model_dump(mode="json"))
     rundir.write_manifest(out, resumed=resume)
-    token = _token(out)
+    _token(out)
+    return out
+
+
+def drive(out: Path, *, address: str | None = None, console: Console | None = None) -> Path:
+    """Run the sweep of a prepared folder to its end, continuing from its state if it has any.
+    ``address``: a running Ray cluster (its auth from the environment); None = start a local Ray."""
+    console = console or wide_console()
+    spec = validate(SweepSpec, rundir.read_spec(out))
     temp = _ray_temp_dir(out)
     try:
-        _start_ray(address, token, temp)
-        recorder = _fit(spec, out, console, resume=resume)
+        _start_ray(address, out / TOKEN, temp)
+        recorder = _fit(spec, out, console)
     finally:
         _stop_ray(address, temp)
     unfinished = recorder.unfinished()
@@ -166,7 +180,7 @@ def _stop_ray(address: str | None, temp: Path) -> None:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _fit(spec: SweepSpec, out: Path, console: Console, *, resume: bool) -> Any:
+def _fit(spec: SweepSpec, out: Path, console: Console) -> Any:
     from ray import tune
 
     from hamsweep import trial
@@ -174,7 +188,7 @@ def _fit(spec: SweepSpec, out: Path, console: Console, *, resume: bool) -> Any:
     from hamsweep.recorder import Recorder
 
     path = str(out / RAY_DIR)
-    restore = resume and tune.Tuner.can_restore(path)
+    restore = tune.Tuner.can_restore(path)  # a folder with Tune's state continues it
     recorder = Recorder(spec, out, make_view(console), started=_started(out), restored=restore).activate()
     trainable = tune.with_resources(
         tune.with_parameters(trial.trainable, spec_data=spec.model_dump(mode="json"), experiment=str(out / RAY_DIR)),

@@ -50,10 +50,13 @@ class SlurmProfile(_Frozen):
     setup: tuple[str, ...] = ()  # shell lines run first in every job, e.g. "module load cuda/12.4"
     sbatch_extra: dict[str, str] = {}  # any other sbatch option, e.g. {mail-type: END}
     shared_folder: str = "runs"  # where sweep folders go: visible from the login node and every compute node
+    max_requeues: int = 50  # times a job is requeued after its time limit or a preemption (each one resumes the sweep)
+    signal_delay_s: int = 120  # SLURM warns the job this many seconds before its time limit, to save and requeue
 
     @model_validator(mode="after")
     def _check(self) -> SlurmProfile:
         at_least(self, 1, "nodes", "cpus_per_task", "timeout_min")
+        at_least(self, 0, "max_requeues", "signal_delay_s")
         if self.gpus_per_node < 0:
             raise SpecError("gpus_per_node", f"gpus_per_node cannot be negative but got {self.gpus_per_node}")
         if self.mem_gb is not None and self.mem_gb <= 0:

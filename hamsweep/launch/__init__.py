@@ -1,0 +1,124 @@
+"""Where a sweep runs. ``launch`` checks everything, prepares the sweep folder, then hands it to a
+launcher: ``local`` (this process, the default) or ``slurm`` (submitit). ``status`` and ``cancel``
+work on any sweep folder from any machine that sees it, through its ``launch.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.text import Text
+
+from hamsweep import rundir
+from hamsweep.errors import JobFailed, SpecError
+from hamsweep.launch._base import LAUNCH, JobState, Launch, Launcher, read_launch, write_launch
+from hamsweep.spec import SweepSpec
+from hamsweep.spec.cluster import LocalProfile, SlurmProfile
+
+__all__ = ["LAUNCH", "JobState", "Launch", "cancel", "launch", "launcher_for", "status_frame", "watch"]
+
+_WATCH_S = 2.0  # status refresh, in seconds: reads two small files and asks SLURM once
+
+
+def launcher_for(kind: str, profile: SlurmProfile | None = None) -> Launcher:
+    from hamsweep.launch.local import LocalLauncher
+    from hamsweep.launch.slurm import SlurmLauncher
+
+    return SlurmLauncher(profile) if kind == "slurm" else LocalLauncher()
+
+
+def launch(spec: SweepSpec, out: Path | None, *, profile: LocalProfile | SlurmProfile, resume: bool, detach: bool,
+           address: str | None = None, console: Console | None = None) -> Path:
+    """Check, prepare ``out`` and run the sweep there (local) or submit it (SLURM; attached unless ``detach``)."""
+    from hamsweep.sweep import drive, prepare_sweep, wide_console
+
+    console = console or wide_console()
+    if isinstance(profile, LocalProfile):
+        if detach:
+            raise SpecError("--detach", "needs a SLURM profile (--cluster cluster/slurm.yaml); a local sweep runs in this terminal")
+        _refuse_running(out, resume)
+        out = prepare_sweep(spec, out, resume=resume, check_here=address is None)
+        write_launch(out, launcher_for("local").start(out, console))
+        return drive(out, address=address, console=console)
+    launcher = launcher_for("slurm", profile)
+    launcher.check(spec)
+    _refuse_running(out, resume)
+    out = Path(out if out is not None else Path(profile.shared_folder) / rundir.default_out(spec.name).name)
+    new = not out.exists()
+    out = prepare_sweep(spec, out, resume=resume, check_here=False)
+    try:
+        record = launcher.start(out, console)
+    except BaseException:
+        if new:  # nothing was submitted: leave nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    write_launch(out, record)
+    console.print(f"submitted {spec.name} as SLURM job {record.job} ({profile.describe()})", highlight=False, soft_wrap=True)
+    console.print(f"sweep folder: {out}\n  watch:  hamsweep status {out} --watch\n  cancel: hamsweep cancel {out}",
+                  highlight=False, soft_wrap=True)
+    if not detach:
+        job = watch(out, console, detach_hint=True)
+        if job is not None and job.ok is False:
+            raise JobFailed(f"{job.detail}; the sweep is unfinished (its log: {launcher.log(record)}); continue it with: hamsweep resume {out} --cluster PROFILE")
+    return out
+
+
+def _refuse_running(out: Path | None, resume: bool) -> None:
+    """Two drivers on one folder would corrupt it: a resume waits until the first has ended."""
+    if not resume or out is None or (record := read_launch(Path(out))) is None:
+        return
+    state = launcher_for(record.kind).state(record)
+    if state.phase != "ended" and not (record.kind == "local" and record.pid == os.getpid()):
+        raise SpecError("--resume", f"{out} is still being swept ({state.detail}); watch it with hamsweep status, or hamsweep cancel it first")
+
+
+def status_frame(out: Path) -> tuple[Group, JobState | None]:
+    """One status frame of the sweep in ``out``: where it runs, then the dashboard of its last state."""
+    from hamsweep.dashboard import STATE_FILE, render, state_from_json
+
+    record = read_launch(out)
+    job = launcher_for(record.kind).state(record) if record is not None else None
+    where = "launched from no hamsweep command we know of" if record is None else (
+        f"{'cancelled; ' if record.cancelled else ''}{job.phase}: {job.detail}" if job else "")
+    parts: list = [Text(f"{out}: {where}")]
+    path = out / STATE_FILE
+    if path.is_file():
+        state = state_from_json(path.read_text())
+        if job is not None and job.phase == "running":
+            state.now = time.time()  # a live sweep's clock runs on; an ended one stays where it stopped
+        parts.append(render(state))
+    else:
+        parts.append(Text("no trial has reported yet" if job is None or job.phase != "ended" else "the sweep ended before any trial reported"))
+    return Group(*parts), job
+
+
+def watch(out: Path, console: Console, *, detach_hint: bool = False) -> JobState | None:
+    """Redraw the status until the sweep's driver has ended (Ctrl-C stops watching, not the sweep)."""
+    frame, job = status_frame(out)
+    try:
+        with Live(frame, console=console, auto_refresh=False) as live:
+            while job is not None and job.phase != "ended":
+                time.sleep(_WATCH_S)
+                frame, job = status_frame(out)
+                live.update(frame, refresh=True)
+    except KeyboardInterrupt:
+        if detach_hint:
+            console.print(f"detached: the sweep goes on. Watch it with: hamsweep status {out} --watch", highlight=False, soft_wrap=True)
+        return None
+    return job
+
+
+def cancel(out: Path, console: Console) -> Launch:
+    """Stop the sweep in ``out`` wherever it runs; its folder stays resumable."""
+    record = read_launch(out)
+    if record is None:
+        raise SpecError(str(out), f"holds no {LAUNCH}: not a sweep folder started by hamsweep run")
+    launcher_for(record.kind).cancel(record, console)
+    record.cancelled = True
+    write_launch(out, record)
+    return record

@@ -1,0 +1,83 @@
+"""What every launcher shares: the launch record of a sweep folder and the launcher interface.
+
+``launch.json`` in the sweep folder says where the sweep's driver runs (this machine's process, or
+SLURM jobs), so that ``hamsweep status`` and ``hamsweep cancel`` work from any machine that sees the
+folder, long after the command that started it has returned.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from rich.console import Console
+
+from hamsweep.rundir import atomic_write_text
+from hamsweep.spec import SweepSpec
+
+__all__ = ["LAUNCH", "JobState", "Launch", "Launcher", "read_launch", "write_launch"]
+
+LAUNCH = "launch.json"
+
+
+@dataclass
+class Launch:
+    """Where a sweep runs; written when it is launched, read by ``status`` and ``cancel``."""
+
+    kind: str  # "local" or "slurm"
+    out: str | None = None  # the sweep folder, absolute
+    host: str = field(default_factory=socket.gethostname)  # the machine that launched it
+    launched: float = field(default_factory=time.time)  # when, in seconds since the epoch
+    mode: str | None = None  # slurm: "ray" (one allocation) or "jobs" (one job per trial)
+    pid: int | None = None  # local: the driver's process id on ``host``
+    job: str | None = None  # slurm: the job running the driver (mode ray: the whole allocation)
+    trial_jobs: list[str] = field(default_factory=list)  # slurm, mode jobs: every trial job submitted
+    cancelled: bool = False  # set by ``hamsweep cancel``
+
+
+@dataclass(frozen=True)
+class JobState:
+    """A launcher's view of the driver: ``phase`` is one of PHASES, ``detail`` one line for people."""
+
+    phase: str  # "queued", "running" or "ended"
+    detail: str  # e.g. "SLURM job 12 RUNNING on node3 for 1:02:03"
+    ok: bool | None = None  # once ended: whether the driver finished the sweep (None = cannot tell)
+
+    PHASES = ("queued", "running", "ended")
+
+
+def write_launch(out: Path, launch: Launch) -> None:
+    atomic_write_text(out / LAUNCH, json.dumps(asdict(launch), indent=2) + "\n")
+
+
+def read_launch(out: Path) -> Launch | None:
+    path = out / LAUNCH
+    if not path.is_file():
+        return None
+    return Launch(**json.loads(path.read_text()))
+
+
+class Launcher:
+    """Runs a prepared sweep folder somewhere. Each backend renders its own commands; the control
+    flow (check, prepare, start, attach) lives in ``hamsweep.launch.launch``."""
+
+    kind = ""
+
+    def check(self, spec: SweepSpec) -> None:
+        """Everything that can be checked before the folder is written; raise ``SpecError``."""
+
+    def start(self, out: Path, console: Console) -> Launch:
+        """Start the driver of the prepared folder ``out``; return its launch record."""
+        raise NotImplementedError
+
+    def state(self, launch: Launch) -> JobState:
+        raise NotImplementedError
+
+    def cancel(self, launch: Launch, console: Console) -> None:
+        raise NotImplementedError
+
+    def log(self, launch: Launch) -> Path | None:
+        """The driver's output file, if it writes one."""
+        return None
