@@ -123,9 +123,11 @@ def resume(
 
 def _launch(spec: Any, out: Path | None, *, resume: bool, cluster: Path | None, detach: bool, address: str | None) -> None:
     from hamsweep.launch import launch
-    from hamsweep.spec.cluster import LocalProfile, load_profile
+    from hamsweep.spec.cluster import CloudProfile, LocalProfile, load_profile
 
     profile = load_profile(cluster) if cluster is not None else LocalProfile()
+    if isinstance(profile, CloudProfile):
+        raise SpecError("--cluster", profile.message)
     if address is not None and not isinstance(profile, LocalProfile):
         raise SpecError("--address", "runs the driver here on a running Ray cluster; it cannot be combined with a SLURM --cluster")
     launch(spec, out, profile=profile, resume=resume, detach=detach, address=address)

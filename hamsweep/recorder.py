@@ -42,6 +42,8 @@ class _Clock:
     restarts: int = 0
     resumed_from: int | None = None  # epoch of the checkpoint the trial last continued from
     checkpoint: str | None = None  # latest checkpoint folder, relative to the sweep folder
+    node: str | None = None  # host the trial last reported from
+    devices: str | None = None  # CUDA_VISIBLE_DEVICES there
 
     def seconds(self, now: float) -> float:
         return self.before + (now - self.segment if self.segment is not None else 0.0)
@@ -127,6 +129,7 @@ class Recorder(tune.Callback, tune.Stopper):
             clock = _Clock(started=started, before=row["wall_seconds"] or 0.0, restarts=row["restarts"] or 0,
                            resumed_from=row["resumed_from"])
             clock.checkpoint, clock.ended = row["checkpoint"], row["ended"].timestamp() if row["ended"] else None
+            clock.node, clock.devices = row.get("node"), row.get("devices")
             self.clocks[view.trial] = clock
 
     # ---- trial events ----
@@ -154,6 +157,8 @@ class Recorder(tune.Callback, tune.Stopper):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         view = self._running(trial)
+        clock = self.clocks[trial.trial_id]
+        clock.node, clock.devices = result.get("node", clock.node), result.get("devices", clock.devices)
         if "failed" in result:
             self.failed[trial.trial_id] = result["failed"]
             return
@@ -279,6 +284,7 @@ class Recorder(tune.Callback, tune.Stopper):
             "resumed_from": clock.resumed_from,
             "gpu_seconds": seconds * self.spec.resources.gpu, "wall_seconds": seconds,
             "started": _utc(clock.started), "ended": _utc(clock.ended) if clock.ended else None, "checkpoint": clock.checkpoint,
+            "node": clock.node, "devices": clock.devices,
             **{param_column(k): view.params.get(k) for k in self.types},
         }
         self.writer.add(TRIALS, [row])

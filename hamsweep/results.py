@@ -106,6 +106,8 @@ TRIAL_SCHEMA = pa.schema(
         ("started", pa.timestamp("ms", tz="UTC")),
         ("ended", pa.timestamp("ms", tz="UTC")),
         ("checkpoint", pa.string()),  # the trial's latest checkpoint folder, relative to the sweep folder
+        ("node", pa.string()),  # host name of the machine the trial last ran on
+        ("devices", pa.string()),  # CUDA_VISIBLE_DEVICES as the trial saw it ("" = no GPU)
     ],
     metadata={"hamsweep.schema_version": str(SCHEMA_VERSION)},
 )

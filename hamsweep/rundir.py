@@ -42,12 +42,16 @@ def prepare(out: Path, *, resume: bool) -> None:
         return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SpecError("--out", f"{out} already exists and is not empty; pass --resume to continue it or choose a new --out")
-    parent = out.parent if out.parent != Path("") else Path(".")
-    probe = parent
+    check_writable(out.parent if out.parent != Path("") else Path("."), "--out")
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """``folder`` exists as a writable folder, or can be created: its nearest existing ancestor is one."""
+    probe = folder
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise SpecError("--out", f"{probe} is not writable; choose an --out where you can write")
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise SpecError(key, f"{folder} is not a writable folder ({probe} is {'not writable' if probe.is_dir() else 'a file'}); choose a folder where you can write")
 
 
 def write_spec(out: Path, data: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,11 @@ def trainable(config: dict[str, Any], spec_data: dict[str, Any], experiment: str
         reporter.repeat_last()
 
 
+def _where() -> dict[str, str]:
+    """Where the trial runs: its host and the GPUs Ray (or SLURM) made visible to it."""
+    return {"node": socket.gethostname(), "devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+
+
 class _Reporter:
     """``train.run``'s ``report`` under Tune. Every epoch's record also goes into ``history.json``
     in the checkpoint folder: a trial restarted from its checkpoint sends that history with its
@@ -136,6 +142,7 @@ class _Reporter:
         result = result_metrics(record, self.cfg, self.metrics, self.best, self.last)
         self.last = result[OBJECTIVE]
         result["class_names"] = self.classes
+        result.update(_where())
         if self.backfill:
             result["history"], self.backfill = self.backfill, []
         self.history.append(result["record"])
@@ -149,7 +156,7 @@ class _Reporter:
         from hamsweep.train import EpochRecord
 
         result = result_metrics(EpochRecord.from_dict(self.history[-1]), self.cfg, self.metrics, self.best, self.last)
-        result.update(class_names=self.classes, history=self.backfill)
+        result.update(class_names=self.classes, history=self.backfill, **_where())
         self.backfill = []
         tune.report(result)
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from hamsweep.spec import TrialConfig
 
@@ -87,3 +90,62 @@ def slurm() -> LocalSlurm:
     names = [name for name, _, _ in rows if name.endswith("*")] + [name for name, _, _ in rows if not name.endswith("*")]
     gpus = re.search(r"gpu(?::\w+)?:(\d+)", rows[0][2])
     return LocalSlurm(Path(conf), tuple(n.rstrip("*") for n in names), cpus=int(rows[0][1]), gpus=int(gpus[1]) if gpus else 0)
+
+
+# ---- sweeps: a tiny spec, the CLI, waiting on a running sweep ----
+TINY = {  # a sweep of 5 tiny trials, about a minute on 2 cores
+    "name": "tiny",
+    "data": {"name": "synthetic", "num_classes": 4, "image_size": 8, "train_size": 1024, "test_size": 64, "val_fraction": 0.25},
+    "model": {"name": "small_cnn", "width": 4},
+    "train": {"method": "ham", "epochs": 4, "batch_size": 64, "lr": 0.05, "attack_steps": 3},
+    "ham": {"warmup_epochs": 1, "drop_step": 1},
+    "eval": {"attack_steps": 3, "batch_size": 256},
+    "objective": {"metric": "mean_robust"},  # varies more than the worst class on tiny data: ASHA has something to cut
+    "scheduler": {"grace_period": 1, "reduction_factor": 2},
+    "final_eval": {"top_k": 1},
+    "search": {
+        "seed": 0, "num_samples": 5, "max_concurrent": 2,
+        "params": {
+            "ham.discard_threshold": {"uniform": [0.0, 0.9], "default": 0.0},
+            "train.attack_steps": {"int": [1, 3], "default": 3},
+            "ham.drop_step": {"int": [1, "train.attack_steps"], "default": 1},
+            "ham.temperature": {"choice": [None, 1.0], "default": None},
+            "train.lr": {"loguniform": [0.01, 0.1], "default": 0.05},
+        },
+    },
+}
+
+
+def write_spec(path: Path, **changes: dict) -> Path:
+    spec = yaml.safe_load(yaml.safe_dump(TINY))
+    for section, values in changes.items():
+        spec[section] = {**spec.get(section, {}), **values} if isinstance(values, dict) else values
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def hamsweep(*args: str, timeout: float = 500) -> subprocess.CompletedProcess:
+    return subprocess.run([HAMSWEEP, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def snapshotted_epochs(out: Path) -> int:
+    """Epochs of checkpointed trials in Tune's experiment snapshot: what a restored sweep continues
+    from. The snapshot lags the checkpoint folders on disk by a second or more."""
+    epochs = 0
+    for state in (out / "ray").glob("experiment_state*.json"):
+        try:
+            trials = json.loads(state.read_text())["trial_data"]
+        except (OSError, ValueError, KeyError):
+            continue
+        for _, runtime in trials:
+            last = json.loads(runtime).get("last_result") or {}
+            epochs += last.get("epoch", 0) if last.get("checkpoint_dir_name") else 0
+    return epochs

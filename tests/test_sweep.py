@@ -3,59 +3,21 @@ Parquet tables read back with DuckDB and pyarrow, SIGKILLed drivers and workers.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from hamsweep import results
 from hamsweep.search import open_study
 from hamsweep.sweep import _ray_temp_dir
-from conftest import HAMSWEEP
+from conftest import HAMSWEEP, TINY, hamsweep, snapshotted_epochs, wait_for, write_spec
 
 pytestmark = pytest.mark.timeout(600)
-
-TINY = {
-    "name": "tiny",
-    "data": {"name": "synthetic", "num_classes": 4, "image_size": 8, "train_size": 1024, "test_size": 64, "val_fraction": 0.25},
-    "model": {"name": "small_cnn", "width": 4},
-    "train": {"method": "ham", "epochs": 4, "batch_size": 64, "lr": 0.05, "attack_steps": 3},
-    "ham": {"warmup_epochs": 1, "drop_step": 1},
-    "eval": {"attack_steps": 3, "batch_size": 256},
-    "objective": {"metric": "mean_robust"},  # varies more than the worst class on tiny data: ASHA has something to cut
-    "scheduler": {"grace_period": 1, "reduction_factor": 2},
-    "final_eval": {"top_k": 1},
-    "search": {
-        "seed": 0, "num_samples": 5, "max_concurrent": 2,
-        "params": {
-            "ham.discard_threshold": {"uniform": [0.0, 0.9], "default": 0.0},
-            "train.attack_steps": {"int": [1, 3], "default": 3},
-            "ham.drop_step": {"int": [1, "train.attack_steps"], "default": 1},
-            "ham.temperature": {"choice": [None, 1.0], "default": None},
-            "train.lr": {"loguniform": [0.01, 0.1], "default": 0.05},
-        },
-    },
-}
-
-
-def write_spec(path: Path, **changes: dict) -> Path:
-    spec = yaml.safe_load(yaml.safe_dump(TINY))
-    for section, values in changes.items():
-        spec[section] = {**spec.get(section, {}), **values} if isinstance(values, dict) else values
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def hamsweep(*args: str, timeout: float = 500) -> subprocess.CompletedProcess:
-    return subprocess.run([HAMSWEEP, *args], capture_output=True, text=True, timeout=timeout)
-
 
 def ray_processes(out: Path) -> list[int]:
     """PIDs whose command line names this sweep's Ray session folder."""
@@ -202,31 +164,8 @@ def test_existing_folder_is_not_overwritten_and_resume_needs_the_same_spec(sweep
     assert proc.returncode == 2 and "differs" in proc.stderr and "train" in proc.stderr
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
-
-
 def _checkpoints(out: Path) -> int:
     return len(list((out / "ray").glob("trial_*/checkpoint_*")))
-
-
-def _snapshotted_epochs(out: Path) -> int:
-    """Epochs of checkpointed trials in Tune's experiment snapshot: what a restored sweep continues
-    from. The snapshot lags the checkpoint folders on disk by a second or more."""
-    epochs = 0
-    for state in (out / "ray").glob("experiment_state*.json"):
-        try:
-            trials = json.loads(state.read_text())["trial_data"]
-        except (OSError, ValueError, KeyError):
-            continue
-        for _, runtime in trials:
-            last = json.loads(runtime).get("last_result") or {}
-            epochs += last.get("epoch", 0) if last.get("checkpoint_dir_name") else 0
-    return epochs
 
 
 def _slow_spec(path: Path, **search: int) -> Path:
@@ -245,11 +184,11 @@ def test_sigkilled_driver_resumes_to_exactly_num_samples_trials(tmp_path):
     out = tmp_path / "out"
     driver = _driver(_slow_spec(tmp_path / "kill.yaml", num_samples=4, max_concurrent=2), out)
     try:
-        _wait_for(lambda: _snapshotted_epochs(out) >= 3, 300, "three checkpointed epochs in Tune's snapshot")
+        wait_for(lambda: snapshotted_epochs(out) >= 3, 300, "three checkpointed epochs in Tune's snapshot")
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and its Ray daemons: power loss
         driver.wait()
-    _wait_for(lambda: ray_processes(out) == [], 60, "the killed sweep's Ray processes to exit")
+    wait_for(lambda: ray_processes(out) == [], 60, "the killed sweep's Ray processes to exit")
     proc = hamsweep("resume", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = results.read_table(out, results.TRIALS).to_pylist()
@@ -267,7 +206,7 @@ def test_killed_worker_restarts_from_its_checkpoint(tmp_path):
     driver = _driver(_slow_spec(tmp_path / "worker.yaml", num_samples=1), out)
     try:
         # two on disk: the driver has taken the first in hand (one just written may not be Tune's yet)
-        _wait_for(lambda: _checkpoints(out) >= 2 and list((out / "ray" / "work").glob("*/worker.pid")), 300, "two checkpoints")
+        wait_for(lambda: _checkpoints(out) >= 2 and list((out / "ray" / "work").glob("*/worker.pid")), 300, "two checkpoints")
         pid = int(next((out / "ray" / "work").glob("*/worker.pid")).read_text())
         os.kill(pid, signal.SIGKILL)
         _, err = driver.communicate(timeout=400)
@@ -299,7 +238,7 @@ def test_ctrl_c_stops_the_sweep_with_a_resume_hint_and_resume_finishes_it(tmp_pa
     out = tmp_path / "out"
     driver = _driver(_slow_spec(tmp_path / "int.yaml", num_samples=2), out)
     try:
-        _wait_for(lambda: _checkpoints(out) >= 1, 300, "a checkpoint")
+        wait_for(lambda: _checkpoints(out) >= 1, 300, "a checkpoint")
         driver.send_signal(signal.SIGINT)
         _, err = driver.communicate(timeout=120)
     finally:

@@ -47,6 +47,8 @@ def launch(spec: SweepSpec, out: Path | None, *, profile: LocalProfile | SlurmPr
         return drive(out, address=address, console=console)
     launcher = launcher_for("slurm", profile)
     launcher.check(spec)
+    if out is None:
+        rundir.check_writable(Path(profile.shared_folder), "shared_folder")
     _refuse_running(out, resume)
     out = Path(out if out is not None else Path(profile.shared_folder) / rundir.default_out(spec.name).name)
     new = not out.exists()
