@@ -149,3 +149,11 @@ def test_a_launcher_config_says_how_to_run_a_sweep_on_it():
     profile = load_profile(REPO / "cluster" / "aws.yaml")
     assert "\n" not in profile.message
     assert f"`ray up {profile.path}`" in profile.message and "hamsweep run SPEC --address auto" in profile.message
+
+
+def test_run_on_a_launcher_config_says_to_ray_up_it(tmp_path):
+    out = tmp_path / "sweep"
+    done = subprocess.run([HAMSWEEP, "run", str(REPO / "search_spaces" / "smoke.yaml"), "--cluster", str(REPO / "cluster" / "gcp.yaml"), "--out", str(out)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "ray up" in done.stderr and "--address auto" in done.stderr, done.stderr
+    assert not out.exists()  # nothing prepared, nothing started
