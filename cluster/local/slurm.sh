@@ -10,14 +10,22 @@
 #   cluster/local/slurm.sh status       the daemons, sinfo and squeue
 #   cluster/local/slurm.sh down         cancel every job, stop the daemons, wipe all state
 #   cluster/local/slurm.sh run CMD...   up, CMD with SLURM_CONF exported, down; exits with CMD's code
+#                                        (a cluster of its own in a new /tmp/hamsweep-slurm-run.*
+#                                        unless HAMSWEEP_SLURM_DIR is set)
 #
 # The node: `localhost`, 8 CPUs advertised on whatever the machine has (several 1-CPU jobs run at
 # once), 2 fake GPUs (SLURM hands them out as CUDA_VISIBLE_DEVICES), partitions `debug` (default)
 # and `gpu`. There is no systemd here: daemons run in the foreground, in the background of this
 # script, and are stopped by the PIDs it recorded.
+#
+# Accounting is the real slurmdbd, not a stand-in for sacct: submitit reads job states from sacct
+# only, and with its database created afresh `up` still takes about 3 s. `down` drops that database
+# with the rest of the folder, so job ids start again from 1 and no old job reappears.
 set -euo pipefail
 
 DIR=$(realpath -m "${HAMSWEEP_SLURM_DIR:-/tmp/hamsweep-slurm}")
+# unix sockets live under it, and their paths may not pass 107 characters
+[ "${#DIR}" -le 80 ] || { echo "slurm.sh: error: HAMSWEEP_SLURM_DIR=$DIR is longer than 80 characters" >&2; exit 2; }
 PACKAGES=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server-core)
 DAEMONS=(mariadbd munged slurmdbd slurmctld slurmd)  # in start order
 CPUS=8          # advertised CPUs (SlurmdParameters=config_overrides), not the machine's
@@ -325,6 +333,9 @@ cmd_status() {
 
 cmd_run() {
   [ $# -gt 0 ] || die "run needs a command, e.g. run .venv/bin/python -m pytest"
+  # a cluster of its own unless HAMSWEEP_SLURM_DIR names one: a cluster a developer started with
+  # `up`, or another `run` beside this one, is left alone
+  [ -n "${HAMSWEEP_SLURM_DIR:-}" ] || DIR=$(mktemp -d /tmp/hamsweep-slurm-run.XXXXXX)
   cmd_up >/dev/null
   # shellcheck disable=SC1091
   . "$DIR/env.sh"
