@@ -28,12 +28,12 @@ def sbatch(*args: str) -> str:
     return run("sbatch", "--parsable", *args).strip()
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = WAIT_S) -> T:
-    """Polls `probe` until it returns something truthy; fails naming `what` after `timeout_s`."""
+def wait_for(what: str, probe: Callable[[], T], until: Callable[[T], bool], timeout_s: float = WAIT_S) -> T:
+    """Polls `probe` until its value passes `until`; fails with the last value after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
-    while not (value := probe()):
+    while not until(value := probe()):
         if time.monotonic() > deadline:
-            pytest.fail(f"no {what} after {timeout_s:.0f} s; squeue:\n{run('squeue')}")
+            pytest.fail(f"no {what} after {timeout_s:.0f} s (last seen: {value!r}); squeue:\n{run('squeue')}")
         time.sleep(0.1)
     return value
 
@@ -43,6 +43,10 @@ def sacct_states(job: str) -> list[str]:
     return run("sacct", "-n", "-X", "-P", "--duplicates", "-o", "State", "-j", job).split()
 
 
+def text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
 def squeue_state(job: str) -> str:
     return run("squeue", "-h", "-j", job, "-o", "%T").strip()
 
@@ -50,7 +54,7 @@ def squeue_state(job: str) -> str:
 def test_a_job_is_accounted_in_sacct(slurm: LocalSlurm, tmp_path: Path):
     out = tmp_path / "out"
     job = sbatch("--output", str(out), "--wrap", "echo hello from $SLURM_JOB_PARTITION")
-    wait_for("COMPLETED in sacct", lambda: sacct_states(job) == ["COMPLETED"])
+    wait_for("COMPLETED in sacct", lambda: sacct_states(job), until=lambda s: s == ["COMPLETED"])
     assert run("sacct", "-n", "-X", "-P", "-o", "ExitCode", "-j", job).strip() == "0:0"
     assert out.read_text() == f"hello from {slurm.default_partition}\n"
 
@@ -67,7 +71,7 @@ def test_fake_gpus_reach_the_job(slurm: LocalSlurm, tmp_path: Path, gpus: int):
     assert slurm.gpus == 2
     out = tmp_path / "out"
     job = sbatch("--partition", "gpu", f"--gres=gpu:{gpus}", "--output", str(out), "--wrap", "echo $CUDA_VISIBLE_DEVICES")
-    wait_for("COMPLETED in sacct", lambda: sacct_states(job) == ["COMPLETED"])
+    wait_for("COMPLETED in sacct", lambda: sacct_states(job), until=lambda s: s == ["COMPLETED"])
     assert out.read_text().strip() == ",".join(str(i) for i in range(gpus))
 
 
@@ -82,13 +86,15 @@ def test_a_requeued_job_runs_again(slurm: LocalSlurm, tmp_path: Path):
     # the first run waits to be requeued; the second (SLURM_RESTART_COUNT=1) ends at once
     script = 'echo "run ${SLURM_RESTART_COUNT:-0}"; [ "${SLURM_RESTART_COUNT:-0}" -ge 1 ] || sleep 60'
     job = sbatch("--open-mode=append", "--output", str(out), "--wrap", script)
-    wait_for("first run", lambda: out.exists() and "run 0" in out.read_text())
+    wait_for("first run", lambda: text(out), until=lambda t: "run 0" in t)
     run("scontrol", "requeue", job)
-    # a requeued job is held for a few seconds (BeginTime) so that its old credential expires:
-    # releasing it must start it at once
-    wait_for("requeued job pending", lambda: squeue_state(job) == "PENDING")
+    # a requeued job is held (BeginTime, 6 s here) until its old credential expires; StartTime=now
+    # releases it, but not in the second of the requeue: slurmd refuses a launch whose credential is
+    # no newer (in whole seconds) than the revoked one ("already killed") and the job FAILs
+    wait_for("requeued job pending", lambda: squeue_state(job), until=lambda s: s == "PENDING")
+    time.sleep(1.1)
     run("scontrol", "update", f"JobId={job}", "StartTime=now")
-    wait_for("COMPLETED after the requeue", lambda: sacct_states(job) == ["REQUEUED", "COMPLETED"], timeout_s=5)
+    wait_for("COMPLETED after the requeue", lambda: sacct_states(job), until=lambda s: s == ["REQUEUED", "COMPLETED"])
     assert [line for line in out.read_text().splitlines() if line.startswith("run")] == ["run 0", "run 1"]
 
 
@@ -103,16 +109,16 @@ def test_submitit_gets_a_result(slurm: LocalSlurm, tmp_path: Path):
     job = _executor(tmp_path).submit(os.getenv, "SLURM_JOB_PARTITION")
     assert job.result() == slurm.default_partition
     # the result file comes before the job's end; submitit's state comes from sacct
-    wait_for("COMPLETED from submitit", lambda: job.get_info(mode="force").get("State") == "COMPLETED")
+    wait_for("COMPLETED from submitit", lambda: job.get_info(mode="force").get("State"), until=lambda s: s == "COMPLETED")
 
 
 def test_submitit_sees_a_cancelled_job(slurm: LocalSlurm, tmp_path: Path):
     job = _executor(tmp_path).submit(time.sleep, 60)
-    wait_for("running job", lambda: squeue_state(job.job_id) == "RUNNING")
+    wait_for("running job", lambda: squeue_state(job.job_id), until=lambda s: s == "RUNNING")
     job.cancel()
     # submitit asks sacct, at most every 2 s this early in a job's life
-    state = wait_for("CANCELLED from submitit", lambda: job.state.startswith("CANCELLED") and job.state, timeout_s=10)
-    assert state.startswith("CANCELLED") and job.done()
+    wait_for("CANCELLED from submitit", lambda: job.state, until=lambda s: s.startswith("CANCELLED"), timeout_s=10)
+    assert job.done()
     job._results_timeout_s = 0  # submitit waits 15 s for a result file a cancelled job never writes
     with pytest.raises(UncompletedJobError, match="has not produced any output"):
         job.result()
