@@ -9,6 +9,8 @@ env:
 run: env
 	.venv/bin/hamsweep run search_spaces/smoke.yaml
 
-# the whole test suite
+# the whole test suite, with a local SLURM for the launcher's tests: cluster/local/slurm.sh starts it
+# (installing its Debian packages with apt-get the first time: root), runs pytest with SLURM_CONF
+# exported, and stops it afterwards whatever pytest's outcome, exiting with pytest's code
 test: env
-	.venv/bin/python -m pytest
+	cluster/local/slurm.sh run .venv/bin/python -m pytest
