@@ -164,6 +164,17 @@ def test_cancel_leaves_no_job_and_no_ray_process(slurm, tmp_path):
     assert "cancelled" in shown.stdout and "CANCELLED" in shown.stdout
 
 
+def test_a_failing_job_ends_the_attached_run_with_its_log(slurm, tmp_path):
+    prof = write_profile(tmp_path / "prof.yaml", setup=["echo the site setup failed >&2", "exit 3"])
+    out = tmp_path / "out"
+    proc = hamsweep("run", str(write_spec(tmp_path / "tiny.yaml")), "--cluster", str(prof), "--out", str(out), timeout=300)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    job = read_launch(out).job
+    assert f"SLURM job {job} FAILED" in proc.stderr and "hamsweep resume" in proc.stderr
+    log = proc.stderr.split("its log: ")[1].split(")")[0]
+    assert "the site setup failed" in Path(log).read_text()
+
+
 @pytest.mark.parametrize(
     ("fields", "path", "key", "hint"),
     [

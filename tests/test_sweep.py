@@ -220,6 +220,26 @@ def test_killed_worker_restarts_from_its_checkpoint(tmp_path):
     assert epochs == [1, 2, 3, 4, 5, 6]
 
 
+def test_local_sweep_is_watched_and_cancelled_from_another_terminal(tmp_path):
+    out = tmp_path / "out"
+    driver = _driver(_slow_spec(tmp_path / "cancel.yaml", num_samples=2), out)
+    try:
+        wait_for(lambda: snapshotted_epochs(out) >= 1, 300, "a first checkpointed epoch")
+        shown = hamsweep("status", str(out))
+        assert shown.returncode == 0 and f"running: driver process {driver.pid}" in shown.stdout
+        assert "trials: 1 running" in shown.stdout
+        proc = hamsweep("cancel", str(out))
+        assert proc.returncode == 0, proc.stderr
+        _, err = driver.communicate(timeout=60)  # cancel returned: the driver has already ended
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130 and f"hamsweep resume {out}" in err
+    assert ray_processes(out) == []
+    shown = hamsweep("status", str(out))
+    assert "cancelled; ended" in shown.stdout
+
+
 def test_diverging_trials_fail_with_their_reason_and_the_sweep_goes_on(tmp_path):
     params = dict(TINY["search"]["params"], **{"train.lr": {"loguniform": [1e8, 1e9], "default": 1e8}})
     spec = write_spec(tmp_path / "nan.yaml", search={"num_samples": 2, "max_concurrent": 1, "params": params}, scheduler="none")

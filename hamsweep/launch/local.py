@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from hamsweep.errors import SpecError
 from hamsweep.launch._base import JobState, Launch, Launcher
 
 __all__ = ["LocalLauncher"]
@@ -19,13 +20,12 @@ _CANCEL_WAIT_S = 120  # a Ctrl-C'd driver saves its state and stops its trials: 
 
 
 def _alive(pid: int) -> bool:
+    """The process runs (a zombie, ended but not yet reaped by its parent, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    except PermissionError:  # someone else's process now holds the id: not our driver
-        return False
-    return True
+    return state not in ("Z", "X")
 
 
 class LocalLauncher(Launcher):
@@ -44,7 +44,7 @@ class LocalLauncher(Launcher):
     def cancel(self, launch: Launch, console: Console) -> None:
         """Ctrl-C the driver (it stops its trials and keeps the folder resumable), then wait for it."""
         if launch.host != socket.gethostname():
-            raise RuntimeError(f"the driver runs on {launch.host}: cancel it there")
+            raise SpecError("cancel", f"the driver runs on {launch.host} (process {launch.pid}): run hamsweep cancel there")
         if launch.pid is None or not _alive(launch.pid):
             return
         os.kill(launch.pid, signal.SIGINT)
