@@ -17,6 +17,7 @@ Errors are ``SpecError``s whose message starts with the key path and says what i
 from __future__ import annotations
 
 from hamsweep.spec._base import validate as validate
+from hamsweep.spec.cluster import CloudProfile as CloudProfile
 from hamsweep.spec.cluster import LocalProfile as LocalProfile
 from hamsweep.spec.cluster import SlurmProfile as SlurmProfile
 from hamsweep.spec.cluster import load_profile as load_profile
@@ -58,6 +59,7 @@ __all__ = [
     "SCHEDULERS",
     "TRIAL_SECTIONS",
     "BudgetConfig",
+    "CloudProfile",
     "DataConfig",
     "Distribution",
     "EvalConfig",
