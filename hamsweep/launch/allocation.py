@@ -51,6 +51,7 @@ class SweepJob(submitit.helpers.Checkpointable):
         tag = f"{env.job_id}-{os.environ.get('SLURM_RESTART_COUNT', '0')}"
         single = env.num_nodes == 1
         nodes = RayNodes(Path(self.out), tag, single=single)
+        nodes.env()  # before _node_ip imports ray: Ray reads RAY_AUTH_MODE once, at import, for the driver's ray.init
         ip = "127.0.0.1" if single else _node_ip()  # one node: nothing else needs to reach it
         if env.global_rank == 0:
             with nodes.head(ip) as address:
@@ -77,8 +78,12 @@ class RayNodes:
         self.head_file, self.stop_file = self.folder / "head.json", self.folder / "stop"
 
     def env(self) -> dict[str, str]:
-        """Ray's settings for this sweep; also set in this process, for the driver's ``ray.init``."""
-        env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.out / "ray_token"), "RAY_USAGE_STATS_ENABLED": "0"}
+        """Ray's settings for this sweep; also set in this process, for the driver's ``ray.init``: call it
+        before this process imports ray, which reads RAY_AUTH_MODE once (else the head refuses the driver)."""
+        env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.out / "ray_token"), "RAY_USAGE_STATS_ENABLED": "0",
+               # our nodes stop once the sweep is over, so there is nothing to drain; Ray's default drain on
+               # SIGTERM (up to 30 s) hangs on a head that is already gone and outlasts _STOP_S
+               "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
         if self.single:
             env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # one node: Ray binds 127.0.0.1
         os.environ.update(env)
@@ -89,7 +94,7 @@ class RayNodes:
         """Start the head on ``ip``, yield its address; at exit tell the other ranks to stop, then stop it."""
         self.folder.mkdir(parents=True, exist_ok=True)
         port, agent = _free_ports(ip, 2)
-        proc = self._start(["--head", f"--port={port}"], ip, agent, "head")
+        proc = self._start(["--head", f"--port={port}", "--include-dashboard=false"], ip, agent, "head")
         try:
             address = f"{ip}:{port}"
             atomic_write_text(self.head_file, json.dumps({"address": address, "pid": proc.pid, "host": socket.gethostname()}))
@@ -117,12 +122,14 @@ class RayNodes:
         cpus, gpus = node_resources()
         ray = str(Path(sys.executable).with_name("ray"))
         cmd = [ray, "start", *role, f"--node-ip-address={ip}", f"--dashboard-agent-listen-port={agent_port}",
-               "--include-dashboard=false", "--disable-usage-stats", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
+               "--disable-usage-stats", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
                f"--object-store-memory={_OBJECT_STORE}", f"--temp-dir={self.temp}", "--block"]
         self.folder.mkdir(parents=True, exist_ok=True)
         log = self.folder / f"{name}.log"
         with log.open("wb") as f:
-            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=self.env())
+            # its own process group: the raylet's agents outlive it (orphaned, up to a minute reporting its
+            # exit to a GCS that is gone), and _stop ends them through the group
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=self.env(), process_group=0)
         _wait_ready(proc, log)
         return proc
 
@@ -149,6 +156,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop `ray start` (it stops its daemons), then kill what is left in its process group."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -156,6 +164,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # nothing was left
 
 
 def _free_ports(ip: str, n: int) -> list[int]:
