@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,7 @@ def ray_processes(job: str) -> list[str]:
 def release_requeued(job: str) -> None:
     """A requeued job is held ~120 s (BeginTime): start it now."""
     wait_for(lambda: squeue(job) == "PENDING", 120, f"job {job} requeued")
+    time.sleep(1.1)  # a release in the requeue's own second makes slurmd refuse the launch: the job FAILs
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, capture_output=True)
 
 
