@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from ray import tune
@@ -25,6 +25,9 @@ from hamsweep.rundir import atomic_write_text
 from hamsweep.results import CLASSES, EPOCHS, TRIALS, BufferedWriter, PartWriter, param_column
 from hamsweep.search import BEST, NUMBER, OBJECTIVE, full_epochs
 from hamsweep.spec import Distribution, SweepSpec
+
+if TYPE_CHECKING:
+    from hamsweep.sweep import TrialJobs
 
 __all__ = ["Recorder", "param_types"]
 
@@ -72,8 +75,10 @@ def param_types(params: dict[str, Distribution]) -> dict[str, pa.DataType]:
 class Recorder(tune.Callback, tune.Stopper):
     """The sweep's writer, dashboard feed and budget stopper (see the module docstring)."""
 
-    def __init__(self, spec: SweepSpec, out: Path, view: Any, *, started: float, restored: bool, flush_s: float = 5.0) -> None:
+    def __init__(self, spec: SweepSpec, out: Path, view: Any, *, started: float, restored: bool, flush_s: float = 5.0,
+                 jobs: TrialJobs | None = None) -> None:
         self.spec, self.out, self.view = spec, Path(out), view
+        self.jobs = jobs  # trials trained outside Ray (SLURM mode jobs): polled each step, told which trials end early
         self.full = full_epochs(spec)
         self.types = param_types(spec.search.params)
         writer = PartWriter(self.out, {TRIALS: results.trials_schema(self.types)})
@@ -200,6 +205,7 @@ class Recorder(tune.Callback, tune.Stopper):
             prune_checkpoints(path.parent)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._stop_work(trial)  # Tune restarts it from its checkpoint: whatever still runs of it goes
         clock = self.clocks[self._view(trial).trial]
         clock.stop(time.time())
         clock.restarts += 1
@@ -210,12 +216,19 @@ class Recorder(tune.Callback, tune.Stopper):
         if trial.trial_id in self.failed:
             self._finish(view, "failed", self.failed[trial.trial_id])
         elif view.epoch < self.full:
+            self._stop_work(trial)
             self._finish(view, "stopped", self.budget_hit or f"ASHA at epoch {view.epoch}")
         else:
             self._finish(view, "completed", f"ran all {self.full} epochs")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._stop_work(trial)
         self._finish(self._view(trial), "failed", f"error: {_last_error_line(trial)}")
+
+    def _stop_work(self, trial: Any) -> None:
+        """A trial ended early or restarts: its SLURM job (mode jobs) must not train on."""
+        if self.jobs is not None:
+            self.jobs.stop(trial.config.get(NUMBER))
 
     def _finish(self, view: TrialView, status: str, reason: str) -> None:
         now = time.time()
@@ -231,6 +244,8 @@ class Recorder(tune.Callback, tune.Stopper):
 
     # ---- the loop ----
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.jobs is not None:
+            self.jobs.poll()
         self._tick()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:

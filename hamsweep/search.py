@@ -18,6 +18,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from hamsweep.errors import SpecError
+from hamsweep.keys import BEST, NUMBER, OBJECTIVE, best_key
 from hamsweep.spec import Distribution, SweepSpec, flat
 
 if TYPE_CHECKING:
@@ -37,16 +38,8 @@ __all__ = [
 ]
 
 JOURNAL = "optuna.journal"  # the study's journal file in the sweep folder
-OBJECTIVE = "objective"  # result key: the primary objective of the latest evaluated epoch
-BEST = "best_objective"  # result key: the primary objective at the trial's best epoch
-NUMBER = "optuna_trial"  # config key the space adds: the Optuna trial number
 
 logging.getLogger("optuna").setLevel(logging.WARNING)  # one "trial finished" line per trial is noise here
-
-
-def best_key(metric: str) -> str:
-    """Result key of ``metric``'s value at the trial's best epoch (multi-objective sweeps)."""
-    return f"best_{metric}"
 
 
 class Space:

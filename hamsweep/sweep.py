@@ -16,7 +16,7 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 
@@ -24,7 +24,7 @@ from hamsweep import rundir
 from hamsweep.errors import Interrupted, SpecError
 from hamsweep.spec import SweepSpec, validate
 
-__all__ = ["RAY_DIR", "TOKEN", "drive", "prepare_sweep", "resolve_spec", "run_sweep", "wide_console"]
+__all__ = ["RAY_DIR", "TOKEN", "TrialJobs", "drive", "prepare_sweep", "resolve_spec", "run_sweep", "wide_console"]
 
 RAY_DIR = "ray"  # Tune's experiment folder inside the sweep folder (state, trials, checkpoints)
 TOKEN = "ray_token"  # Ray's auth token for this sweep, mode 0600
@@ -41,6 +41,26 @@ _TUNE_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
+
+
+class TrialJobs(Protocol):
+    """Trials that train outside Ray's workers (``hamsweep.launch.jobs.TrialJobs``: one SLURM job
+    each): Tune runs a light trainable that relays their results, the Recorder polls and stops them."""
+
+    def trainable(self, spec: SweepSpec, experiment: Path) -> tuple[Any, dict[str, float]]:
+        """The function Tune runs per trial, and the Ray resources it reserves."""
+
+    def start(self) -> None:
+        """Before Tune starts (a resumed sweep may have left jobs behind)."""
+
+    def poll(self) -> None:
+        """Each step of Tune's loop: look at the jobs (sparingly)."""
+
+    def stop(self, number: int | None) -> None:
+        """Trial ``number`` ended early or restarts: end its work."""
+
+    def close(self) -> None:
+        """The driver is ending: end every job whose trial did not finish."""
 
 
 def wide_console() -> Console:
@@ -82,16 +102,21 @@ def prepare_sweep(spec: SweepSpec, out: Path | None, *, resume: bool, check_here
     return out
 
 
-def drive(out: Path, *, address: str | None = None, console: Console | None = None) -> Path:
+def drive(out: Path, *, address: str | None = None, console: Console | None = None, jobs: TrialJobs | None = None) -> Path:
     """Run the sweep of a prepared folder to its end, continuing from its state if it has any.
-    ``address``: a running Ray cluster (its auth from the environment); None = start a local Ray."""
+    ``address``: a running Ray cluster (its auth from the environment); None = start a local Ray.
+    ``jobs``: where trials train when not in Ray's workers (SLURM mode jobs); None = in Ray's workers."""
     console = console or wide_console()
     spec = validate(SweepSpec, rundir.read_spec(out))
     temp = _ray_temp_dir(out)
     try:
         _start_ray(address, out / TOKEN, temp)
-        recorder = _fit(spec, out, console)
+        if jobs is not None:
+            jobs.start()
+        recorder = _fit(spec, out, console, jobs)
     finally:
+        if jobs is not None:
+            jobs.close()
         _stop_ray(address, temp)
     unfinished = recorder.unfinished()
     if unfinished and recorder.budget_hit is None:
@@ -180,7 +205,7 @@ def _stop_ray(address: str | None, temp: Path) -> None:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _fit(spec: SweepSpec, out: Path, console: Console) -> Any:
+def _fit(spec: SweepSpec, out: Path, console: Console, jobs: TrialJobs | None) -> Any:
     from ray import tune
 
     from hamsweep import trial
@@ -189,11 +214,12 @@ def _fit(spec: SweepSpec, out: Path, console: Console) -> Any:
 
     path = str(out / RAY_DIR)
     restore = tune.Tuner.can_restore(path)  # a folder with Tune's state continues it
-    recorder = Recorder(spec, out, make_view(console), started=_started(out), restored=restore).activate()
-    trainable = tune.with_resources(
-        tune.with_parameters(trial.trainable, spec_data=spec.model_dump(mode="json"), experiment=str(out / RAY_DIR)),
-        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
-    )
+    recorder = Recorder(spec, out, make_view(console), started=_started(out), restored=restore, jobs=jobs).activate()
+    if jobs is None:
+        fn = tune.with_parameters(trial.trainable, spec_data=spec.model_dump(mode="json"), experiment=str(out / RAY_DIR))
+        trainable = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    else:
+        trainable = tune.with_resources(*jobs.trainable(spec, out / RAY_DIR))
     if restore:
         # the searcher comes back from Tune's snapshot, the Recorder from the pickled run config
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)

@@ -6,6 +6,10 @@ the sweep folder. A trial that starts again after a crash (its worker died, the 
 and the sweep resumed) continues from the checkpoint Ray holds, never from a newer local file: the
 epoch that follows is then re-run and reported again, deterministically, so no epoch is lost and
 none is counted twice (readers keep one row per key).
+
+``train_trial`` is the trial itself, whoever reports: ``trainable`` runs it in a Ray worker with
+``tune_report``; a SLURM trial job (``hamsweep.launch.jobs``, mode jobs) runs it with a reporter that
+writes files, which a light trainable in the driver hands to Tune unchanged.
 """
 
 from __future__ import annotations
@@ -14,20 +18,22 @@ import json
 import os
 import shutil
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from hamsweep.errors import DivergenceError
 from hamsweep.rundir import atomic_write_text
-from hamsweep.search import BEST, NUMBER, OBJECTIVE, best_key
+from hamsweep.keys import BEST, NUMBER, OBJECTIVE, best_key
 from hamsweep.spec import SweepSpec, TrialConfig
 from hamsweep.spec.trial import objective_summary
 
-__all__ = ["HISTORY", "WORKER_PID", "prune_checkpoints", "result_metrics", "sweep_trial_config", "trainable", "trial_dirname", "work_dir"]
+__all__ = ["HISTORY", "WORKER_PID", "Emit", "prune_checkpoints", "restore_checkpoint", "result_metrics", "sweep_trial_config",
+           "train_trial", "trainable", "trial_dirname", "tune_report", "work_dir"]
 
 HISTORY = "history.json"  # in the checkpoint folder: every epoch's record so far
 WORKER_PID = "worker.pid"  # in the trial's work folder: the process training it (to find or kill it)
+Emit = Callable[[dict[str, Any], Path | None], None]  # (one result for Tune, its checkpoint folder or None)
 _DATASETS: dict[str, Any] = {}  # per worker process: a reused actor loads each dataset once
 
 
@@ -89,30 +95,45 @@ def trial_dirname(trial: Any) -> str:
 def trainable(config: dict[str, Any], spec_data: dict[str, Any], experiment: str) -> None:
     """One trial under Ray Tune (wrapped with ``tune.with_parameters(trainable, spec_data=...,
     experiment=...)``; ``experiment`` is Tune's experiment folder in the sweep folder)."""
-    import torch
     from ray import tune
 
-    from hamsweep import train
     from hamsweep.spec import validate
 
     spec = validate(SweepSpec, spec_data)
-    ctx = tune.get_context()
-    cpus = ctx.get_trial_resources().required_resources.get("CPU", 1)
+    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    work = work_dir(Path(experiment), config[NUMBER])
+    restore_checkpoint(work, tune.get_checkpoint())
+    (work / WORKER_PID).write_text(str(os.getpid()))
+    train_trial(spec, config, work, cpus=cpus, emit=tune_report)
+
+
+def train_trial(spec: SweepSpec, config: Mapping[str, Any], work: Path, *, cpus: float, emit: Emit) -> None:
+    """Train one trial in ``work`` (continuing from ``work/checkpoint`` when there is one) and send
+    each result to ``emit``: ``tune_report`` in a Ray worker, files in a SLURM trial job."""
+    import torch
+
+    from hamsweep import train
+
     torch.set_num_threads(max(1, int(cpus)))  # more threads than reserved cores slows every trial
     cfg = sweep_trial_config(spec, config)
-    work = work_dir(Path(experiment), config[NUMBER])
-    _restore(work, tune.get_checkpoint())
-    (work / WORKER_PID).write_text(str(os.getpid()))
     dataset = _dataset(cfg)
-    reporter = _Reporter(cfg, spec.objective.metrics, dataset.classes, work / "checkpoint")
+    reporter = _Reporter(cfg, spec.objective.metrics, dataset.classes, work / "checkpoint", emit)
     try:
         train.run(cfg, workdir=work, report=reporter, dataset=dataset)
     except DivergenceError as err:
         # deterministic: a restart would diverge again, so the trial ends here as failed
-        tune.report(reporter.failure(f"diverged: {err}"))
+        emit(reporter.failure(f"diverged: {err}"), None)
         return
     if reporter.backfill:  # restored at its last epoch: nothing left to train, but report once
         reporter.repeat_last()
+
+
+def tune_report(result: dict[str, Any], checkpoint_dir: Path | None) -> None:
+    """``Emit`` under Ray Tune: the result, with the checkpoint folder Ray copies into the sweep folder."""
+    from ray import tune
+
+    checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir is not None else None
+    tune.report(result, checkpoint=checkpoint)
 
 
 def _where() -> dict[str, str]:
@@ -125,10 +146,10 @@ class _Reporter:
     in the checkpoint folder: a trial restarted from its checkpoint sends that history with its
     first result, so the driver rewrites any row a killed driver had not flushed yet."""
 
-    def __init__(self, cfg: TrialConfig, metrics: tuple[str, ...], classes: Any, ckpt_dir: Path) -> None:
+    def __init__(self, cfg: TrialConfig, metrics: tuple[str, ...], classes: Any, ckpt_dir: Path, emit: Emit) -> None:
         from hamsweep.train import EpochRecord
 
-        self.cfg, self.metrics, self.classes = cfg, metrics, list(classes)
+        self.cfg, self.metrics, self.classes, self.emit = cfg, metrics, list(classes), emit
         self.best, self.last = _Best(metrics), None
         path = ckpt_dir / HISTORY
         self.history: list[dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else []
@@ -137,8 +158,6 @@ class _Reporter:
             self.last = result_metrics(EpochRecord.from_dict(rec), cfg, metrics, self.best, self.last)[OBJECTIVE]
 
     def __call__(self, record: Any, ckpt_dir: Path) -> None:
-        from ray import tune
-
         result = result_metrics(record, self.cfg, self.metrics, self.best, self.last)
         self.last = result[OBJECTIVE]
         result["class_names"] = self.classes
@@ -147,25 +166,23 @@ class _Reporter:
             result["history"], self.backfill = self.backfill, []
         self.history.append(result["record"])
         atomic_write_text(ckpt_dir / HISTORY, json.dumps(self.history))
-        tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(ckpt_dir)))
+        self.emit(result, ckpt_dir)
 
     def repeat_last(self) -> None:
         """Report the last epoch again (with the history), without a new checkpoint."""
-        from ray import tune
-
         from hamsweep.train import EpochRecord
 
         result = result_metrics(EpochRecord.from_dict(self.history[-1]), self.cfg, self.metrics, self.best, self.last)
         result.update(class_names=self.classes, history=self.backfill, **_where())
         self.backfill = []
-        tune.report(result)
+        self.emit(result, None)
 
     def failure(self, reason: str) -> dict[str, Any]:
         epoch = self.history[-1]["epoch"] if self.history else 0
         return {"epoch": epoch, OBJECTIVE: self.last or 0.0, BEST: self.best.values.get(self.metrics[0], 0.0), "failed": reason}
 
 
-def _restore(work: Path, checkpoint: Any) -> None:
+def restore_checkpoint(work: Path, checkpoint: Any) -> None:
     """Start from Ray's checkpoint (or from nothing): a stale local folder is never trusted.
 
     After a driver crash, Tune's snapshot may name a checkpoint older than the newest one on disk,
@@ -210,7 +227,7 @@ def _newest_complete(given: Path) -> Path | None:
 def prune_checkpoints(trial_folder: Path, keep: int = 2) -> None:
     """Empty all but the ``keep`` newest checkpoint folders of a trial. Ray keeps every folder
     (``num_to_keep=None``): a snapshot taken before a crash may name an older one, and Ray refuses
-    to restore from a folder that is gone; so the folders stay, empty, and ``_restore`` takes the
+    to restore from a folder that is gone; so the folders stay, empty, and ``restore_checkpoint`` takes the
     newest complete one instead."""
     from hamsweep.train import BEST, LAST
 

@@ -34,7 +34,8 @@ def launcher_for(kind: str, profile: SlurmProfile | None = None) -> Launcher:
 
 def launch(spec: SweepSpec, out: Path | None, *, profile: LocalProfile | SlurmProfile, resume: bool, detach: bool,
            address: str | None = None, console: Console | None = None) -> Path:
-    """Check, prepare ``out`` and run the sweep there (local) or submit it (SLURM; attached unless ``detach``)."""
+    """Check, prepare ``out`` and run the sweep there (local) or submit it (SLURM; attached unless
+    ``detach``). SLURM mode jobs, attached: the driver runs here and submits each trial as a job."""
     from hamsweep.sweep import drive, prepare_sweep, wide_console
 
     console = console or wide_console()
@@ -53,6 +54,11 @@ def launch(spec: SweepSpec, out: Path | None, *, profile: LocalProfile | SlurmPr
     out = Path(out if out is not None else Path(profile.shared_folder) / rundir.default_out(spec.name).name)
     new = not out.exists()
     out = prepare_sweep(spec, out, resume=resume, check_here=False)
+    if profile.mode == "jobs" and not detach:  # the driver runs here, as a local one does; each trial is a SLURM job
+        record, jobs = launcher.attach(out)
+        write_launch(out, record)
+        console.print(f"{spec.name}: each trial a SLURM job ({profile.describe()})\nsweep folder: {out}", highlight=False, soft_wrap=True)
+        return drive(out, console=console, jobs=jobs)
     try:
         record = launcher.start(out, console)
     except BaseException:

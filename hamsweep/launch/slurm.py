@@ -1,5 +1,6 @@
 """SLURM through submitit. ``mode: ray``: one job of N nodes becomes a Ray cluster whose rank 0 runs
-the same driver as a local sweep (``hamsweep.launch.allocation``).
+the same driver as a local sweep (``hamsweep.launch.allocation``). ``mode: jobs``: the driver runs
+here (or, detached, in a small CPU job) and each trial is a job of its own (``hamsweep.launch.jobs``).
 
 SLURM is polled sparingly: one ``squeue`` (and, for jobs that left the queue, one ``sacct``) per
 call for every job id asked about, never one call per job.
@@ -7,11 +8,12 @@ call for every job id asked about, never one call per job.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -20,12 +22,16 @@ from hamsweep.launch._base import JobState, Launch, Launcher
 from hamsweep.spec import SweepSpec
 from hamsweep.spec.cluster import SlurmProfile, check_fits
 
-__all__ = ["JOBS_DIR", "SlurmLauncher", "executor", "job_states", "partitions"]
+if TYPE_CHECKING:
+    from hamsweep.launch.jobs import TrialJobs
+
+__all__ = ["ACTIVE", "JOBS_DIR", "SlurmLauncher", "executor", "job_states", "partitions", "scancel"]
 
 JOBS_DIR = "slurm"  # in the sweep folder: submitit's pickles and every job's stdout/stderr
 _CANCEL_WAIT_S = 120  # scancel'd jobs leave the queue after SLURM's KillWait (30 s by default)
 _QUEUED = ("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED")
 _RUNNING = ("RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING")
+ACTIVE = _QUEUED + _RUNNING  # a job in any other state has ended
 
 
 def _slurm(*cmd: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -78,6 +84,12 @@ def job_states(ids: list[str]) -> dict[str, tuple[str, str]]:
     return out
 
 
+def scancel(ids: list[str]) -> None:
+    """Cancel ``ids`` in one call; those already ended are no error."""
+    if ids:
+        _slurm("scancel", *ids)
+
+
 class SlurmLauncher(Launcher):
     kind = "slurm"
 
@@ -95,35 +107,52 @@ class SlurmLauncher(Launcher):
                 raise SpecError("partition", f"unknown partition {p.partition!r}; this cluster has {', '.join(known)}")
 
     def start(self, out: Path, console: Console) -> Launch:
+        """Submit the driver's job: the whole allocation (mode ray) or a small CPU job (mode jobs, detached)."""
         from hamsweep.launch.allocation import SweepJob
+        from hamsweep.launch.jobs import JobsDriver, driver_profile
 
         p = self._profile()
         if p.mode == "jobs":
-            raise SpecError("mode", "mode: jobs (one SLURM job per trial) is not available yet; use mode: ray")
-        ex = executor(p, out / JOBS_DIR, f"hamsweep-{out.name}")
+            ex, fn = executor(driver_profile(p), out / JOBS_DIR, f"hamsweep-{out.name}"), JobsDriver(str(out), p.model_dump(mode="json"))
+        else:
+            ex, fn = executor(p, out / JOBS_DIR, f"hamsweep-{out.name}"), SweepJob(str(out))
         try:
-            job = ex.submit(SweepJob(str(out)))
+            job = ex.submit(fn)
         except Exception as err:  # noqa: BLE001 - sbatch refused (account, qos, limits): its words, one line
             raise SpecError("--cluster", f"sbatch refused the job: {_first_line(err)}") from None
         return Launch(kind=self.kind, out=str(out), mode=p.mode, job=str(job.job_id))
 
+    def attach(self, out: Path) -> tuple[Launch, TrialJobs]:
+        """Mode jobs, attached: the launch record of a driver in this process, and its trial jobs."""
+        from hamsweep.launch.jobs import TrialJobs
+
+        return Launch(kind=self.kind, out=str(out), mode="jobs", pid=os.getpid()), TrialJobs(out, self._profile())
+
     def state(self, launch: Launch) -> JobState:
-        jid = launch.job or ""
+        from hamsweep.launch.local import LocalLauncher
+
+        if launch.job is None:  # mode jobs, attached: the driver is a process on the launching machine
+            driver = LocalLauncher().state(launch)
+            return JobState(driver.phase, driver.detail + _trial_jobs(launch), driver.ok)
+        jid = launch.job
         state, detail = job_states([jid]).get(jid, ("UNKNOWN", "not in squeue or sacct"))
         phase = "queued" if state in _QUEUED else "running" if state in _RUNNING else "ended"
-        return JobState(phase, f"SLURM job {jid} {state} {detail}".strip(), ok=state == "COMPLETED" if phase == "ended" else None)
+        return JobState(phase, f"SLURM job {jid} {state} {detail}".strip() + _trial_jobs(launch),
+                        ok=state == "COMPLETED" if phase == "ended" else None)
 
     def cancel(self, launch: Launch, console: Console) -> None:
-        """scancel the sweep's jobs and wait until SLURM has none of them left."""
-        ids = [j for j in [launch.job, *launch.trial_jobs] if j]
-        if not ids:
-            return
-        proc = _slurm("scancel", *ids)
-        if proc.returncode != 0:
-            raise SpecError("cancel", f"scancel failed: {proc.stderr.strip()}")
-        deadline = time.monotonic() + _CANCEL_WAIT_S
-        while _in_queue(ids) and time.monotonic() < deadline:
-            time.sleep(1)
+        """scancel the sweep's jobs and wait until SLURM has none of them left. Mode jobs: the driver
+        first (its trials can then submit nothing more), then every trial job it submitted."""
+        from hamsweep.launch.local import LocalLauncher
+
+        if launch.job is None and launch.pid is not None:  # mode jobs, attached: Ctrl-C the driver, wait for it
+            LocalLauncher().cancel(launch, console)
+        _cancel_and_wait([j for j in [launch.job, *launch.trial_jobs] if j])
+        if launch.mode == "jobs" and launch.out is not None:
+            from hamsweep.launch.jobs import listed_jobs
+
+            launch.trial_jobs = sorted(listed_jobs(Path(launch.out)), key=int)
+            _cancel_and_wait(launch.trial_jobs)
 
     def log(self, launch: Launch) -> Path | None:
         return None if launch.out is None else Path(launch.out) / JOBS_DIR / f"{launch.job}_0_log.err"
@@ -132,6 +161,29 @@ class SlurmLauncher(Launcher):
         if self.profile is None:
             raise SpecError("--cluster", "a SLURM profile is needed to launch")
         return self.profile
+
+
+def _cancel_and_wait(ids: list[str]) -> None:
+    if not ids:
+        return
+    proc = _slurm("scancel", *ids)
+    if proc.returncode != 0 and _in_queue(ids):
+        raise SpecError("cancel", f"scancel failed: {proc.stderr.strip()}")
+    deadline = time.monotonic() + _CANCEL_WAIT_S
+    while _in_queue(ids) and time.monotonic() < deadline:
+        time.sleep(1)
+
+
+def _trial_jobs(launch: Launch) -> str:
+    """Mode jobs: how many trial jobs are where, as the driver last saw them (read from the sweep folder)."""
+    if launch.mode != "jobs" or launch.out is None:
+        return ""
+    from hamsweep.launch.jobs import read_states
+
+    states = read_states(Path(launch.out))
+    running = sum(s in _RUNNING for s in states.values())
+    queued = sum(s in _QUEUED for s in states.values())
+    return f"; trial jobs: {running} running, {queued} queued, {len(states) - running - queued} ended" if states else ""
 
 
 def _in_queue(ids: list[str]) -> list[str]:

@@ -52,15 +52,18 @@ class SlurmProfile(_Frozen):
     shared_folder: str = "runs"  # where sweep folders go: visible from the login node and every compute node
     max_requeues: int = 50  # times a job is requeued after its time limit or a preemption (each one resumes the sweep)
     signal_delay_s: int = 120  # SLURM warns the job this many seconds before its time limit, to save and requeue
+    driver_cpus: int = 2  # mode jobs with --detach: CPU cores of the driver's job (Ray Tune and one light proxy per running trial)
+    driver_mem_gb: float | None = 8  # mode jobs with --detach: memory of the driver's job, GB; None = the partition's default
 
     @model_validator(mode="after")
     def _check(self) -> SlurmProfile:
-        at_least(self, 1, "nodes", "cpus_per_task", "timeout_min")
+        at_least(self, 1, "nodes", "cpus_per_task", "timeout_min", "driver_cpus")
         at_least(self, 0, "max_requeues", "signal_delay_s")
         if self.gpus_per_node < 0:
             raise SpecError("gpus_per_node", f"gpus_per_node cannot be negative but got {self.gpus_per_node}")
-        if self.mem_gb is not None and self.mem_gb <= 0:
-            raise SpecError("mem_gb", f"mem_gb must be > 0 (or null for the partition's default) but got {self.mem_gb}")
+        for key in ("mem_gb", "driver_mem_gb"):
+            if (value := getattr(self, key)) is not None and value <= 0:
+                raise SpecError(key, f"{key} must be > 0 (or null for the partition's default) but got {value}")
         if self.mode == "jobs" and self.nodes != 1:
             raise SpecError("nodes", f"mode: jobs runs each trial as its own one-node job; nodes must be 1 but got {self.nodes}")
         return self

@@ -1,0 +1,138 @@
+"""SLURM mode jobs (one job per trial) against the project's real local SLURM (cluster/local/slurm.sh;
+`make test` starts it): an attached sweep on the gpu partition with ASHA, a trial job killed mid-way,
+`hamsweep cancel` of a detached sweep, bad input. No mocks: real sbatch, squeue, sacct, scancel."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hamsweep import results
+from hamsweep.launch import read_launch
+from hamsweep.launch.jobs import listed_jobs
+from hamsweep.recorder import param_types
+from hamsweep.spec import load_spec
+from conftest import HAMSWEEP, hamsweep, wait_for, write_spec
+from test_slurm import job_ids, squeue, write_profile
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def sacct_states(ids: list[str]) -> dict[str, str]:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", ",".join(ids), "-o", "JobID,State"], capture_output=True, text=True).stdout
+    return {job: state.split(" ")[0] for job, state in (line.split("|") for line in out.splitlines())}
+
+
+def jobs_profile(path: Path, **fields: object) -> Path:
+    return write_profile(path, mode="jobs", **fields)
+
+
+@pytest.fixture(scope="module")
+def jobs_sweep(slurm, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The tiny sweep (5 trials, ASHA), attached, on the gpu partition: each trial job takes one fake GPU."""
+    root = tmp_path_factory.mktemp("jobs")
+    spec = write_spec(root / "tiny.yaml", resources={"cpu": 1, "gpu": 1})
+    prof = jobs_profile(root / "prof.yaml", partition="gpu", gpus_per_node=slurm.gpus)
+    proc = hamsweep("run", str(spec), "--cluster", str(prof), "--out", str(root / "out"), timeout=500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root / "out", proc
+
+
+def test_mode_jobs_sweep_has_the_shape_of_a_local_one(jobs_sweep, slurm):
+    out, _ = jobs_sweep
+    spec = load_spec(out / "spec.yaml")
+    launch = read_launch(out)
+    assert launch.kind == "slurm" and launch.mode == "jobs" and launch.job is None and launch.pid
+    trials = results.read_table(out, results.TRIALS)
+    assert trials.schema.names == results.trials_schema(param_types(spec.search.params)).names
+    assert trials.num_rows == spec.search.num_samples
+    for table in (results.EPOCHS, results.CLASSES):
+        assert results.read_table(out, table).schema.names == results.SCHEMAS[table].names
+    con = results.connect(out)
+    assert con.execute("SELECT count(*) FROM classes WHERE split = 'test'").fetchone()[0] > 0  # the final evaluation ran
+    assert con.execute("SELECT count(*) = count(DISTINCT (trial, epoch)) FROM epochs").fetchone()[0]
+    rows = trials.to_pylist()
+    assert {r["devices"] for r in rows} <= {str(i) for i in range(slurm.gpus)} and all(r["node"] for r in rows)
+
+
+def test_each_trial_ran_in_its_own_job_and_asha_cancelled_the_stopped_ones(jobs_sweep):
+    out, _ = jobs_sweep
+    jobs = listed_jobs(out)  # job id -> trial number
+    rows = {r["number"]: r for r in results.read_table(out, results.TRIALS).to_pylist()}
+    assert sorted(jobs.values()) == sorted(rows)  # one job per trial, none restarted
+    states = sacct_states(list(jobs))
+    stopped = {n for n, r in rows.items() if r["status"] == "stopped"}
+    assert stopped and len(stopped) < len(rows), rows  # ASHA cut some, not all
+    for job, number in jobs.items():
+        assert states[job] == ("CANCELLED" if number in stopped else "COMPLETED"), (number, rows[number]["status"], states)
+    assert all(squeue(job) == "" for job in jobs)
+
+
+def test_a_killed_trial_job_is_retried_from_its_checkpoint(slurm, tmp_path):
+    # long enough (16 epochs of about 1 s here, 3 under load) that the job still trains when it is killed after two
+    spec = write_spec(tmp_path / "one.yaml", data={"train_size": 2048}, train={"epochs": 16}, scheduler="none",
+                      final_eval={"top_k": 0}, search={"num_samples": 1, "max_concurrent": 1})
+    out = tmp_path / "out"
+    cmd = [HAMSWEEP, "run", str(spec), "--cluster", str(jobs_profile(tmp_path / "prof.yaml")), "--out", str(out)]
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: "trial jobs: 1 running" in hamsweep("status", str(out)).stdout, 300, "the trial's job to run")
+        assert f"running: driver process {driver.pid}" in hamsweep("status", str(out)).stdout
+        # two epochs reported to Tune: it holds a checkpoint to restart from
+        wait_for(lambda: list((out / "ray").glob("trial_*/checkpoint_000001")), 300, "two reported epochs")
+        (first,) = listed_jobs(out)
+        subprocess.run(["scancel", first], check=True)
+        _, err = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 0, err[-3000:]
+    jobs = listed_jobs(out)
+    assert len(jobs) == 2 and set(jobs.values()) == {0}
+    assert sacct_states(list(jobs)) == {first: "CANCELLED", max(jobs, key=int): "COMPLETED"}
+    (row,) = results.read_table(out, results.TRIALS).to_pylist()
+    assert row["status"] == "completed" and row["restarts"] == 1 and row["resumed_from"] >= 2, row
+    con = results.connect(out)
+    assert con.execute("SELECT count(*), count(DISTINCT epoch) FROM epochs").fetchone() == (16, 16)
+
+
+def test_cancel_of_a_detached_sweep_leaves_no_job(slurm, tmp_path):
+    spec = write_spec(tmp_path / "long.yaml", train={"epochs": 50}, scheduler="none", search={"num_samples": 3, "max_concurrent": 2})
+    out = tmp_path / "out"
+    proc = hamsweep("run", str(spec), "--cluster", str(jobs_profile(tmp_path / "prof.yaml")), "--out", str(out), "--detach", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    driver = read_launch(out).job
+    wait_for(lambda: len(listed_jobs(out)) == 2 and all(squeue(j) == "RUNNING" for j in listed_jobs(out)), 300, "two running trial jobs")
+    cancelled = hamsweep("cancel", str(out))
+    assert cancelled.returncode == 0, cancelled.stderr
+    trial_jobs = sorted(listed_jobs(out), key=int)
+    assert all(squeue(j) == "" for j in [driver, *trial_jobs])
+    assert set(sacct_states([driver, *trial_jobs]).values()) == {"CANCELLED"}
+    launch = read_launch(out)
+    assert launch.cancelled and launch.trial_jobs == trial_jobs
+    shown = hamsweep("status", str(out))
+    assert "cancelled" in shown.stdout and f"SLURM job {driver} CANCELLED" in shown.stdout
+
+
+@pytest.mark.parametrize(
+    ("fields", "resources", "key", "hint"),
+    [
+        ({"partition": "nope"}, {}, "partition", "debug"),
+        ({"nodes": 2}, {}, "nodes", "one-node job"),
+        ({}, {"gpu": 1}, "resources.gpu", "gpus_per_node 0"),
+        ({"driver_cpus": 0}, {}, "driver_cpus", ">= 1"),
+    ],
+)
+def test_bad_input_fails_in_one_line_before_submitting(slurm, tmp_path, fields, resources, key, hint):
+    prof = jobs_profile(tmp_path / "prof.yaml", **fields)
+    spec = write_spec(tmp_path / "tiny.yaml", resources=resources)
+    before = job_ids()
+    proc = subprocess.run([HAMSWEEP, "run", str(spec), "--cluster", str(prof), "--detach"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert key in proc.stderr and hint in proc.stderr
+    assert job_ids() == before
+    assert not (tmp_path / "shared").exists()
