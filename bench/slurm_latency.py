@@ -1,20 +1,24 @@
-"""Launch latency and per-trial overhead on SLURM (mode: ray) against the same sweep run locally.
+"""Launch latency and per-trial overhead on SLURM (mode ray and mode jobs) against the same sweep run locally.
 
     cluster/local/slurm.sh run .venv/bin/python bench/slurm_latency.py [--trials 8] [--partition debug]
 
 Runs on the project's local SLURM (cluster/local/slurm.sh; SLURM_CONF must name it). One tiny spec
 (synthetic 8x8 images, small_cnn of width 4, one HAM epoch per trial, no ASHA, no final evaluation,
-1 CPU per trial, one trial at a time) is swept twice, one after the other:
+1 CPU per trial, one trial at a time) is swept three times, one after the other:
 
-- local:  ``hamsweep run SPEC`` (a local Ray started by the driver);
-- slurm:  ``hamsweep run SPEC --cluster PROFILE`` attached (mode ray: sbatch, the job starts a Ray
-  head under ``ray start --block``, the driver on rank 0 connects to it).
+- local:       ``hamsweep run SPEC`` (a local Ray started by the driver);
+- slurm ray:   ``hamsweep run SPEC --cluster PROFILE`` attached, mode ray (sbatch, the job starts a Ray
+               head under ``ray start --block``, the driver on rank 0 connects to it);
+- slurm jobs:  the same, mode jobs (the driver runs here on a local Ray; each trial is its own
+               SLURM job, submitted by a light proxy trial, its epochs relayed through files).
 
 For each it prints the time from the command's start to the first trial's first epoch row on disk
-(the Parquet part the driver writes), the total wall time, the span from the first trial's start
-to the last trial's end over N, and the part of it outside the trials' own wall time (the Recorder's
-clock) over N: the per-trial scheduling overhead. Ratios slurm / local are measured in this one run. Mode jobs (one SLURM job per trial) is not
-available yet, so it is not measured.
+(the Parquet part the driver writes; it flushes at least every 5 s), the total wall time, the span
+from the first trial's start to the last trial's end over N, the part of that span outside the
+trials' own wall time (the Recorder's clock) over N, and the seconds per trial beyond local's: the
+per-trial overhead of the launcher (in mode jobs it lies inside each trial's own clock, which runs
+from submitting its job: queueing, the job's start, its imports and data). Ratios to local are
+measured in this one run.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ search:
 
 PROFILE = """\
 kind: slurm
-mode: ray
+mode: {mode}
 partition: {partition}
 nodes: 1
 cpus_per_task: 2
@@ -99,16 +103,23 @@ def main() -> None:
         root = Path(tmp)
         spec = root / "latency.yaml"
         spec.write_text(SPEC.format(trials=args.trials))
-        prof = root / "slurm.yaml"
-        prof.write_text(PROFILE.format(partition=args.partition, shared=root / "shared"))
-        local = timed_sweep([str(HAMSWEEP), "run", str(spec), "--out", str(root / "local")], root / "local", root / "local.log")
-        slurm = timed_sweep([str(HAMSWEEP), "run", str(spec), "--cluster", str(prof), "--out", str(root / "slurm")],
-                            root / "slurm", root / "slurm.log")
+        runs = {"local": timed_sweep([str(HAMSWEEP), "run", str(spec), "--out", str(root / "local")], root / "local", root / "local.log")}
+        for mode in ("ray", "jobs"):
+            prof = root / f"{mode}.yaml"
+            prof.write_text(PROFILE.format(mode=mode, partition=args.partition, shared=root / "shared"))
+            out = root / f"slurm-{mode}"
+            runs[f"slurm ({mode})"] = timed_sweep([str(HAMSWEEP), "run", str(spec), "--cluster", str(prof), "--out", str(out)],
+                                                  out, root / f"{mode}.log")
+    local = runs["local"]
+    for timings in runs.values():
+        timings["extra_s"] = timings["per_trial_s"] - local["per_trial_s"]
     print(f"{args.trials} one-epoch trials, one at a time, 1 CPU each; local SLURM partition {args.partition}")
-    print(f"{'':28}{'local':>10}{'slurm (ray)':>14}{'ratio':>8}")
+    print(f"{'':32}" + "".join(f"{name:>13}" for name in runs) + f"{'ray/local':>11}{'jobs/local':>11}")
     for key, label in (("first_epoch_s", "launch -> first epoch, s"), ("total_s", "whole sweep, s"),
-                       ("per_trial_s", "seconds per trial (span/N)"), ("overhead_s", "  of which between trials, s")):
-        print(f"{label:28}{local[key]:10.2f}{slurm[key]:14.2f}{slurm[key] / local[key]:8.2f}")
+                       ("per_trial_s", "seconds per trial (span/N)"), ("overhead_s", "  of which between trials, s"),
+                       ("extra_s", "  beyond local's, s")):
+        ratios = "".join(f"{runs[name][key] / local[key]:11.2f}" if local[key] > 0.05 else f"{'-':>11}" for name in ("slurm (ray)", "slurm (jobs)"))
+        print(f"{label:32}" + "".join(f"{t[key]:13.2f}" for t in runs.values()) + ratios)
 
 
 if __name__ == "__main__":
