@@ -125,12 +125,24 @@ def _launch(spec: Any, out: Path | None, *, resume: bool, cluster: Path | None, 
     from hamsweep.launch import launch
     from hamsweep.spec.cluster import CloudProfile, LocalProfile, load_profile
 
-    profile = load_profile(cluster) if cluster is not None else LocalProfile()
+    profile = load_profile(cluster) if cluster is not None else _launched_profile(out, resume, address) or LocalProfile()
     if isinstance(profile, CloudProfile):
         raise SpecError("--cluster", profile.message)
     if address is not None and not isinstance(profile, LocalProfile):
         raise SpecError("--address", "runs the driver here on a running Ray cluster; it cannot be combined with a SLURM --cluster")
     launch(spec, out, profile=profile, resume=resume, detach=detach, address=address)
+
+
+def _launched_profile(out: Path | None, resume: bool, address: str | None) -> Any:
+    """A resumed SLURM sweep goes back to SLURM with the profile it was launched with."""
+    from hamsweep.launch import launched_profile
+
+    if not resume or out is None or address is not None:
+        return None
+    profile = launched_profile(out)
+    if profile is not None:
+        print(f"continuing on SLURM with the profile of {out}/launch.json (--cluster cluster/local.yaml runs it here)", file=sys.stderr)
+    return profile
 
 
 @app.command()

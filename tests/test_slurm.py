@@ -164,6 +164,12 @@ def test_cancel_leaves_no_job_and_no_ray_process(slurm, tmp_path):
     assert read_launch(out).cancelled
     shown = hamsweep("status", str(out))
     assert "cancelled" in shown.stdout and "CANCELLED" in shown.stdout
+    # resume without --cluster: back on SLURM with the profile in launch.json
+    again = hamsweep("resume", str(out), "--detach", timeout=120)
+    assert again.returncode == 0 and "continuing on SLURM" in again.stderr, again.stderr
+    second = read_launch(out)
+    assert second.kind == "slurm" and second.job != job and not second.cancelled and second.profile["partition"] == "debug"
+    assert hamsweep("cancel", str(out)).returncode == 0 and squeue(second.job) == ""
 
 
 def test_a_failing_job_ends_the_attached_run_with_its_log(slurm, tmp_path):

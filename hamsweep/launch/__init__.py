@@ -20,7 +20,7 @@ from hamsweep.launch._base import LAUNCH, JobState, Launch, Launcher, read_launc
 from hamsweep.spec import SweepSpec
 from hamsweep.spec.cluster import LocalProfile, SlurmProfile
 
-__all__ = ["LAUNCH", "JobState", "Launch", "cancel", "launch", "launcher_for", "status_frame", "watch"]
+__all__ = ["LAUNCH", "JobState", "Launch", "cancel", "launch", "launched_profile", "launcher_for", "status_frame", "watch"]
 
 _WATCH_S = 2.0  # status refresh, in seconds: reads two small files and asks SLURM once
 
@@ -56,6 +56,7 @@ def launch(spec: SweepSpec, out: Path | None, *, profile: LocalProfile | SlurmPr
     out = prepare_sweep(spec, out, resume=resume, check_here=False)
     if profile.mode == "jobs" and not detach:  # the driver runs here, as a local one does; each trial is a SLURM job
         record, jobs = launcher.attach(out)
+        record.profile = profile.model_dump(mode="json")
         write_launch(out, record)
         console.print(f"{spec.name}: each trial a SLURM job ({profile.describe()})\nsweep folder: {out}", highlight=False, soft_wrap=True)
         return drive(out, console=console, jobs=jobs)
@@ -65,6 +66,7 @@ def launch(spec: SweepSpec, out: Path | None, *, profile: LocalProfile | SlurmPr
         if new:  # nothing was submitted: leave nothing behind
             shutil.rmtree(out, ignore_errors=True)
         raise
+    record.profile = profile.model_dump(mode="json")  # `hamsweep resume DIR` submits with it again
     write_launch(out, record)
     console.print(f"submitted {spec.name} as SLURM job {record.job} ({profile.describe()})", highlight=False, soft_wrap=True)
     console.print(f"sweep folder: {out}\n  watch:  hamsweep status {out} --watch\n  cancel: hamsweep cancel {out}",
@@ -72,8 +74,18 @@ def launch(spec: SweepSpec, out: Path | None, *, profile: LocalProfile | SlurmPr
     if not detach:
         job = watch(out, console, detach_hint=True)
         if job is not None and job.ok is False:
-            raise JobFailed(f"{job.detail}; the sweep is unfinished (its log: {launcher.log(record)}); continue it with: hamsweep resume {out} --cluster PROFILE")
+            raise JobFailed(f"{job.detail}; the sweep is unfinished (its log: {launcher.log(record)}); continue it with: hamsweep resume {out}")
     return out
+
+
+def launched_profile(out: Path) -> SlurmProfile | None:
+    """The SLURM profile the sweep in ``out`` was launched with, if any: a resume goes back there."""
+    from hamsweep.spec import validate
+
+    record = read_launch(out)
+    if record is None or record.kind != "slurm" or not record.profile:
+        return None
+    return validate(SlurmProfile, record.profile)
 
 
 def _refuse_running(out: Path | None, resume: bool) -> None:

@@ -35,6 +35,7 @@ class Launch:
     job: str | None = None  # slurm: the job running the driver (mode ray: the whole allocation)
     trial_jobs: list[str] = field(default_factory=list)  # slurm, mode jobs: every trial job submitted
     cancelled: bool = False  # set by ``hamsweep cancel``
+    profile: dict | None = None  # slurm: the profile it was launched with, for ``hamsweep resume``
 
 
 @dataclass(frozen=True)
