@@ -151,6 +151,7 @@ def test_detached_sweep_survives_a_usr2_and_a_sigterm_requeue(slurm, tmp_path):
     study = open_study(out)
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4
     assert ray_processes(job) == []
+    assert not list(Path("/tmp").glob(f"hamsweep-ray-{job}-*"))  # a killed run's temp folder goes at the next run
 
 
 def test_cancel_leaves_no_job_and_no_ray_process(slurm, tmp_path):

@@ -125,6 +125,7 @@ class RayNodes:
                "--disable-usage-stats", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
                f"--object-store-memory={_OBJECT_STORE}", f"--temp-dir={self.temp}", "--block"]
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temps()
         log = self.folder / f"{name}.log"
         with log.open("wb") as f:
             # its own process group: the raylet's agents outlive it (orphaned, up to a minute reporting its
@@ -132,6 +133,16 @@ class RayNodes:
             proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=self.env(), process_group=0)
         _wait_ready(proc, log)
         return proc
+
+    def _remove_stale_temps(self) -> None:
+        """Earlier runs of this job (before a requeue) that SLURM killed left their Ray temp folders
+        here; they are dead by now, since a requeued job's processes end before it runs again."""
+        job, _, _ = self.tag.rpartition("-")
+        if not job:
+            return
+        for stale in self.temp.parent.glob(f"hamsweep-ray-{job}-*"):
+            if stale != self.temp and stale.name.rpartition("-")[2].isdigit():
+                shutil.rmtree(stale, ignore_errors=True)
 
     def _wait_for_head(self) -> str | None:
         deadline = time.monotonic() + _JOIN_S
