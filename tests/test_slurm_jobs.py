@@ -1,6 +1,6 @@
 """SLURM mode jobs (one job per trial) against the project's real local SLURM (cluster/local/slurm.sh;
 `make test` starts it): an attached sweep on the gpu partition with ASHA, a trial job killed mid-way,
-`hamsweep cancel` of a detached sweep, bad input. No mocks: real sbatch, squeue, sacct, scancel."""
+a detached driver requeued, then cancelled, bad input. No mocks: real sbatch, squeue, sacct, scancel."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ import pytest
 
 from hamsweep import results
 from hamsweep.launch import read_launch
-from hamsweep.launch.jobs import listed_jobs
+from hamsweep.launch.jobs import driver_profile, listed_jobs, trial_profile
+from hamsweep.launch.slurm import executor
 from hamsweep.recorder import param_types
 from hamsweep.spec import load_spec
-from conftest import HAMSWEEP, hamsweep, wait_for, write_spec
-from test_slurm import job_ids, squeue, write_profile
+from hamsweep.spec.cluster import load_profile
+from conftest import HAMSWEEP, REPO, hamsweep, snapshotted_epochs, wait_for, write_spec
+from test_slurm import job_ids, release_requeued, squeue, write_profile
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -72,8 +74,8 @@ def test_each_trial_ran_in_its_own_job_and_asha_cancelled_the_stopped_ones(jobs_
     assert all(squeue(job) == "" for job in jobs)
 
 
-def test_a_killed_trial_job_is_retried_from_its_checkpoint(slurm, tmp_path):
-    # long enough (16 epochs of about 1 s here, 3 under load) that the job still trains when it is killed after two
+def test_a_killed_trial_job_is_retried_from_its_checkpoint_and_an_interrupted_one_continues(slurm, tmp_path):
+    # long enough (16 epochs of about 1 s here, 3 under load) that each job still trains when it is stopped
     spec = write_spec(tmp_path / "one.yaml", data={"train_size": 2048}, train={"epochs": 16}, scheduler="none",
                       final_eval={"top_k": 0}, search={"num_samples": 1, "max_concurrent": 1})
     out = tmp_path / "out"
@@ -82,31 +84,43 @@ def test_a_killed_trial_job_is_retried_from_its_checkpoint(slurm, tmp_path):
     try:
         wait_for(lambda: "trial jobs: 1 running" in hamsweep("status", str(out)).stdout, 300, "the trial's job to run")
         assert f"running: driver process {driver.pid}" in hamsweep("status", str(out)).stdout
-        # two epochs reported to Tune: it holds a checkpoint to restart from
+        # killed (a crash, a user's scancel) after two epochs reported: Tune restarts the trial from its checkpoint
         wait_for(lambda: list((out / "ray").glob("trial_*/checkpoint_000001")), 300, "two reported epochs")
         (first,) = listed_jobs(out)
         subprocess.run(["scancel", first], check=True)
+        # interrupted (USR2: a time limit near, or a preemption) after two more: the proxy goes on in a new job
+        wait_for(lambda: len(listed_jobs(out)) == 2, 300, "the trial's second job")
+        second = max(listed_jobs(out), key=int)
+        wait_for(lambda: (out / "ray" / "work" / "00000" / "jobs" / second / "results" / "000002.json").is_file(), 300,
+                 "two epochs of the second job")
+        subprocess.run(["scancel", "--signal=USR2", second], check=True)
         _, err = driver.communicate(timeout=300)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
+            subprocess.run(["scancel", *listed_jobs(out)], capture_output=True)  # what a killed driver leaves
     assert driver.returncode == 0, err[-3000:]
-    jobs = listed_jobs(out)
-    assert len(jobs) == 2 and set(jobs.values()) == {0}
-    assert sacct_states(list(jobs)) == {first: "CANCELLED", max(jobs, key=int): "COMPLETED"}
+    jobs = sorted(listed_jobs(out), key=int)
+    assert len(jobs) == 3 and set(listed_jobs(out).values()) == {0}
+    assert [sacct_states(jobs)[j] for j in jobs] == ["CANCELLED", "FAILED", "COMPLETED"]
     (row,) = results.read_table(out, results.TRIALS).to_pylist()
-    assert row["status"] == "completed" and row["restarts"] == 1 and row["resumed_from"] >= 2, row
+    assert row["status"] == "completed" and row["restarts"] == 1 and row["resumed_from"] >= 4, row  # the USR2 is no failure
     con = results.connect(out)
     assert con.execute("SELECT count(*), count(DISTINCT epoch) FROM epochs").fetchone() == (16, 16)
 
 
-def test_cancel_of_a_detached_sweep_leaves_no_job(slurm, tmp_path):
+def test_a_requeued_detached_driver_resumes_its_trials_in_new_jobs_and_cancel_leaves_no_job(slurm, tmp_path):
     spec = write_spec(tmp_path / "long.yaml", train={"epochs": 50}, scheduler="none", search={"num_samples": 3, "max_concurrent": 2})
     out = tmp_path / "out"
     proc = hamsweep("run", str(spec), "--cluster", str(jobs_profile(tmp_path / "prof.yaml")), "--out", str(out), "--detach", timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     driver = read_launch(out).job
-    wait_for(lambda: len(listed_jobs(out)) == 2 and all(squeue(j) == "RUNNING" for j in listed_jobs(out)), 300, "two running trial jobs")
+    try:
+        _requeue_the_driver(out, driver)
+    except BaseException:
+        subprocess.run(["scancel", driver, *listed_jobs(out)], capture_output=True)  # leave no sweep running behind
+        raise
+
     cancelled = hamsweep("cancel", str(out))
     assert cancelled.returncode == 0, cancelled.stderr
     trial_jobs = sorted(listed_jobs(out), key=int)
@@ -116,6 +130,21 @@ def test_cancel_of_a_detached_sweep_leaves_no_job(slurm, tmp_path):
     assert launch.cancelled and launch.trial_jobs == trial_jobs
     shown = hamsweep("status", str(out))
     assert "cancelled" in shown.stdout and f"SLURM job {driver} CANCELLED" in shown.stdout
+    assert "trial jobs: 0 running, 0 queued, 4 ended" in shown.stdout
+
+
+def _requeue_the_driver(out: Path, driver: str) -> None:
+    wait_for(lambda: len(listed_jobs(out)) == 2 and snapshotted_epochs(out) >= 2, 300, "two trial jobs with checkpointed epochs")
+    first = sorted(listed_jobs(out), key=int)
+    # submitit's checkpoint path (a time limit or a preemption): the driver stops its trial jobs, requeues,
+    # and its rerun restarts each trial from Tune's checkpoint in a new job
+    subprocess.run(["scancel", "--signal=USR2", driver], check=True)
+    release_requeued(driver)
+    wait_for(lambda: len(listed_jobs(out)) == 4 and all(squeue(j) == "RUNNING" for j in listed_jobs(out) if j not in first),
+             300, "the trials' new jobs")
+    assert set(sacct_states(first).values()) == {"CANCELLED"}
+    assert sorted(listed_jobs(out).values()) == [0, 0, 1, 1]
+    assert any((out / "ray" / "work" / f"{n:05d}" / "checkpoint" / "last.pt").is_file() for n in (0, 1))  # restored, not from scratch
 
 
 @pytest.mark.parametrize(
@@ -136,3 +165,20 @@ def test_bad_input_fails_in_one_line_before_submitting(slurm, tmp_path, fields, 
     assert key in proc.stderr and hint in proc.stderr
     assert job_ids() == before
     assert not (tmp_path / "shared").exists()
+
+
+@pytest.mark.parametrize("which", ["trial", "driver"])
+def test_sbatch_scripts_of_the_documented_profile_in_mode_jobs_are_pinned(which):
+    """The sbatch files of a trial job (cifar100's resources) and of the detached driver, for
+    cluster/slurm.yaml in mode jobs. After a deliberate change, regenerate them with
+    HAMSWEEP_GOLDEN=update and review the diff."""
+    profile = load_profile(REPO / "cluster" / "slurm.yaml").model_copy(update={"mode": "jobs", "nodes": 1})
+    spec = load_spec(REPO / "search_spaces" / "cifar100.yaml")
+    folder = Path("/shared/runs/cifar100-20261126-120000/slurm")
+    job = trial_profile(profile, spec) if which == "trial" else driver_profile(profile)
+    ex = executor(job, folder, "hamsweep-cifar100-20261126-120000" + ("-7" if which == "trial" else ""))
+    text = ex._executor._make_submission_file_text(f"python -u -m submitit.core._submit {folder}", "uid")
+    golden = Path(__file__).parent / "golden" / f"slurm_jobs_{which}.sbatch"
+    if os.environ.get("HAMSWEEP_GOLDEN") == "update":
+        golden.write_text(text)
+    assert text == golden.read_text()

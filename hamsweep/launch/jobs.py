@@ -11,15 +11,20 @@ Files, all in the sweep folder (seen by the login node and every compute node):
     slurm/trial_states.json           SLURM's state of every trial job, written by the driver
     ray/work/<number>/checkpoint/     Tune's checkpoint the trial continues from (the proxy restores it)
     ray/work/<number>/jobs/<job>/     the job's own folder: checkpoint/ it trains in, results/<seq>.json
-                                      its messages, copies/<seq>/ each message's checkpoint, done at the end
+                                      its messages, copies/<seq>/ their checkpoints, done at the end
+                                      (interrupted instead, when SLURM's USR2 came first)
 
 A job writes each message after its checkpoint copy is complete, atomically (temporary file +
 rename). The proxy reports the message to Tune with the copy as the checkpoint (Ray has copied it
-into the trial's folder when ``tune.report`` returns), then deletes the copy. SLURM is asked once
-per ``POLL_S`` about all trial jobs together, by the driver; a proxy whose job has ended without
-``done`` raises, and Tune restarts the trial from its last checkpoint in a new job (``FailureConfig``).
-Trial jobs are never requeued (a time limit or a preemption ends them): every restart is Tune's, so
-the messages in a job's folder come from one run of it.
+into the trial's folder when ``tune.report`` returns) and keeps only the newest copy. SLURM is asked
+once per ``POLL_S`` about all trial jobs together, by the driver. A job that ends without ``done``:
+- after its time limit or a preemption (USR2 from SLURM, TIMEOUT, PREEMPTED, NODE_FAIL): the proxy
+  submits a new job from the newest copy, up to the profile's ``max_requeues`` times; the trial
+  goes on, no failure is counted;
+- otherwise (it crashed, someone cancelled it): the proxy raises, and Tune restarts the trial from
+  its last checkpoint in a new job (``FailureConfig``).
+Trial jobs are never requeued by SLURM or submitit, so the messages in a job's folder come from one
+run of it.
 """
 
 from __future__ import annotations
@@ -38,18 +43,21 @@ import submitit
 
 from hamsweep.errors import JobFailed
 from hamsweep.keys import NUMBER
-from hamsweep.launch.slurm import ACTIVE, JOBS_DIR, executor, job_states, scancel
+from hamsweep.launch.slurm import ACTIVE, JOBS_DIR, cancel_and_wait, executor, job_states, scancel
 from hamsweep.rundir import atomic_write_text
 from hamsweep.spec import SweepSpec, validate
 from hamsweep.spec.cluster import SlurmProfile
 
-__all__ = ["POLL_S", "JobsDriver", "TrialJob", "TrialJobs", "driver_profile", "listed_jobs", "proxy", "read_states", "trial_profile"]
+__all__ = ["POLL_S", "JobsDriver", "TrialJob", "TrialJobs", "driver_profile", "listed_jobs", "proxy", "read_states", "settle",
+           "trial_profile", "write_states"]
 
 POLL_S = 5.0  # seconds between the driver's SLURM polls (one squeue + one sacct for every trial job)
 PROXY_CPU = 0.01  # CPUs a proxy reserves in the driver's Ray: it waits on files, the job does the work
 _WATCH_S = 0.5  # a proxy looks for its job's next message this often (one stat in the sweep folder)
+_CLOSE_WAIT_S = 10  # at the driver's end, how long its last trial jobs may take to leave the queue
 TRIALS, STATES = "trials", "trial_states.json"  # under slurm/: the trial job records, SLURM's states of them
-RESULTS, COPIES, DONE = "results", "copies", "done"  # in a job's folder
+RESULTS, COPIES, DONE, INTERRUPTED = "results", "copies", "done", "interrupted"  # in a job's folder
+_INTERRUPTED = ("TIMEOUT", "PREEMPTED", "NODE_FAIL")  # job ends that are no fault of the trial's
 
 
 def listed_jobs(out: Path, known: dict[str, int] | None = None) -> dict[str, int]:
@@ -71,6 +79,20 @@ def read_states(out: Path) -> dict[str, str]:
         return json.loads((out / JOBS_DIR / STATES).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def write_states(out: Path, states: dict[str, str]) -> None:
+    (out / JOBS_DIR).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / JOBS_DIR / STATES, json.dumps(states))
+
+
+def settle(out: Path) -> list[str]:
+    """After the driver has gone (``hamsweep cancel``): cancel every trial job of ``out`` still
+    queued or running, wait until SLURM has none of them left, and write their final states."""
+    jobs = sorted(listed_jobs(out), key=int)
+    cancel_and_wait(jobs)
+    write_states(out, {job: state for job, (state, _) in job_states(jobs).items()})
+    return jobs
 
 
 def _job_folder(out: Path, number: int, job: str) -> Path:
@@ -114,8 +136,7 @@ class TrialJobs:
         asked = [j for j in self.jobs if self.states.get(j) in (None, *ACTIVE)]
         for job, (state, _) in job_states(asked).items():
             self.states[job] = state
-        (self.out / JOBS_DIR).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out / JOBS_DIR / STATES, json.dumps(self.states))
+        write_states(self.out, self.states)
 
     def stop(self, number: int | None) -> None:
         """Trial ``number`` ended early (ASHA, an error) or restarts: cancel its jobs not known to have
@@ -125,43 +146,62 @@ class TrialJobs:
 
     def close(self) -> None:
         """The driver is ending (finished, Ctrl-C, an error): cancel every trial job still running
-        that has not finished its trial (a finished one is only exiting: it stays COMPLETED)."""
+        that has not finished its trial (a finished one is only exiting: it stays COMPLETED), then
+        give them a few seconds to leave the queue, so that the states file ends true."""
         self.poll(force=True)
-        running = [j for j, n in self.jobs.items() if self.states.get(j, "PENDING") in ACTIVE]
+        running = [j for j in self.jobs if self.states.get(j, "PENDING") in ACTIVE]
         scancel([j for j in running if not (_job_folder(self.out, self.jobs[j], j) / DONE).exists()])
+        deadline = time.monotonic() + _CLOSE_WAIT_S
+        while any(self.states.get(j, "PENDING") in ACTIVE for j in running) and time.monotonic() < deadline:
+            time.sleep(1)
+            self.poll(force=True)
 
 
 # ---- the proxy: Tune's trainable in the driver ----
 def proxy(config: dict[str, Any], spec_data: dict[str, Any], experiment: str, profile_data: dict[str, Any]) -> None:
     """One trial in mode jobs: restore Tune's checkpoint into the trial's work folder, submit the
-    trial's job, then report its messages to Tune until it is done (see the module docstring)."""
+    trial's job, then report its messages to Tune until it is done (see the module docstring). A job
+    interrupted by its time limit or a preemption is followed by a new one from the last reported
+    checkpoint, up to ``max_requeues`` times: not a failure of the trial."""
     from ray import tune
 
     from hamsweep.trial import restore_checkpoint, sweep_trial_config, work_dir
 
     out, number = Path(experiment).parent, config[NUMBER]
-    restore_checkpoint(work_dir(Path(experiment), number), tune.get_checkpoint())
+    work = work_dir(Path(experiment), number)
+    restore_checkpoint(work, tune.get_checkpoint())
     spec, profile = validate(SweepSpec, spec_data), validate(SlurmProfile, profile_data)
-    job = _submit(out, profile, spec, config, tune.get_context().get_trial_id())
-    relay = _Relay(out, job, _job_folder(out, number, job), epochs=sweep_trial_config(spec, config).train.epochs)
+    epochs, trial = sweep_trial_config(spec, config).train.epochs, tune.get_context().get_trial_id()
+    relay: _Relay | None = None
     try:
-        relay.run()
+        for _ in range(profile.max_requeues + 1):
+            if relay is not None:
+                relay.hand_over(work / "checkpoint")
+            job = _submit(out, profile, spec, config, trial)
+            relay = _Relay(out, job, _job_folder(out, number, job), epochs=epochs)
+            relay.run()
+            if not relay.interrupted:
+                return
+        raise JobFailed(f"trial {number}'s jobs were interrupted {profile.max_requeues + 1} times (max_requeues: {profile.max_requeues})")
     finally:
-        if not relay.over:  # Tune stopped the trial early (ASHA), or this proxy failed: the job must not train on
-            scancel([job])
+        if relay is not None and not relay.over and not relay.interrupted:  # Tune stopped the trial early (ASHA), or this proxy failed
+            scancel([relay.job])
 
 
 def trial_profile(profile: SlurmProfile, spec: SweepSpec) -> SlurmProfile:
-    """The profile of one trial's job: one node with the spec's per-trial CPUs and whole GPUs, never requeued."""
+    """The profile of one trial's job: one node's worth of the spec's per-trial CPUs and whole GPUs,
+    the trial's share of the node's memory (by GPUs or CPUs, whichever is larger), never requeued."""
     r = spec.resources
+    cpus, gpus = max(1, math.ceil(r.cpu)), math.ceil(r.gpu)
+    share = max(cpus / profile.cpus_per_task, gpus / profile.gpus_per_node if profile.gpus_per_node else 0.0)
     return profile.model_copy(update={
-        "nodes": 1, "cpus_per_task": max(1, math.ceil(r.cpu)), "gpus_per_node": math.ceil(r.gpu), "max_requeues": 0,
+        "nodes": 1, "cpus_per_task": cpus, "gpus_per_node": gpus, "max_requeues": 0,
+        "mem_gb": None if profile.mem_gb is None else math.ceil(profile.mem_gb * share),
         "sbatch_extra": {**profile.sbatch_extra, "no_requeue": True},  # a node failure ends the job: Tune restarts the trial
     })
 
 
 def _submit(out: Path, profile: SlurmProfile, spec: SweepSpec, config: dict[str, Any], trial: str) -> str:
-
     number = config[NUMBER]
     ex = executor(trial_profile(profile, spec), out / JOBS_DIR, f"hamsweep-{out.name}-{number}")
     with _submission_env():
@@ -184,21 +224,31 @@ def _submission_env() -> Iterator[None]:
 
 
 class _Relay:
-    """Reports a job's messages to Tune in order until the job is done; raises if it ends before."""
+    """Reports a job's messages to Tune in order until the job is done; raises if it ends before,
+    unless a time limit or a preemption ended it (``interrupted``)."""
 
     def __init__(self, out: Path, job: str, folder: Path, *, epochs: int) -> None:
         self.out, self.job, self.folder, self.epochs = out, job, folder, epochs
         self.seq = 1
         self.over = False  # the job has nothing left to train: done, its last epoch reported, or diverged
+        self.interrupted = False  # the job ended early through no fault of the trial's
+        self.last_copy: Path | None = None  # the checkpoint Tune got last: where a next job starts
 
     def run(self) -> None:
         while not (self.folder / DONE).exists() or self._next().is_file():
             if self._next().is_file():
                 self._report(json.loads(self._next().read_text()))
+            elif self._ended():
+                return
             else:
-                self._check_alive()
                 time.sleep(_WATCH_S)
         self.over = True
+
+    def hand_over(self, start: Path) -> None:
+        """Make the last checkpoint Tune got the start of the trial's next job (none yet: ``start`` stays)."""
+        if self.last_copy is not None:
+            shutil.rmtree(start, ignore_errors=True)
+            os.replace(self.last_copy, start)
 
     def _next(self) -> Path:
         return self.folder / RESULTS / f"{self.seq:06d}.json"
@@ -211,17 +261,23 @@ class _Relay:
         # when Tune ends the trial at this result (its last epoch), report() does not return
         self.over = result.get("epoch", 0) >= self.epochs or "failed" in result
         tune_report(result, copy)
-        if copy is not None:  # Ray holds its own copy now
-            shutil.rmtree(copy, ignore_errors=True)
+        if copy is not None:  # Ray holds its own copy now: keep only the newest one, for a next job
+            if self.last_copy is not None:
+                shutil.rmtree(self.last_copy, ignore_errors=True)
+            self.last_copy = copy
         self.seq += 1
 
-    def _check_alive(self) -> None:
+    def _ended(self) -> bool:
+        """Whether the job has ended without finishing: interrupted (True), or failed (raise)."""
         # a job writes its last message, then done, then ends: read in the other order
         state = read_states(self.out).get(self.job)
         if state is None or state in ACTIVE or (self.folder / DONE).exists() or self._next().is_file():
-            return
-        log = self.out / JOBS_DIR / f"{self.job}_0_log.err"
-        raise JobFailed(f"SLURM job {self.job} ended {state} before its trial finished (its log: {log})")
+            return False
+        self.interrupted = state in _INTERRUPTED or (self.folder / INTERRUPTED).exists()
+        if not self.interrupted:
+            log = self.out / JOBS_DIR / f"{self.job}_0_log.err"
+            raise JobFailed(f"SLURM job {self.job} ended {state} before its trial finished (its log: {log})")
+        return True
 
 
 # ---- the trial's job ----
@@ -249,8 +305,11 @@ class TrialJob:
         atomic_write_text(folder / DONE, "")
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> None:
-        """submitit asks this on a time limit or a preemption: None = do not requeue (the job
-        ends; Tune restarts the trial from its last checkpoint in a new job)."""
+        """submitit calls this on USR2 (before the time limit, or a preemption): mark the folder
+        interrupted and return None, i.e. do not requeue: the job ends and its proxy submits a
+        new one from the last checkpoint it reported."""
+        job = str(submitit.JobEnvironment().job_id)
+        atomic_write_text(_job_folder(Path(self.out), self.config[NUMBER], job) / INTERRUPTED, "")
         return None
 
 

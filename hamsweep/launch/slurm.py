@@ -25,7 +25,7 @@ from hamsweep.spec.cluster import SlurmProfile, check_fits
 if TYPE_CHECKING:
     from hamsweep.launch.jobs import TrialJobs
 
-__all__ = ["ACTIVE", "JOBS_DIR", "SlurmLauncher", "executor", "job_states", "partitions", "scancel"]
+__all__ = ["ACTIVE", "JOBS_DIR", "SlurmLauncher", "cancel_and_wait", "executor", "job_states", "partitions", "scancel"]
 
 JOBS_DIR = "slurm"  # in the sweep folder: submitit's pickles and every job's stdout/stderr
 _CANCEL_WAIT_S = 120  # scancel'd jobs leave the queue after SLURM's KillWait (30 s by default)
@@ -147,12 +147,11 @@ class SlurmLauncher(Launcher):
 
         if launch.job is None and launch.pid is not None:  # mode jobs, attached: Ctrl-C the driver, wait for it
             LocalLauncher().cancel(launch, console)
-        _cancel_and_wait([j for j in [launch.job, *launch.trial_jobs] if j])
+        cancel_and_wait([j for j in [launch.job, *launch.trial_jobs] if j])
         if launch.mode == "jobs" and launch.out is not None:
-            from hamsweep.launch.jobs import listed_jobs
+            from hamsweep.launch.jobs import settle
 
-            launch.trial_jobs = sorted(listed_jobs(Path(launch.out)), key=int)
-            _cancel_and_wait(launch.trial_jobs)
+            launch.trial_jobs = settle(Path(launch.out))
 
     def log(self, launch: Launch) -> Path | None:
         return None if launch.out is None else Path(launch.out) / JOBS_DIR / f"{launch.job}_0_log.err"
@@ -163,7 +162,8 @@ class SlurmLauncher(Launcher):
         return self.profile
 
 
-def _cancel_and_wait(ids: list[str]) -> None:
+def cancel_and_wait(ids: list[str]) -> None:
+    """scancel ``ids`` and wait (up to ``_CANCEL_WAIT_S``) until none of them is in the queue."""
     if not ids:
         return
     proc = _slurm("scancel", *ids)

@@ -45,7 +45,7 @@ class SlurmProfile(_Frozen):
     nodes: int = 1  # nodes of the allocation (mode: ray); a trial job always takes one
     gpus_per_node: int = 0  # GPUs per node (--gpus-per-node); trials get resources.gpu of them
     cpus_per_task: int = 8  # CPU cores per node (one task per node)
-    mem_gb: float | None = None  # memory per node in GB; None = the partition's default
+    mem_gb: float | None = None  # memory per node in GB (mode jobs: a trial job asks its share); None = the partition's default
     timeout_min: int = 24 * 60  # wall-clock limit of each job, in minutes; a requeued job resumes
     setup: tuple[str, ...] = ()  # shell lines run first in every job, e.g. "module load cuda/12.4"
     sbatch_extra: dict[str, str] = {}  # any other sbatch option, e.g. {mail-type: END}
