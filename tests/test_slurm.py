@@ -5,6 +5,7 @@ and by `scontrol requeue` (SIGTERM, a restart from scratch), cancel, fake GPUs, 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -63,8 +64,9 @@ def release_requeued(job: str) -> None:
 
 
 def job_ids() -> set[str]:
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID", "-S", "now-1days"], capture_output=True, text=True).stdout
-    return set(out.split())
+    """Every job slurmctld knows now: at once, unlike sacct, where a job can show up seconds later."""
+    out = subprocess.run(["scontrol", "-o", "show", "jobs"], capture_output=True, text=True).stdout
+    return set(re.findall(r"^JobId=(\d+)", out, flags=re.M))
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +209,7 @@ def test_bad_profiles_fail_in_one_line_before_submitting(slurm, tmp_path, fields
     proc = subprocess.run([HAMSWEEP, "run", str(spec), "--cluster", str(prof)], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert key in proc.stderr and hint in proc.stderr
-    assert job_ids() == before
+    assert job_ids() <= before  # no new job (old ones may age out of slurmctld meanwhile)
     assert not (tmp_path / "shared").exists()
 
 

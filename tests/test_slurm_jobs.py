@@ -163,7 +163,7 @@ def test_bad_input_fails_in_one_line_before_submitting(slurm, tmp_path, fields, 
     proc = subprocess.run([HAMSWEEP, "run", str(spec), "--cluster", str(prof), "--detach"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert key in proc.stderr and hint in proc.stderr
-    assert job_ids() == before
+    assert job_ids() <= before  # no new job
     assert not (tmp_path / "shared").exists()
 
 
