@@ -69,15 +69,18 @@ def job_ids() -> set[str]:
     return set(re.findall(r"^JobId=(\d+)", out, flags=re.M))
 
 
-@pytest.fixture(scope="module")
-def gpu_sweep(slurm, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+def attached_gpu_sweep(root: Path, gpus: int, timeout: float, **profile: object) -> tuple[Path, subprocess.CompletedProcess]:
     """The tiny sweep, attached, on the gpu partition: each trial takes one of the node's fake GPUs."""
-    root = tmp_path_factory.mktemp("slurm")
     spec = write_spec(root / "tiny.yaml", resources={"cpu": 1, "gpu": 1})
-    prof = write_profile(root / "prof.yaml", partition="gpu", gpus_per_node=slurm.gpus)
-    proc = hamsweep("run", str(spec), "--cluster", str(prof), "--out", str(root / "out"), timeout=800)
+    prof = write_profile(root / "prof.yaml", partition="gpu", gpus_per_node=gpus, **profile)
+    proc = hamsweep("run", str(spec), "--cluster", str(prof), "--out", str(root / "out"), timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root / "out", proc
+
+
+@pytest.fixture(scope="module")
+def gpu_sweep(slurm, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    return attached_gpu_sweep(tmp_path_factory.mktemp("slurm"), slurm.gpus, 800)
 
 
 def test_mode_ray_sweep_has_the_shape_of_a_local_one(gpu_sweep):

@@ -19,7 +19,7 @@ from hamsweep.recorder import param_types
 from hamsweep.spec import load_spec
 from hamsweep.spec.cluster import load_profile
 from conftest import HAMSWEEP, REPO, hamsweep, snapshotted_epochs, wait_for, write_spec
-from test_slurm import job_ids, release_requeued, squeue, write_profile
+from test_slurm import attached_gpu_sweep, job_ids, release_requeued, squeue, write_profile
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -35,13 +35,8 @@ def jobs_profile(path: Path, **fields: object) -> Path:
 
 @pytest.fixture(scope="module")
 def jobs_sweep(slurm, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    """The tiny sweep (5 trials, ASHA), attached, on the gpu partition: each trial job takes one fake GPU."""
-    root = tmp_path_factory.mktemp("jobs")
-    spec = write_spec(root / "tiny.yaml", resources={"cpu": 1, "gpu": 1})
-    prof = jobs_profile(root / "prof.yaml", partition="gpu", gpus_per_node=slurm.gpus)
-    proc = hamsweep("run", str(spec), "--cluster", str(prof), "--out", str(root / "out"), timeout=500)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return root / "out", proc
+    """The tiny sweep (5 trials, ASHA) in mode jobs: each trial job takes one fake GPU."""
+    return attached_gpu_sweep(tmp_path_factory.mktemp("jobs"), slurm.gpus, 500, mode="jobs")
 
 
 def test_mode_jobs_sweep_has_the_shape_of_a_local_one(jobs_sweep, slurm):
