@@ -30,7 +30,7 @@ from hamsweep.data import Dataset, DeviceLoader, load
 from hamsweep.errors import DivergenceError, SpecError
 from hamsweep.evaluation import CLEAN, EvalCounts, evaluate
 from hamsweep.spec import TrialConfig, config_diff
-from hamsweep.spec.trial import objective_summary
+from hamsweep.spec.trial import objective_summary, warmup_part
 
 __all__ = ["EpochRecord", "Tally", "Trainer", "last_record", "lr_at", "run"]
 
@@ -112,7 +112,7 @@ def last_record(checkpoint_dir: Path) -> EpochRecord | None:
 class Trainer:
     """Holds one trial's state; ``epochs()`` yields a record per epoch and checkpoints each."""
 
-    def __init__(self, cfg: TrialConfig, workdir: Path, dataset: Dataset | None = None) -> None:
+    def __init__(self, cfg: TrialConfig, workdir: Path, dataset: Dataset | None = None, fork: Path | None = None) -> None:
         self.cfg = cfg
         self.device = pick_device(cfg.train.device)
         self.data = dataset if dataset is not None else load(cfg.data)
@@ -133,22 +133,45 @@ class Trainer:
         )
         self.start_epoch = 0
         self.best = -math.inf  # best validation `eval.select_by` so far
-        self._resume()
+        self._resume(fork)
 
     # ---- checkpoints ----
-    def _resume(self) -> None:
+    def _resume(self, fork: Path | None) -> None:
+        """Continue from this trial's own checkpoint; without one, from ``fork`` when given."""
         path = self.ckpt_dir / LAST
         if not path.is_file():
+            if fork is not None:
+                self._fork(Path(fork))
             return
         # states load on the CPU; load_state_dict copies them onto the model's device
         state = torch.load(path, map_location="cpu", weights_only=False)
         if diff := config_diff(state["config"], self.cfg):
             raise SpecError(str(path), f"was written by another config (differs in {', '.join(diff)}); use a new folder")
+        self._load(state)
+        self.best = state["best"]
+
+    def _fork(self, folder: Path) -> None:
+        """Start after the warm-up from a trunk's checkpoint of epoch ``ham.warmup_epochs``: the state
+        this trial's own warm-up would have reached, bit for bit, since every key the warm-up depends
+        on is the same (checked here). The best epoch so far stays the trunk's only when a warm-up
+        epoch may be the best (``ham.select_after_warmup: false``); then its best.pt comes along."""
+        state = torch.load(folder / LAST, map_location="cpu", weights_only=False)
+        saved, mine = warmup_part(TrialConfig.model_validate(state["config"])), warmup_part(self.cfg)
+        if diff := [k for k in mine if saved.get(k) != mine[k]]:
+            raise SpecError(str(folder), f"is the warm-up of another config (differs in {', '.join(diff)}); it cannot be forked")
+        if state["epoch"] != self.cfg.ham.warmup_epochs:
+            raise SpecError(str(folder), f"holds epoch {state['epoch']}, not ham.warmup_epochs ({self.cfg.ham.warmup_epochs})")
+        self._load(state)
+        if not self.cfg.ham.select_after_warmup and (folder / BEST).is_file():
+            self.best = state["best"]
+            _atomic_save(torch.load(folder / BEST, map_location="cpu", weights_only=False), self.ckpt_dir / BEST)
+
+    def _load(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        self.start_epoch, self.best = state["epoch"], state["best"]
+        self.start_epoch = state["epoch"]
 
     def _checkpoint(self, epoch: int, record: EpochRecord) -> None:
         """Everything needed to continue exactly after ``epoch`` (epochs completed), atomically."""
@@ -167,7 +190,7 @@ class Trainer:
 
     def _save_best(self, record: EpochRecord) -> None:
         robust = record.val_robust()
-        if robust is None:
+        if robust is None or not self.cfg.selectable(record.epoch):
             return
         e = self.cfg.eval
         summary = robust.summary(e.cvar_fraction)
@@ -335,13 +358,15 @@ def run(
     report: Report | None = None,
     on_batch: OnBatch | None = None,
     dataset: Dataset | None = None,
+    fork: Path | None = None,
 ) -> list[EpochRecord]:
-    """Train one trial to the end (resuming from ``workdir/checkpoint`` if present).
+    """Train one trial to the end (resuming from ``workdir/checkpoint`` if present, else starting
+    from the trunk checkpoint folder ``fork`` after the warm-up, see ``Trainer._fork``).
 
     ``report(record, checkpoint_dir)`` is called after each epoch, once its checkpoint is on disk.
     Returns the records of the epochs this call ran.
     """
-    trainer = Trainer(cfg, workdir, dataset)
+    trainer = Trainer(cfg, workdir, dataset, fork)
     records = []
     for record in trainer.epochs(on_batch):
         if report:

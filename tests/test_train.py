@@ -138,3 +138,58 @@ def test_a_checkpoint_is_not_resumed_under_another_config(tmp_path, dataset):
     run(tiny_config(train={"epochs": 1}), workdir=tmp_path, dataset=dataset)
     with pytest.raises(SpecError, match=r"last\.pt: was written by another config \(differs in train\.lr\)"):
         Trainer(tiny_config(train={"epochs": 1, "lr": 0.2}), tmp_path, dataset)
+
+
+def _pgd_at(cfg, **ham):
+    """``cfg`` as a PGD-AT run (a trunk): method pgd_at, and HAM knobs that a warm-up never reads."""
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"method": "pgd_at"}),
+                                  "ham": cfg.ham.model_copy(update=ham)})
+
+
+def _trunk_snapshot(cfg, workdir, epoch, dataset):
+    """Run ``cfg`` to the end, keeping a copy of its checkpoint folder after ``epoch``."""
+    import shutil
+
+    snap = workdir / f"epoch-{epoch}"
+
+    def keep(record, ckpt):
+        if record.epoch == epoch:
+            shutil.copytree(ckpt, snap)
+
+    run(cfg, workdir=workdir, report=keep, dataset=dataset)
+    return snap
+
+
+@pytest.mark.parametrize("select_after_warmup", [True, False])
+def test_a_fork_from_a_pgd_at_trunk_equals_the_trial_trained_from_scratch(tmp_path, dataset, select_after_warmup):
+    cfg = tiny_config(train={"epochs": 4}, ham={"warmup_epochs": 2, "keep_easy_fraction": 0.3, "temperature": 1.0,
+                                                 "select_after_warmup": select_after_warmup})
+    scratch = run(cfg, workdir=tmp_path / "scratch", dataset=dataset)
+    trunk = _pgd_at(cfg, drop_step=3, keep_easy_fraction=0.0, warmup_epochs=0)  # HAM knobs do not matter to a trunk
+    snap = _trunk_snapshot(trunk, tmp_path / "trunk", 2, dataset)
+    forked = run(cfg, workdir=tmp_path / "fork", fork=snap, dataset=dataset)
+    assert [r.epoch for r in forked] == [3, 4] and [r.phase for r in forked] == ["ham", "ham"]
+    for a, b in zip(scratch[2:], forked):
+        a, b = a.to_dict(), b.to_dict()
+        for timing in ("seconds", "images_per_s"):
+            a.pop(timing), b.pop(timing)
+        assert a == b  # every per-class count, the loss, the hard fraction
+    final = [torch.load(tmp_path / w / "checkpoint/last.pt", weights_only=False) for w in ("scratch", "fork")]
+    assert _states_equal(final[0]["model"], final[1]["model"])
+    assert _states_equal(final[0]["optimizer"]["state"][0], final[1]["optimizer"]["state"][0])
+    assert torch.equal(final[0]["generator"], final[1]["generator"]) and final[0]["best"] == final[1]["best"]
+    best = [torch.load(tmp_path / w / "checkpoint/best.pt", weights_only=False) for w in ("scratch", "fork")]
+    assert best[0]["epoch"] == best[1]["epoch"] and _states_equal(best[0]["model"], best[1]["model"])
+    if select_after_warmup:
+        assert best[0]["epoch"] > 2  # a HAM trial is represented by a HAM epoch, not a PGD-AT one
+
+
+def test_a_fork_is_refused_when_the_warmup_would_differ(tmp_path, dataset):
+    cfg = tiny_config(train={"epochs": 3}, ham={"warmup_epochs": 1})
+    other_lr = _pgd_at(cfg).model_copy(update={"train": cfg.train.model_copy(update={"method": "pgd_at", "lr": 0.01})})
+    snap = _trunk_snapshot(other_lr, tmp_path / "trunk", 1, dataset)
+    with pytest.raises(SpecError, match=r"warm-up of another config \(differs in train\.lr\)"):
+        run(cfg, workdir=tmp_path / "fork", fork=snap, dataset=dataset)
+    late = _trunk_snapshot(_pgd_at(cfg), tmp_path / "trunk2", 2, dataset)
+    with pytest.raises(SpecError, match=r"holds epoch 2, not ham.warmup_epochs \(1\)"):
+        run(cfg, workdir=tmp_path / "fork2", fork=late, dataset=dataset)

@@ -91,6 +91,9 @@ class SearchConfig(_Frozen):
     num_samples: int = 8  # trials in the sweep
     max_concurrent: int = 1  # trials running at once
     start_with_defaults: bool = True  # the first trial runs every default (the paper's setting)
+    # HAM trials fork from one PGD-AT run per distinct warm-up config (a trunk, which is also the
+    # sweep's PGD-AT baseline) instead of each repeating its warm-up; false = every trial from scratch
+    share_warmup: bool = True
     params: dict[str, Distribution] = {}  # 'section.field' -> distribution with its default
 
     @model_validator(mode="after")

@@ -101,6 +101,9 @@ class HamConfig(_Frozen):
     keep_easy_fraction: float = 0.0  # rho in [0,1]: share of easy AEs kept anyway, drawn at random
     temperature: float | None = None  # w ~ exp(-kappa / T) over kept AEs; None = uniform weights
     loss_normalization: Literal["kept", "batch"] = "kept"  # average the loss over kept AEs or the whole batch
+    # best.pt and the trial's best objective come from HAM epochs only (after the warm-up), so that a
+    # HAM trial is never represented by a PGD-AT epoch; false lets a warm-up epoch win
+    select_after_warmup: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> HamConfig:
@@ -163,8 +166,38 @@ class TrialConfig(_Frozen):
             )
         return self
 
+    def selectable(self, epoch: int) -> bool:
+        """Can 1-based ``epoch`` be this trial's best (``best.pt``, its best objective)? A HAM trial's
+        best is one of its HAM epochs (``ham.select_after_warmup``), unless the warm-up is the whole run."""
+        h = self.ham
+        if self.train.method != "ham" or not h.select_after_warmup or h.warmup_epochs >= self.train.epochs:
+            return True
+        return epoch > h.warmup_epochs
+
 
 TRIAL_SECTIONS = tuple(TrialConfig.model_fields)
+
+# What cannot change a HAM trial's warm-up epochs (plain PGD-AT, epochs 1..ham.warmup_epochs): the
+# method (the warm-up is PGD-AT whatever it is), TRADES' beta, and every HAM knob (read only after
+# the warm-up; ``warmup_epochs`` itself only says where the warm-up ends). Everything else does:
+# data (and the validation split), the model, the optimizer and its schedule (``lr_milestones`` are
+# fractions of ``train.epochs``), the attack, the seed, precision and device, and ``eval`` (each
+# warm-up epoch's per-class validation counts, and the best epoch so far, are part of the warm-up).
+WARMUP_FREE_KEYS = ("train.method", "train.trades_beta", *(f"ham.{k}" for k in HamConfig.model_fields))
+
+
+def warmup_part(cfg: TrialConfig) -> dict[str, Any]:
+    """The keys of ``cfg`` that its warm-up epochs depend on ('section.field' -> value)."""
+    return {k: v for k, v in flat(cfg).items() if k not in WARMUP_FREE_KEYS}
+
+
+def warmup_key(cfg: TrialConfig) -> str:
+    """A short id of ``warmup_part(cfg)``: trials with the same key have bit-identical warm-ups."""
+    import hashlib
+    import json
+
+    text = json.dumps(warmup_part(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def config_keys() -> dict[str, type[_Frozen]]:
