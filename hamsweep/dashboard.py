@@ -51,6 +51,9 @@ class TrialView:
     stop_reason: str | None = None  # e.g. "ASHA at epoch 2", "diverged: train loss is nan at epoch 3, batch 4"
     gpu_seconds: float = 0.0  # GPU time spent, in seconds (GPUs held x wall time)
     wall_seconds: float = 0.0  # wall time since the trial started, in seconds
+    role: str = "search"  # search | trunk (a shared PGD-AT warm-up, run to the end: the PGD-AT baseline)
+    trunk: str | None = None  # a fork's trunk (its trial id)
+    forked_at: int | None = None  # the trunk epoch a fork started from (its warm-up)
 
 
 @dataclass
@@ -66,6 +69,7 @@ class SweepState:
     gpu_hours_budget: float | None = None  # in GPU-hours; None = no budget
     wall_hours_budget: float | None = None  # in hours of wall time; None = no budget
     sampler_best: tuple[int, float, dict[str, Any]] | None = None  # Optuna's current best: (number, value, params)
+    waiting: list[tuple[str, int]] = field(default_factory=list)  # proposals waiting for a trunk epoch: (trunk, epoch)
 
     def counts(self) -> dict[str, int]:
         """status -> number of trials, every status present (0 if none)."""

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from hamsweep import results
 from hamsweep.errors import SpecError
+from hamsweep.keys import SEARCH, TRUNK
 from hamsweep.results import CLASSES, param_column
 from hamsweep.spec import OBJECTIVES, SweepSpec
 from hamsweep.spec.trial import objective_summary
@@ -23,17 +24,22 @@ from hamsweep.spec.trial import objective_summary
 __all__ = ["evaluate_top", "results_table", "top_trials"]
 
 
-def top_trials(out: Path, k: int, by: str = "worst_robust", *, completed_only: bool = False) -> list[dict[str, Any]]:
-    """The ``k`` best trials by the highest validation ``by`` over their epochs, best first."""
+def top_trials(out: Path, k: int, by: str = "worst_robust", *, completed_only: bool = False, role: str = SEARCH) -> list[dict[str, Any]]:
+    """The ``k`` best trials of ``role`` (search trials; ``trunk``: the PGD-AT baselines) by the
+    highest validation ``by`` over their selectable epochs, best first."""
     if by not in OBJECTIVES:
         raise SpecError("--by", f"unknown metric {by!r}; valid metrics are {', '.join(OBJECTIVES)}")
     if results.TRIALS not in results.tables(out):
         raise SpecError(str(out), "holds no trials yet; pass a sweep folder")
     con = results.connect(out)
-    where = "WHERE t.status = 'completed'" if completed_only else ""
+    has_role = "role" in {r[0] for r in con.execute("DESCRIBE trials").fetchall()}  # folders from before trunks have none
+    conditions = ["t.status = 'completed'"] if completed_only else []
+    conditions += [f"coalesce(t.role, '{SEARCH}') = '{role}'"] if has_role else []
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     column = f"robust_{objective_summary(by)}"
     sql = f"""
-        WITH v AS (SELECT trial, max({column}) AS value FROM epochs GROUP BY trial),
+        WITH v AS (SELECT trial, coalesce(max({column}) FILTER (WHERE phase = 'ham'), max({column})) AS value
+                   FROM epochs GROUP BY trial),
              b AS (SELECT e.trial, e.robust_worst, e.robust_mean, e.clean_mean FROM epochs e JOIN trials t
                    ON e.trial = t.trial AND e.epoch = t.best_epoch),
              x AS (SELECT trial, min(correct / n) AS test_worst, avg(correct / n) AS test_mean FROM classes
@@ -48,15 +54,19 @@ def results_table(out: Path, spec: SweepSpec, top: int = 10, by: str | None = No
     """The best trials with their parameters and summary metrics (validation; test where evaluated)."""
     by = by or spec.objective.primary
     rows = top_trials(out, top, by)
-    table = Table(title=f"{spec.name}: best {len(rows)} trials by validation {by}", title_justify="left")
+    baselines = top_trials(out, top, by, role=TRUNK)
+    title = f"{spec.name}: best {len(rows)} trials by validation {by}" + (", and the PGD-AT baseline" if baselines else "")
+    table = Table(title=title, title_justify="left")
     keys = list(spec.search.params)
     for col in ("#", "trial", "status", "epochs", *[k.split(".")[-1] for k in keys], by, "worst", "mean", "clean", "test worst", "test mean"):
         table.add_column(col, justify="left" if col in ("trial", "status") else "right")
-    for r in rows:
-        params = [_fmt(r.get(param_column(k)), k) for k in keys]
+    for r in rows + baselines:
+        # a trunk has only its warm-up keys: the HAM knobs do not apply to PGD-AT
+        params = [_fmt(r.get(param_column(k)), k) if r.get("role") != TRUNK or r.get(param_column(k)) is not None else "" for k in keys]
         table.add_row(
-            str(r["number"]), r["trial"], r["status"], f"{r['epochs_run']}/{r['epochs']}", *params, _pct(r["value"]),
-            _pct(r["robust_worst"]), _pct(r["robust_mean"]), _pct(r["clean_mean"]), _pct(r["test_worst"]), _pct(r["test_mean"]),
+            "PGD-AT" if r.get("role") == TRUNK else str(r["number"]), r["trial"], r["status"], f"{r['epochs_run']}/{r['epochs']}",
+            *params, _pct(r["value"]), _pct(r["robust_worst"]), _pct(r["robust_mean"]), _pct(r["clean_mean"]),
+            _pct(r["test_worst"]), _pct(r["test_mean"]), end_section=r is (rows[-1] if rows else None) and bool(baselines),
         )
     return table
 
@@ -72,9 +82,11 @@ def _fmt(x: Any, key: str) -> str:
 
 
 def evaluate_top(out: Path, spec: SweepSpec, k: int, *, autoattack: bool = False, console: Console | None = None) -> int:
-    """Evaluate the top-``k`` completed trials' best checkpoints on the test split; returns how many."""
+    """Evaluate the top-``k`` completed trials' best checkpoints on the test split, and the PGD-AT
+    baselines (the trunks run to the end) beside them; returns how many."""
     console = console or Console()
     rows = top_trials(out, k, spec.objective.primary, completed_only=True)
+    rows += top_trials(out, k, spec.objective.primary, completed_only=True, role=TRUNK)
     if not rows:
         console.print("final evaluation: no completed trial to evaluate", highlight=False)
         return 0
@@ -83,7 +95,8 @@ def evaluate_top(out: Path, spec: SweepSpec, k: int, *, autoattack: bool = False
         evals, epoch, names = _evaluate(out, spec, row, autoattack)
         writer.append(CLASSES, results.eval_rows(row["trial"], epoch, evals, names))
         worst = min(c / n for e in evals if e.attack != "clean" for n, c in zip(e.n, e.correct) if n)
-        console.print(f"final evaluation: trial {row['trial']} (#{row['number']}) test worst-class robust {100 * worst:.1f}%", highlight=False)
+        name = "PGD-AT baseline" if row.get("role") == TRUNK else f"#{row['number']}"
+        console.print(f"final evaluation: trial {row['trial']} ({name}) test worst-class robust {100 * worst:.1f}%", highlight=False)
     return len(rows)
 
 
@@ -94,7 +107,12 @@ def _evaluate(out: Path, spec: SweepSpec, row: dict[str, Any], autoattack: bool)
     from hamsweep.evaluation import evaluate
     from hamsweep.train import BEST, pick_device
 
-    cfg = spec.trial_config({k: row[param_column(k)] for k in spec.search.params})
+    from hamsweep.trunk import trunk_config
+
+    if row.get("role") == TRUNK:
+        cfg = trunk_config(spec, {k: row[param_column(k)] for k in spec.search.params if row.get(param_column(k)) is not None})
+    else:
+        cfg = spec.trial_config({k: row[param_column(k)] for k in spec.search.params})
     path = Path(out) / (row["checkpoint"] or "-") / BEST
     if not row["checkpoint"] or not path.is_file():
         raise SpecError(str(out), f"trial {row['trial']} has no best checkpoint ({path}); it cannot be evaluated")

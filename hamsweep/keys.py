@@ -3,11 +3,27 @@ Recorder. Ray-free on purpose: a SLURM trial job (mode jobs) builds results with
 
 from __future__ import annotations
 
-__all__ = ["BEST", "NUMBER", "OBJECTIVE", "best_key"]
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["BEST", "FORK", "NUMBER", "OBJECTIVE", "ROLE", "SEARCH", "TRUNK", "best_key", "role", "trial_params"]
 
 OBJECTIVE = "objective"  # result key: the primary objective of the latest evaluated epoch
 BEST = "best_objective"  # result key: the primary objective at the trial's best epoch
-NUMBER = "optuna_trial"  # config key the space adds: the Optuna trial number
+NUMBER = "optuna_trial"  # config key the space adds: the Optuna trial number (a trunk: -1, -2, ...)
+ROLE = "role"  # config key: what the trial is for, SEARCH when absent
+FORK = "fork"  # config key the searcher adds: the trunk key a HAM trial starts from after its warm-up
+SEARCH, TRUNK = "search", "trunk"  # roles: a trial proposed by the sampler; a shared PGD-AT warm-up (the baseline)
+_MARKERS = (NUMBER, ROLE, FORK)
+
+
+def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's config from Ray without the keys above: its 'section.field' values only."""
+    return {k: v for k, v in config.items() if k not in _MARKERS}
+
+
+def role(config: Mapping[str, Any]) -> str:
+    return config.get(ROLE, SEARCH)
 
 
 def best_key(metric: str) -> str:

@@ -23,8 +23,10 @@ from hamsweep import results
 from hamsweep.dashboard import STATE_FILE, SweepState, TrialView, state_to_json
 from hamsweep.rundir import atomic_write_text
 from hamsweep.results import CLASSES, EPOCHS, TRIALS, BufferedWriter, PartWriter, param_column
+from hamsweep.keys import FORK, SEARCH, TRUNK, role, trial_params
 from hamsweep.search import BEST, NUMBER, OBJECTIVE, full_epochs
 from hamsweep.spec import Distribution, SweepSpec
+from hamsweep.trunk import plan
 
 if TYPE_CHECKING:
     from hamsweep.sweep import TrialJobs
@@ -88,6 +90,9 @@ class Recorder(tune.Callback, tune.Stopper):
             now=time.time(), gpu_hours_budget=spec.budget.gpu_hours, wall_hours_budget=spec.budget.wall_hours,
         )
         self.clocks: dict[str, _Clock] = {}
+        self.plan = plan(spec)
+        self.trunk_ids: dict[str, str] = {}  # trunk key -> the Tune trial id training it
+        self.fork_keys: dict[str, str] = {}  # a fork's trial id -> its trunk's key
         self.failed: dict[str, str] = {}  # trial id -> reason reported by the trainable
         self.budget_hit: str | None = None
         self.tune_trials: set[str] = set()  # the trial ids Tune knows, set when the experiment ends
@@ -126,7 +131,10 @@ class Recorder(tune.Callback, tune.Stopper):
                 trial=row["trial"], params=params, epochs=row["epochs"], number=row["number"], status=row["status"],
                 epoch=row["epochs_run"], objective=row["last_objective"], best_objective=row["best_objective"],
                 best_epoch=row["best_epoch"], stop_reason=row["stop_reason"],
+                role=row.get("role") or SEARCH, trunk=row.get("trunk"), forked_at=row.get("forked_at"),
             )
+            if view.role == TRUNK and row.get("trunk_key"):
+                self.trunk_ids[row["trunk_key"]] = view.trial
             if view.status == "running":
                 view.status = "pending"  # until Tune resumes it
             self.state.trials[view.trial] = view
@@ -141,11 +149,27 @@ class Recorder(tune.Callback, tune.Stopper):
     def _view(self, trial: Any) -> TrialView:
         tid = trial.trial_id
         if tid not in self.state.trials:
-            params = {k: v for k, v in trial.config.items() if k != NUMBER}
-            self.state.trials[tid] = TrialView(trial=tid, params=params, epochs=self.full, number=trial.config.get(NUMBER))
+            self.state.trials[tid] = self._new_view(tid, trial.config)
         if tid not in self.clocks:
             self.clocks[tid] = _Clock(started=time.time())
         return self.state.trials[tid]
+
+    def _new_view(self, tid: str, config: dict[str, Any]) -> TrialView:
+        """A trunk (the PGD-AT baseline, to its last epoch, no Optuna number) or a search trial (a fork
+        starts after its warm-up)."""
+        params = trial_params(config)
+        if role(config) == TRUNK:
+            self.trunk_ids[self.plan.trunks[-1 - config[NUMBER]].key] = tid
+            return TrialView(trial=tid, params=params, epochs=self.spec.train.epochs, role=TRUNK)
+        view = TrialView(trial=tid, params=params, epochs=self.full, number=config.get(NUMBER))
+        if config.get(FORK):
+            self.fork_keys[tid] = config[FORK]
+            view.forked_at = self.spec.search_trial_config(params).ham.warmup_epochs
+        return view
+
+    def set_waiting(self, waiting: list[tuple[str, int]]) -> None:
+        """The searcher's deferred proposals: (trunk key, the warm-up epoch each waits for)."""
+        self.state.waiting = [(self.trunk_ids.get(key, key), epoch) for key, epoch in waiting]
 
     def _running(self, trial: Any) -> TrialView:
         view, clock = self._view(trial), self.clocks[trial.trial_id]
@@ -215,11 +239,11 @@ class Recorder(tune.Callback, tune.Stopper):
         view = self._view(trial)
         if trial.trial_id in self.failed:
             self._finish(view, "failed", self.failed[trial.trial_id])
-        elif view.epoch < self.full:
+        elif view.epoch < view.epochs:
             self._stop_work(trial)
             self._finish(view, "stopped", self.budget_hit or f"ASHA at epoch {view.epoch}")
         else:
-            self._finish(view, "completed", f"ran all {self.full} epochs")
+            self._finish(view, "completed", f"ran all {view.epochs} epochs")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._stop_work(trial)
@@ -292,10 +316,14 @@ class Recorder(tune.Callback, tune.Stopper):
         view, clock = self.state.trials[tid], self.clocks[tid]
         now = time.time()
         seconds = clock.seconds(now)
+        if tid in self.fork_keys:
+            view.trunk = self.trunk_ids.get(self.fork_keys[tid], view.trunk)
         row = {
+            "role": view.role, "trunk": view.trunk, "forked_at": view.forked_at,
+            "trunk_key": next((k for k, t in self.trunk_ids.items() if t == tid), None),
             "trial": tid, "number": view.number, "status": view.status, "stop_reason": view.stop_reason,
             "objective": self.spec.objective.primary, "best_objective": view.best_objective, "best_epoch": view.best_epoch,
-            "last_objective": view.objective, "epochs_run": view.epoch, "epochs": self.full, "restarts": clock.restarts,
+            "last_objective": view.objective, "epochs_run": view.epoch, "epochs": view.epochs, "restarts": clock.restarts,
             "resumed_from": clock.resumed_from,
             "gpu_seconds": seconds * self.spec.resources.gpu, "wall_seconds": seconds,
             "started": _utc(clock.started), "ended": _utc(clock.ended) if clock.ended else None, "checkpoint": clock.checkpoint,
@@ -333,7 +361,7 @@ class Recorder(tune.Callback, tune.Stopper):
     def unfinished(self) -> int:
         """Trials not ended yet, counting those the sampler has not proposed."""
         ended = sum(v.status in ("completed", "stopped", "failed") for v in self.state.trials.values())
-        return self.spec.search.num_samples - ended
+        return self.spec.search.num_samples + len(self.plan.trunks) - ended
 
     # ---- tune.Stopper: the budget ----
     def __call__(self, trial_id: str, result: dict) -> bool:

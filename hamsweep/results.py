@@ -90,7 +90,11 @@ CLASS_SCHEMA = pa.schema(
 TRIAL_SCHEMA = pa.schema(
     [
         ("trial", pa.string()),  # Ray Tune's trial id
-        ("number", pa.int32()),  # Optuna's trial number
+        ("number", pa.int32()),  # Optuna's trial number (null for a trunk)
+        ("role", pa.string()),  # search | trunk (a shared PGD-AT warm-up run to the end: the PGD-AT baseline)
+        ("trunk", pa.string()),  # a fork's trunk: the trial whose epochs 1..forked_at it continues
+        ("forked_at", pa.int32()),  # the epoch a fork started from (its warm-up); null: trained from scratch
+        ("trunk_key", pa.string()),  # a trunk's warm-up key: its checkpoints are in trunks/<trunk_key>/
         ("status", pa.string()),  # running | completed | stopped (ASHA, budget) | failed
         ("stop_reason", pa.string()),
         ("objective", pa.string()),  # the metric name, e.g. worst_robust (validation split)
@@ -237,9 +241,20 @@ def tables(root: Path) -> list[str]:
     return [t for t in SCHEMAS if _has_parts(root, t)]
 
 
+# A fork's own rows start after its warm-up; its first ``forked_at`` epochs are its trunk's rows
+# (stored once). These views give every trial its whole history, inherited epochs marked.
+TRIAL_VIEWS = {
+    "trial_epochs": EPOCHS,  # every epoch of every trial, a fork's warm-up (its trunk's rows) included
+    "trial_classes": CLASSES,  # the same for the per-class rows
+}
+_HISTORY_SQL = """SELECT t.trial, x.* EXCLUDE (trial), x.trial <> t.trial AS inherited
+FROM trials t JOIN {table} x ON x.trial = t.trial OR (x.trial = t.trunk AND x.epoch <= t.forked_at)"""
+
+
 def connect(root: Path) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with one deduplicated view per table under ``root``; a table with no
-    rows yet (a sweep whose trials all failed at once) is an empty view with its columns."""
+    """An in-memory DuckDB with one deduplicated view per table under ``root`` and the views of
+    ``TRIAL_VIEWS``; a table with no rows yet (a sweep whose trials all failed at once) is an empty
+    view with its columns."""
     import duckdb
 
     con = duckdb.connect()
@@ -249,6 +264,10 @@ def connect(root: Path) -> duckdb.DuckDBPyConnection:
             con.execute(f"CREATE VIEW {table} AS {_dedup_sql(root, table)}")
         else:
             con.register(table, SCHEMAS[table].empty_table())
+    columns = {r[0] for r in con.execute("DESCRIBE trials").fetchall()}
+    if {"trunk", "forked_at"} <= columns:  # a folder from before shared warm-ups has no forks
+        for view, table in TRIAL_VIEWS.items():
+            con.execute(f"CREATE VIEW {view} AS {_HISTORY_SQL.format(table=table)}")
     return con
 
 

@@ -18,8 +18,9 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from hamsweep.errors import SpecError
-from hamsweep.keys import BEST, NUMBER, OBJECTIVE, best_key
+from hamsweep.keys import BEST, FORK, NUMBER, OBJECTIVE, ROLE, TRUNK, best_key, role, trial_params
 from hamsweep.spec import Distribution, SweepSpec, flat
+from hamsweep.trunk import Plan, Trunk, plan, ready_epochs
 
 if TYPE_CHECKING:
     import optuna
@@ -132,14 +133,88 @@ class Searcher(OptunaSearch):
       Tune's snapshot can be older than the journal, and Tune re-runs such a trial;
     - on restore, Optuna trials left RUNNING by the crashed driver that Tune does not know are
       marked FAIL, so they do not stay RUNNING forever in the study.
+
+    With shared warm-ups (``trunk.plan``) it first hands Tune each trunk (role ``trunk``, numbered
+    -1, -2, ...: not an Optuna trial), then proposals. A HAM proposal whose trunk has not reached
+    its warm-up epoch yet is **deferred**, not started: it would hold a GPU idle. Deferred
+    proposals start as soon as their epoch is there, before any new one is asked for; while they
+    wait, new proposals are asked for (up to ``max_concurrent`` waiting, never more than
+    ``num_samples`` in all), so that one whose epoch is there can run. A proposal whose trunk ended
+    without its epoch (it failed) trains its own warm-up.
     """
 
-    def __init__(self, *args: Any, full_epochs: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, full_epochs: int, spec: SweepSpec | None = None, folder: Path | None = None,
+                 **kwargs: Any) -> None:
         self.full_epochs = full_epochs
         self._last_step: dict[str, int] = {}  # trial id -> the last epoch reported to Optuna
+        self.spec, self.folder = spec, folder
+        self.plan: Plan = plan(spec) if spec is not None else Plan(reason="no spec")
+        self._trunk_trials: dict[str, Trunk] = {}  # Tune trial id -> the trunk it trains
+        self._trunks_ended: set[str] = set()  # keys of trunks whose trial ended (finished or failed)
+        self._deferred: list[tuple[Any, dict[str, Any]]] = []  # (Optuna trial, config) waiting for a trunk epoch
+        self.waiting_sink: Any = None  # called with [(trunk key, epoch)] whenever the deferred proposals change
         super().__init__(*args, **kwargs)
         if self._ot_study is not None:
             self._check_directions()
+
+    # ---- proposals, trunks first ----
+    def suggest(self, trial_id: str) -> dict | None:
+        started = {t.key for t in self._trunk_trials.values()}
+        if trunk := next((t for t in self.plan.trunks if t.key not in started), None):
+            self._trunk_trials[trial_id] = trunk
+            return {ROLE: TRUNK, NUMBER: -1 - trunk.index, **trunk.params}
+        config = self._release_deferred(trial_id)
+        if config is None and self._may_ask():
+            config = self._ask(trial_id)
+        self._tell_waiting()
+        return config
+
+    def _release_deferred(self, trial_id: str) -> dict | None:
+        for i, (ot_trial, config) in enumerate(self._deferred):
+            if (ready := self._release(config)) is not None:
+                del self._deferred[i]
+                self._ot_trials[trial_id] = ot_trial
+                return ready
+        return None
+
+    def _may_ask(self) -> bool:
+        proposed = len(self._ot_trials) + len(self._deferred)
+        limit = self.spec.search.max_concurrent if self.spec is not None else 1
+        return len(self._deferred) < limit and (self.spec is None or proposed < self.spec.search.num_samples)
+
+    def _ask(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if not isinstance(config, dict):
+            return config
+        ready = self._release(config)
+        if ready is None:
+            self._deferred.append((self._ot_trials.pop(trial_id), config))
+        return ready
+
+    def _release(self, config: dict[str, Any]) -> dict[str, Any] | None:
+        """``config`` as it starts now (forking from its trunk), or None while its trunk epoch is not there."""
+        if self.spec is None or not self.plan.shared:
+            return config
+        cfg = self.spec.search_trial_config(trial_params(config))
+        trunk = self.plan.trunk_of(cfg)
+        if trunk is None or trunk.key in self._trunks_ended and not self._ready(trunk.key, cfg.ham.warmup_epochs):
+            return config  # trains from scratch: no trunk of its warm-up, or that trunk failed before
+        if self._ready(trunk.key, cfg.ham.warmup_epochs):
+            return {**config, FORK: trunk.key}
+        return None
+
+    def _ready(self, key: str, epoch: int) -> bool:
+        return epoch in ready_epochs(self.folder, key)  # type: ignore[arg-type]
+
+    def _tell_waiting(self) -> None:
+        if self.waiting_sink is None or self.spec is None:
+            return
+        waiting = []
+        for _, config in self._deferred:
+            cfg = self.spec.search_trial_config(trial_params(config))
+            if (trunk := self.plan.trunk_of(cfg)) is not None:
+                waiting.append((trunk.key, cfg.ham.warmup_epochs))
+        self.waiting_sink(waiting)
 
     def _check_directions(self) -> None:
         import optuna
@@ -167,6 +242,9 @@ class Searcher(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         import optuna
 
+        if trial_id in self._trunk_trials:
+            self._trunks_ended.add(self._trunk_trials[trial_id].key)  # proposals still waiting for it train their own warm-up
+            return
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         if result:
@@ -196,7 +274,7 @@ class Searcher(OptunaSearch):
     def _fail_orphans(self) -> None:
         from optuna.trial import TrialState
 
-        known = {t.number for t in self._ot_trials.values()}
+        known = {t.number for t in [*self._ot_trials.values(), *(d[0] for d in self._deferred)]}
         for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.number not in known:
                 self._ot_study.tell(t.number, state=TrialState.FAIL)
@@ -219,6 +297,8 @@ def make_searcher(spec: SweepSpec, folder: Path) -> Searcher:
         study_name=spec.name,
         storage=journal_storage(journal),
         full_epochs=full_epochs(spec),
+        spec=spec,
+        folder=Path(folder),
     )
     if not fresh:  # a driver killed before Tune's first snapshot: nothing it proposed will run
         searcher._fail_orphans()
@@ -230,12 +310,35 @@ def full_epochs(spec: SweepSpec) -> int:
     return spec.scheduler.max_epochs or spec.train.epochs
 
 
+class Asha(ASHAScheduler):
+    """ASHA over the search trials only: a trunk is the PGD-AT baseline and runs to its last epoch,
+    never compared at a rung. Rungs count epochs of the full schedule (a fork's first result is
+    epoch ``warmup_epochs + 1``), so a fork meets the same rungs as the trial trained from scratch."""
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        if role(trial.config) != TRUNK:
+            super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if trial.trial_id not in self._trial_info:
+            return self.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        if trial.trial_id in self._trial_info:
+            super().on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        if trial.trial_id in self._trial_info:
+            super().on_trial_remove(tune_controller, trial)
+
+
 def make_scheduler(spec: SweepSpec) -> ASHAScheduler | None:
     """ASHA on the epoch counter, comparing the primary objective; None for ``scheduler: none``."""
     s = spec.scheduler
     if s.name == "none":
         return None
-    return ASHAScheduler(
+    return Asha(
         time_attr="epoch", metric=OBJECTIVE, mode="max", max_t=full_epochs(spec),
         grace_period=s.grace_period, reduction_factor=s.reduction_factor,
     )

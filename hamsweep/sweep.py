@@ -236,11 +236,14 @@ def _tuner(spec: SweepSpec, out: Path, trainable: Any, recorder: Any) -> Any:
     from hamsweep import trial
     from hamsweep.search import make_scheduler, make_searcher
 
-    searcher = ConcurrencyLimiter(make_searcher(spec, out), max_concurrent=spec.search.max_concurrent)
+    optuna_search = make_searcher(spec, out)
+    optuna_search.waiting_sink = recorder.set_waiting  # the dashboard shows proposals waiting for a trunk epoch
+    searcher = ConcurrencyLimiter(optuna_search, max_concurrent=spec.search.max_concurrent)
+    trials = spec.search.num_samples + len(optuna_search.plan.trunks)  # Tune counts the trunks as trials
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=make_scheduler(spec), num_samples=spec.search.num_samples, reuse_actors=True,
+            search_alg=searcher, scheduler=make_scheduler(spec), num_samples=trials, reuse_actors=True,
             trial_dirname_creator=trial.trial_dirname, trial_name_creator=trial.trial_dirname,
         ),
         run_config=tune.RunConfig(

@@ -24,9 +24,9 @@ from typing import Any
 
 from hamsweep.errors import DivergenceError
 from hamsweep.rundir import atomic_write_text
-from hamsweep.keys import BEST, NUMBER, OBJECTIVE, best_key
+from hamsweep.keys import BEST, FORK, NUMBER, OBJECTIVE, TRUNK, best_key, role, trial_params
 from hamsweep.spec import SweepSpec, TrialConfig
-from hamsweep.spec.trial import objective_summary
+from hamsweep.spec.trial import objective_summary, warmup_key
 
 __all__ = ["HISTORY", "WORKER_PID", "Emit", "prune_checkpoints", "restore_checkpoint", "result_metrics", "sweep_trial_config",
            "train_trial", "trainable", "trial_dirname", "tune_report", "work_dir"]
@@ -38,11 +38,13 @@ _DATASETS: dict[str, Any] = {}  # per worker process: a reused actor loads each 
 
 
 def sweep_trial_config(spec: SweepSpec, config: Mapping[str, Any]) -> TrialConfig:
-    """The trial's config: the spec, then Ray's sampled values. The test split is left alone
-    during the search: only ``final_eval`` touches it, after the search, for the top trials."""
-    params = {k: v for k, v in config.items() if k != NUMBER}
-    cfg = spec.trial_config(params)
-    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"test": False})})
+    """The trial's config: the spec, then Ray's sampled values (a trunk: PGD-AT, ``trunk.trunk_config``).
+    The test split is left alone during the search: only ``final_eval`` touches it, after the search."""
+    if role(config) == TRUNK:
+        from hamsweep.trunk import trunk_config
+
+        return trunk_config(spec, trial_params(config))
+    return spec.search_trial_config(trial_params(config))
 
 
 class _Best:
@@ -68,7 +70,8 @@ def result_metrics(record: Any, cfg: TrialConfig, metrics: tuple[str, ...], best
     if robust is not None:
         summary = robust.summary(cfg.eval.cvar_fraction)
         values = {m: summary[objective_summary(m)] for m in metrics}
-        best.update(record.epoch, values)
+        if cfg.selectable(record.epoch):  # a HAM trial's best is a HAM epoch (ham.select_after_warmup)
+            best.update(record.epoch, values)
         last = values[metrics[0]]
         clean = next((e for e in record.evals if e.split == "val" and e.attack != robust.attack), None)
         out.update(robust_mean=summary["mean"], clean_mean=clean.summary(cfg.eval.cvar_fraction)["mean"] if clean else None)
@@ -104,28 +107,50 @@ def trainable(config: dict[str, Any], spec_data: dict[str, Any], experiment: str
     work = work_dir(Path(experiment), config[NUMBER])
     restore_checkpoint(work, tune.get_checkpoint())
     (work / WORKER_PID).write_text(str(os.getpid()))
-    train_trial(spec, config, work, cpus=cpus, emit=tune_report)
+    train_trial(spec, config, work, out=Path(experiment).parent, cpus=cpus, emit=tune_report)
 
 
-def train_trial(spec: SweepSpec, config: Mapping[str, Any], work: Path, *, cpus: float, emit: Emit) -> None:
+def train_trial(spec: SweepSpec, config: Mapping[str, Any], work: Path, *, out: Path, cpus: float, emit: Emit) -> None:
     """Train one trial in ``work`` (continuing from ``work/checkpoint`` when there is one) and send
-    each result to ``emit``: ``tune_report`` in a Ray worker, files in a SLURM trial job."""
+    each result to ``emit``: ``tune_report`` in a Ray worker, files in a SLURM trial job. ``out``
+    is the sweep folder: a trunk keeps its checkpoints for forks there, a fork starts from one."""
     import torch
 
     from hamsweep import train
+    from hamsweep import trunk as trunks
 
     torch.set_num_threads(max(1, int(cpus)))  # more threads than reserved cores slows every trial
     cfg = sweep_trial_config(spec, config)
     dataset = _dataset(cfg)
-    reporter = _Reporter(cfg, spec.objective.metrics, dataset.classes, work / "checkpoint", emit)
+    fork = trunks.epoch_dir(out, config[FORK], cfg.ham.warmup_epochs) if config.get(FORK) else None
+    if fork is not None and not fork.is_dir():
+        raise FileNotFoundError(f"trunk checkpoint {fork} is missing: the trial cannot fork from it")
+    if role(config) == TRUNK:
+        emit = _keeping_trunk_epochs(emit, out, warmup_key(cfg), trunks.plan(spec).fork_epochs)
+    inherited = json.loads((fork / HISTORY).read_text()) if fork is not None and (fork / HISTORY).is_file() else []
+    reporter = _Reporter(cfg, spec.objective.metrics, dataset.classes, work / "checkpoint", emit, inherited=inherited)
     try:
-        train.run(cfg, workdir=work, report=reporter, dataset=dataset)
+        train.run(cfg, workdir=work, report=reporter, dataset=dataset, fork=fork)
     except DivergenceError as err:
         # deterministic: a restart would diverge again, so the trial ends here as failed
         emit(reporter.failure(f"diverged: {err}"), None)
         return
     if reporter.backfill:  # restored at its last epoch: nothing left to train, but report once
         reporter.repeat_last()
+
+
+def _keeping_trunk_epochs(emit: Emit, out: Path, key: str, epochs: tuple[int, ...]) -> Emit:
+    """A trunk's ``emit``: first copy the checkpoint of each epoch a fork may start from (see ``trunk``)."""
+    from hamsweep import trunk
+
+    wanted = set(epochs)
+
+    def keep_then_emit(result: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        if checkpoint_dir is not None and result.get("epoch") in wanted:
+            trunk.snapshot(checkpoint_dir, trunk.epoch_dir(out, key, result["epoch"]))
+        emit(result, checkpoint_dir)
+
+    return keep_then_emit
 
 
 def tune_report(result: dict[str, Any], checkpoint_dir: Path | None) -> None:
@@ -144,9 +169,12 @@ def _where() -> dict[str, str]:
 class _Reporter:
     """``train.run``'s ``report`` under Tune. Every epoch's record also goes into ``history.json``
     in the checkpoint folder: a trial restarted from its checkpoint sends that history with its
-    first result, so the driver rewrites any row a killed driver had not flushed yet."""
+    first result, so the driver rewrites any row a killed driver had not flushed yet. A fork's
+    ``inherited`` epochs (its trunk's, up to the warm-up) count for its objective and best exactly
+    as its own warm-up would have, but are never reported as its own: the trunk's rows hold them."""
 
-    def __init__(self, cfg: TrialConfig, metrics: tuple[str, ...], classes: Any, ckpt_dir: Path, emit: Emit) -> None:
+    def __init__(self, cfg: TrialConfig, metrics: tuple[str, ...], classes: Any, ckpt_dir: Path, emit: Emit,
+                 inherited: list[dict[str, Any]] | None = None) -> None:
         from hamsweep.train import EpochRecord
 
         self.cfg, self.metrics, self.classes, self.emit = cfg, metrics, list(classes), emit
@@ -154,7 +182,8 @@ class _Reporter:
         path = ckpt_dir / HISTORY
         self.history: list[dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else []
         self.backfill = list(self.history)
-        for rec in self.history:  # rebuild the best epoch and the last objective
+        own = {rec["epoch"] for rec in self.history}
+        for rec in [r for r in inherited or () if r["epoch"] not in own] + self.history:  # rebuild the best epoch and the last objective
             self.last = result_metrics(EpochRecord.from_dict(rec), cfg, metrics, self.best, self.last)[OBJECTIVE]
 
     def __call__(self, record: Any, ckpt_dir: Path) -> None:

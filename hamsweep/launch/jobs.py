@@ -301,7 +301,7 @@ class TrialJob:
             _link_tree(start, folder / "checkpoint")
         spec = validate(SweepSpec, self.spec_data)
         messages = _Messages(folder)
-        train_trial(spec, self.config, folder, cpus=spec.resources.cpu, emit=messages)
+        train_trial(spec, self.config, folder, out=Path(self.out), cpus=spec.resources.cpu, emit=messages)
         atomic_write_text(folder / DONE, "")
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> None:

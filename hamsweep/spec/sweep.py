@@ -285,6 +285,12 @@ class SweepSpec(TrialConfig):
             assign(data, key, value)
         return validate(TrialConfig, data)
 
+    def search_trial_config(self, params: Mapping[str, Any]) -> TrialConfig:
+        """The config a trial of the search trains with: ``trial_config(params)`` with the test split
+        left alone (only the final evaluation touches it, after the search, for the top trials)."""
+        cfg = self.trial_config(params)
+        return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"test": False})})
+
 
 
 def load_spec(path: str | Path) -> SweepSpec:

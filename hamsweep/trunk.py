@@ -1,0 +1,132 @@
+"""Shared warm-ups: the trunks of a sweep, where their checkpoints live, and what sharing saves.
+
+Every HAM trial starts with ``ham.warmup_epochs`` epochs of plain PGD-AT, and trials whose
+warm-up config is the same (``spec.trial.warmup_part``) compute bit-identical warm-ups. A **trunk**
+is one PGD-AT run of such a config, trained as a trial of the sweep (role ``trunk``), to the last
+epoch: it is also the sweep's PGD-AT baseline. After each epoch a fork may start from, it keeps a
+copy of its checkpoint in ``trunks/<key>/epoch-NNNN/``; a HAM trial with warm-up ``w`` (a fork)
+starts from ``epoch-w`` and trains epochs ``w+1..`` only (``train.Trainer._fork``).
+
+A sweep has one trunk per combination of the searched warm-up keys' values: they must be
+``choice`` or ``int`` parameters (``train.lr: {choice: [0.05, 0.1]}`` makes two trunks). A key
+searched over a continuous range gives every trial a warm-up of its own: nothing is shared, and
+``plan`` says why.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hamsweep.spec import SweepSpec, TrialConfig
+from hamsweep.spec.trial import WARMUP_FREE_KEYS, warmup_key
+
+__all__ = ["TRUNKS", "Plan", "Trunk", "epoch_dir", "plan", "ready_epochs", "snapshot"]
+
+TRUNKS = "trunks"  # in the sweep folder: trunks/<key>/epoch-NNNN/{last.pt, best.pt, history.json}
+MAX_TRUNKS = 16  # more combinations than this share too little to be worth a full PGD-AT run each
+_FILES = ("last.pt", "best.pt", "history.json")  # what a fork needs of a trunk's checkpoint folder
+
+
+@dataclass(frozen=True)
+class Trunk:
+    """One shared warm-up: the searched warm-up keys' values, and the key of the config they give."""
+
+    key: str  # ``spec.trial.warmup_key`` of its config
+    params: dict[str, Any]  # searched warm-up keys -> this trunk's value
+    index: int  # 0, 1, ...: its place in the plan
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The trunks of a sweep and the epochs forks may start from; empty with ``reason`` when nothing is shared."""
+
+    trunks: tuple[Trunk, ...] = ()
+    fork_epochs: tuple[int, ...] = ()  # values of ham.warmup_epochs a trial may have (1..epochs-1)
+    reason: str | None = None  # why nothing is shared
+    by_key: dict[str, Trunk] = field(default_factory=dict)
+
+    @property
+    def shared(self) -> bool:
+        return bool(self.trunks)
+
+    def trunk_of(self, cfg: TrialConfig) -> Trunk | None:
+        """The trunk a trial forks from, or None (not HAM, no warm-up, or a warm-up of its own)."""
+        w = cfg.ham.warmup_epochs
+        if not self.shared or cfg.train.method != "ham" or not 0 < w < cfg.train.epochs:
+            return None
+        return self.by_key.get(warmup_key(cfg))
+
+
+def trunk_config(spec: SweepSpec, params: dict[str, Any]) -> TrialConfig:
+    """A trunk's config: the search trial of ``params`` trained as PGD-AT to the last epoch."""
+    return spec.search_trial_config({**params, "train.method": "pgd_at"})
+
+
+def plan(spec: SweepSpec) -> Plan:
+    """Which trunks ``spec`` makes (see the module docstring)."""
+    params = spec.search.params
+    if not spec.search.share_warmup:
+        return Plan(reason="search.share_warmup is false")
+    methods = params["train.method"].choices if "train.method" in params else (spec.train.method,)
+    if "ham" not in (methods or ()):
+        return Plan(reason="no trial trains with HAM")
+    epochs = _values(spec, "ham.warmup_epochs")
+    fork_epochs = tuple(sorted({int(w) for w in epochs or () if 0 < int(w) < spec.train.epochs}))
+    if not fork_epochs:
+        return Plan(reason="no trial has a warm-up to share (ham.warmup_epochs is 0 or the whole run)")
+    searched = [k for k in params if k not in WARMUP_FREE_KEYS]
+    values = {k: _values(spec, k) for k in searched}
+    if continuous := [k for k, v in values.items() if v is None]:
+        kinds = ", ".join(f"{k} ({params[k].kind})" for k in continuous)
+        return Plan(reason=f"{kinds} is searched over a range, so each trial has a warm-up of its own; "
+                           "search it with choice (or int) to share")
+    combos = [dict(zip(values, c)) for c in itertools.product(*values.values())]
+    if len(combos) > MAX_TRUNKS:
+        return Plan(reason=f"the searched warm-up keys ({', '.join(searched)}) make {len(combos)} trunks (at most {MAX_TRUNKS})")
+    trunks = tuple(Trunk(warmup_key(trunk_config(spec, c)), c, i) for i, c in enumerate(combos))
+    return Plan(trunks, fork_epochs, by_key={t.key: t for t in trunks})
+
+
+def _values(spec: SweepSpec, key: str) -> tuple[Any, ...] | None:
+    """Every value ``key`` can take in the sweep; None for a continuous range (or a bound naming a key)."""
+    dist = spec.search.params.get(key)
+    if dist is None:
+        section, name = key.split(".")
+        return (getattr(getattr(spec, section), name),)
+    if dist.kind == "choice":
+        return tuple(dist.choices or ())
+    if dist.kind == "int" and not isinstance(dist.low, str) and not isinstance(dist.high, str):
+        return tuple(range(int(dist.low), int(dist.high) + 1, dist.step))  # type: ignore[arg-type]
+    return None
+
+
+# ---- the trunk store ----
+def epoch_dir(out: Path, key: str, epoch: int) -> Path:
+    """Where trunk ``key`` keeps its checkpoint after ``epoch`` for forks."""
+    return Path(out) / TRUNKS / key / f"epoch-{epoch:04d}"
+
+
+def snapshot(checkpoint_dir: Path, dest: Path) -> None:
+    """Copy a trunk's checkpoint folder to ``dest`` atomically (a folder renamed into place), once."""
+    if dest.is_dir():
+        return  # a restarted trunk reaches the same epoch again, with the same state
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in _FILES:
+        if (checkpoint_dir / name).is_file():
+            shutil.copy2(checkpoint_dir / name, tmp / name)
+    os.replace(tmp, dest)
+
+
+def ready_epochs(out: Path, key: str) -> set[int]:
+    """The epochs of trunk ``key`` that forks can start from now."""
+    folder = Path(out) / TRUNKS / key
+    if not folder.is_dir():
+        return set()
+    return {int(p.name.removeprefix("epoch-")) for p in folder.glob("epoch-*") if p.is_dir()}
