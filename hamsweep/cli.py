@@ -59,8 +59,26 @@ def validate(
         f"sweep: {s.search.num_samples} trials by {s.search.sampler}, {s.search.max_concurrent} at once, {sched}; "
         f"maximises validation {' + '.join(s.objective.metrics)}; {s.resources.cpu:g} CPU + {s.resources.gpu:g} GPU per trial"
     )
+    print(_sharing(s))
     if profile is not None:
         print(f"{cluster}: ok — {profile.describe()}")
+
+
+def _sharing(s: Any) -> str:
+    """What shared warm-ups make of the spec: its trunks, the disk they take, the predicted saving."""
+    from hamsweep.trunk import checkpoint_bytes, plan, predicted_cost
+
+    p, cost = plan(s), predicted_cost(s)
+    if not p.shared:
+        return f"shared warm-up: none ({p.reason}); about {cost.without:.0f} training epochs"
+    lo, hi = p.fork_epochs[0], p.fork_epochs[-1]
+    size = cost.checkpoints * checkpoint_bytes(s)
+    disk = f"{size / 1e9:.2g} GB" if size >= 1e9 else f"{size / 1e6:.2g} MB"
+    return (
+        f"shared warm-up: {len(p.trunks)} PGD-AT trunk{'s' if len(p.trunks) > 1 else ''} of {s.train.epochs} epochs "
+        f"(the PGD-AT baseline), forks from epochs {lo}..{hi}; {cost.checkpoints} trunk checkpoints, {disk}; "
+        f"predicted training epochs {cost.shared:.0f} instead of {cost.without:.0f} ({cost.ratio:.2f}x)"
+    )
 
 
 @app.command()

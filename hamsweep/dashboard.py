@@ -29,6 +29,8 @@ STATE_FILE = "state.json"  # in the sweep folder: the driver's last SweepState, 
 _STATUS_STYLE = {"pending": "dim", "running": "cyan", "completed": "green", "stopped": "yellow", "failed": "red"}
 _WEAKEST = 5  # classes shown as bars for the best trial
 _DASH = "—"
+TRUNK = "trunk"  # TrialView.role of a shared warm-up (hamsweep.keys.TRUNK; this module imports nothing of the project)
+_BASELINE = "PGD-AT"  # how a trunk is named in tables: it is the sweep's PGD-AT baseline
 
 
 @dataclass
@@ -72,9 +74,11 @@ class SweepState:
     waiting: list[tuple[str, int]] = field(default_factory=list)  # proposals waiting for a trunk epoch: (trunk, epoch)
 
     def counts(self) -> dict[str, int]:
-        """status -> number of trials, every status present (0 if none)."""
+        """status -> number of search trials (trunks apart), every status present (0 if none)."""
         out = dict.fromkeys(STATUSES, 0)
         for view in self.trials.values():
+            if view.role == TRUNK:
+                continue
             if view.status not in out:
                 raise ValueError(f"trial {view.trial}: status must be one of {', '.join(STATUSES)} but got {view.status!r}")
             out[view.status] += 1
@@ -85,7 +89,7 @@ class SweepState:
 
     def best(self) -> TrialView | None:
         """The trial with the highest best_objective (the first started on a tie); None if none has one."""
-        scored = [v for v in self.trials.values() if _score(v) is not None]
+        scored = [v for v in self.trials.values() if _score(v) is not None and v.role != TRUNK]
         return max(scored, key=lambda v: _score(v)) if scored else None
 
 
@@ -149,7 +153,7 @@ def _params_text(params: dict[str, Any]) -> str:
 def _header(state: SweepState) -> Panel:
     n = state.counts()
     # Tune creates trials lazily, so samples not created yet are pending too
-    pending = n["pending"] + max(state.num_samples - len(state.trials), 0)
+    pending = n["pending"] + max(state.num_samples - sum(n.values()), 0)
     trials = (
         f"trials: {n['running']} running, {n['completed']} done, {n['stopped']} stopped by ASHA, "
         f"{n['failed']} failed, {pending} pending, of {state.num_samples}"
@@ -160,7 +164,19 @@ def _header(state: SweepState) -> Panel:
     if state.wall_hours_budget is not None:
         cost += f"; wall-clock {_hms(state.now - state.started)} of budget {_hms(state.wall_hours_budget * 3600)}"
     top = Text.assemble(("sweep ", "bold"), (state.name, "bold"), f"   elapsed {_hms(state.now - state.started)}")
-    return Panel(Group(top, Text(trials), Text(cost)), title="hamsweep", title_align="left")
+    lines = [top, Text(trials), *(_trunk_line(state, v) for v in state.trials.values() if v.role == TRUNK), Text(cost)]
+    return Panel(Group(*lines), title="hamsweep", title_align="left")
+
+
+def _trunk_line(state: SweepState, trunk: TrialView) -> Text:
+    """A shared warm-up: how far it is, and the proposals waiting for its epochs."""
+    waiting = sorted(epoch for tid, epoch in state.waiting if tid == trunk.trial)
+    line = f"shared warm-up {trunk.trial} ({_BASELINE} baseline): epoch {trunk.epoch}/{trunk.epochs}, {trunk.status}"
+    forks = sum(v.trunk == trunk.trial for v in state.trials.values())
+    line += f"; {forks} trials forked from it"
+    if waiting:
+        line += f"; {len(waiting)} waiting for its epoch{'s' if len(waiting) > 1 else ''} {', '.join(map(str, waiting))}"
+    return Text(line)
 
 
 def _ordered(state: SweepState, max_rows: int) -> tuple[list[TrialView], int]:
@@ -169,6 +185,7 @@ def _ordered(state: SweepState, max_rows: int) -> tuple[list[TrialView], int]:
     finished = [v for v in views if v.status in _FINISHED]
     finished.sort(key=lambda v: (_score(v) is None, -(_score(v) or 0.0)))  # stable: ties keep start order
     rows = [v for v in views if v.status == "running"] + finished + [v for v in views if v.status == "pending"]
+    rows = [v for v in rows if v.role == TRUNK] + [v for v in rows if v.role != TRUNK]  # the baseline on top
     return rows[:max_rows], max(len(rows) - max_rows, 0)
 
 
@@ -181,13 +198,19 @@ def _trial_table(state: SweepState, rows: list[TrialView]) -> Table:
     table.add_column("status", no_wrap=True)
     table.add_column("reason", overflow="fold")
     for v in rows:
-        cells = [_DASH if v.number is None else str(v.number), v.trial]
+        cells = [_number(v), v.trial]
         cells += [_param(k, v.params.get(k)) if k in v.params else "" for k in keys]
         cells += [f"{v.epoch}/{v.epochs}", _num(v.objective), _num(v.best_objective)]
         cells += [_num(v.mean_robust), _num(v.clean_mean)]
         status = Text(v.status, style=_STATUS_STYLE.get(v.status, ""))
         table.add_row(*map(Text, cells), status, Text(v.stop_reason or ""))
     return table
+
+
+def _number(view: TrialView) -> str:
+    if view.role == TRUNK:
+        return _BASELINE
+    return _DASH if view.number is None else str(view.number)
 
 
 def _weakest(view: TrialView) -> Table:
@@ -252,10 +275,11 @@ def event_line(state: SweepState, view: TrialView, event: str) -> str:
     """One plain line (no markup) for a trial event, for logs when stdout is not a terminal."""
     if event not in EVENTS:
         raise ValueError(f"event must be one of {', '.join(EVENTS)} but got {event!r}")
-    number = "" if view.number is None else f" {view.number}"
+    number = f" {_BASELINE}" if view.role == TRUNK else "" if view.number is None else f" {view.number}"
     prefix = f"[{_hms(state.now - state.started)}] trial{number} {view.trial}"
     if event == "start":
-        return f"{prefix} start {_params_text(view.params)}".rstrip()
+        fork = f" (forks {view.trunk or 'its trunk'} after epoch {view.forked_at})" if view.forked_at else ""
+        return f"{prefix} start {_params_text(view.params)}{fork}".rstrip()
     line = f"{prefix} {_metrics(state, view)} {view.status if event == 'epoch' else event}"
     if event in ("stopped", "failed"):
         line += f": {view.stop_reason or 'no reason given'}"

@@ -164,6 +164,7 @@ class Recorder(tune.Callback, tune.Stopper):
         view = TrialView(trial=tid, params=params, epochs=self.full, number=config.get(NUMBER))
         if config.get(FORK):
             self.fork_keys[tid] = config[FORK]
+            view.trunk = self.trunk_ids.get(config[FORK])
             view.forked_at = self.spec.search_trial_config(params).ham.warmup_epochs
         return view
 

@@ -130,3 +130,55 @@ def ready_epochs(out: Path, key: str) -> set[int]:
     if not folder.is_dir():
         return set()
     return {int(p.name.removeprefix("epoch-")) for p in folder.glob("epoch-*") if p.is_dir()}
+
+
+# ---- what sharing saves (printed by `hamsweep validate`, checked by bench/sweep_cost.py) ----
+@dataclass(frozen=True)
+class Cost:
+    """Predicted training epochs of a sweep's trials, with and without shared warm-ups."""
+
+    without: float  # expected epochs of all search trials, each from scratch
+    shared: float  # the trunks' epochs plus the search trials' epochs after their warm-up
+    checkpoints: int  # trunk checkpoints kept for forks (every trunk, every fork epoch)
+
+    @property
+    def ratio(self) -> float:
+        return self.shared / self.without if self.without else 1.0
+
+
+def predicted_cost(spec: SweepSpec) -> Cost:
+    """Expected epochs under ASHA's rungs (a trial reaches rung k with probability 1/rf^k) with
+    ``ham.warmup_epochs`` uniform over its values; trunks run all ``train.epochs``."""
+    n, p = spec.search.num_samples, plan(spec)
+    segments = _asha_segments(spec)
+    without = n * sum(length * prob for _, length, prob in segments)
+    if not p.shared:
+        return Cost(without, without, 0)
+    after = [sum(max(0, start + length - max(start, w)) * prob for start, length, prob in segments) for w in p.fork_epochs]
+    shared = len(p.trunks) * spec.train.epochs + n * sum(after) / len(after)
+    return Cost(without, shared, len(p.trunks) * len(p.fork_epochs))
+
+
+def _asha_segments(spec: SweepSpec) -> list[tuple[int, int, float]]:
+    """(first epoch, epochs, probability a trial runs them) between ASHA's rungs, as Ray places them."""
+    import math
+
+    s, max_t = spec.scheduler, spec.scheduler.max_epochs or spec.train.epochs
+    if s.name == "none":
+        return [(0, max_t, 1.0)]
+    rungs = int(math.log(max_t / s.grace_period) / math.log(s.reduction_factor) + 1)
+    points = [0, *sorted({min(max_t, int(s.grace_period * s.reduction_factor**k)) for k in range(rungs)}), max_t]
+    points = sorted(set(points))
+    return [(a, b - a, s.reduction_factor ** -i) for i, (a, b) in enumerate(zip(points, points[1:]))]
+
+
+_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10}  # synthetic: data.num_classes
+
+
+def checkpoint_bytes(spec: SweepSpec) -> int:
+    """Disk one trunk checkpoint takes: the weights in last.pt and best.pt, and SGD's momentum (float32)."""
+    from hamsweep import models
+
+    classes = _CLASSES.get(spec.data.name, spec.data.num_classes)
+    model = models.build(spec.model, classes, in_channels=3)  # every dataset here is RGB
+    return 3 * 4 * sum(p.numel() for p in model.parameters())
