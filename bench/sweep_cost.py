@@ -1,6 +1,6 @@
 """What a shared warm-up saves: the same sweep with ``search.share_warmup`` on and off, in one run.
 
-    .venv/bin/python bench/sweep_cost.py [--trials 64] [--max-concurrent 2] [--keep DIR]
+    .venv/bin/python bench/sweep_cost.py [--trials 32] [--max-concurrent 2] [--keep DIR]
 
 The spec is cifar100.yaml's shape at a tenth of its length: 12 epochs, warm-ups searched in 2..8
 (20..80 of 120), ASHA with its grace period at 3/4 of the epochs (90 of 120) and reduction factor
@@ -42,8 +42,8 @@ GOALS = {"epochs": 0.6, "wall": 0.65}
 
 SPEC = """\
 name: sweep-cost
-data: {{name: synthetic, num_classes: 4, image_size: 8, train_size: 512, test_size: 64, val_fraction: 0.25}}
-model: {{name: small_cnn, width: 8}}
+data: {{name: synthetic, num_classes: 4, image_size: 8, train_size: 2048, test_size: 64, val_fraction: 0.25}}
+model: {{name: small_cnn, width: 12}}
 train: {{method: ham, epochs: 12, batch_size: 64, lr: 0.05, attack_steps: 4}}
 ham: {{warmup_epochs: 6, drop_step: 2}}
 eval: {{attack_steps: 3, batch_size: 256}}
@@ -95,7 +95,7 @@ def _finals(out: Path) -> dict[int, tuple]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--trials", type=int, default=64)  # as cifar100.yaml
+    ap.add_argument("--trials", type=int, default=32)
     ap.add_argument("--max-concurrent", type=int, default=2)
     ap.add_argument("--keep", type=Path, default=None, help="keep both sweep folders here")
     args = ap.parse_args()

@@ -279,7 +279,8 @@ class Recorder(tune.Callback, tune.Stopper):
             if view.status == "running" and self.budget_hit:
                 # Tune ends them without on_trial_complete, to us or to the searcher
                 self._finish(view, "stopped", self.budget_hit)
-                self._tell_pruned(view)
+                if view.role != TRUNK:  # a trunk is no Optuna trial
+                    self._tell_pruned(view)
             elif view.status == "running":
                 self._row(tid)
         self.writer.flush()

@@ -177,3 +177,23 @@ def test_sbatch_scripts_of_the_documented_profile_in_mode_jobs_are_pinned(which)
     if os.environ.get("HAMSWEEP_GOLDEN") == "update":
         golden.write_text(text)
     assert text == golden.read_text()
+
+
+def test_a_trunk_and_its_forks_run_as_trial_jobs(slurm, tmp_path):
+    from test_trunk import SHARED_PARAMS
+
+    spec = write_spec(tmp_path / "shared.yaml", scheduler="none", final_eval={"top_k": 0},
+                      search={"num_samples": 3, "max_concurrent": 2, "params": SHARED_PARAMS})
+    out = tmp_path / "out"
+    proc = hamsweep("run", str(spec), "--cluster", str(jobs_profile(tmp_path / "prof.yaml")), "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = results.read_table(out, results.TRIALS).to_pylist()
+    trunk = next(r for r in rows if r["role"] == "trunk")
+    assert trunk["status"] == "completed" and trunk["epochs_run"] == 4 and trunk["number"] is None
+    forks = [r for r in rows if r["role"] == "search"]
+    assert len(forks) == 3 and all(r["trunk"] == trunk["trial"] and r["forked_at"] == r["ham_warmup_epochs"] for r in forks)
+    assert {p.name for p in (out / "trunks" / trunk["trunk_key"]).iterdir()} == {"epoch-0001", "epoch-0002", "epoch-0003"}
+    jobs = listed_jobs(out)  # job id -> trial number: the trunk's job is number -1
+    assert sorted(jobs.values()) == [-1, *sorted(r["number"] for r in forks)]
+    con = results.connect(out)
+    assert con.execute("SELECT count(*) FROM epochs e JOIN trials t USING (trial) WHERE e.epoch <= coalesce(t.forked_at, 0)").fetchone()[0] == 0
