@@ -6,24 +6,47 @@ After the PGD-AT warm-up, each batch is attacked in two phases:
    kappa = the first step t in 0..M at which the model misclassifies x^t (0: already at the random
    start), read from the logits each PGD step computes anyway; ``NEVER`` = M + 1 if it stayed correct.
    One gradient-free forward at x^M gives the status after the M-th step.
-2. **Easy** AEs are still correct after M steps (kappa = NEVER) *and* give the true class a
-   probability >= ``discard_threshold`` (tau). They are discarded, except a random fraction
-   ``keep_easy_fraction`` (rho) kept anyway. The other ("hard") AEs and the kept easy ones are
-   **compacted** into a smaller batch and only they receive the remaining K - M steps: no forward or
-   backward pass is spent on a discarded example after step M (the paper's efficiency claim).
+2. **Easy** AEs are, by the paper's selection test (its method figure; ``correct_early`` in the
+   official code), those the model classifies correctly at x^M *and* whose true class has a
+   probability >= ``discard_threshold`` (tau) there: ``easy_rule="correct_at_m"``, the default. An
+   example misclassified at some step before M and classified correctly again at x^M has *flipped
+   back* (``flipped``); it is easy by the paper. ``easy_rule="never_misclassified"`` makes it hard:
+   easy then also needs kappa = NEVER, i.e. the model resisted every x^0..x^M, not only x^M. Easy
+   AEs are discarded, except a random fraction ``keep_easy_fraction`` (rho) kept anyway. The other
+   ("hard") AEs and the kept easy ones are **compacted** into a smaller batch and only they receive
+   the remaining K - M steps: no forward or backward pass is spent on a discarded example after
+   step M (the paper's efficiency claim).
 
 The training loss is the cross-entropy on the kept AEs, weighted by w ~ exp(-kappa / temperature)
-(mean 1 over kept AEs; kept-easy AEs count as kappa = M + 1): AEs that crossed the decision boundary
-earliest, the least robust ones, weigh most. ``temperature=None`` gives uniform weights, and
-``discard_threshold=0`` with ``keep_easy_fraction=0`` reproduces the official code.
+(mean 1 over kept AEs): AEs that crossed the decision boundary earliest, the least robust ones,
+weigh most. kappa means the same under both rules: a kept easy AE that was never misclassified
+counts as kappa = M + 1, and one that flipped back (easy under ``correct_at_m``) keeps its first
+misclassification step (< M + 1), so it weighs like an AE that crossed there, more than a
+never-misclassified one. ``temperature=None`` gives uniform weights.
 
-An example misclassified at some step <= M is hard even if a later step moved it back: the model
-has been shown not to resist it.
+**The official code** (``attack_generator.py``: ``GA_PGD_early2``; its training script) is reproduced
+by tau = 0, rho = 0, uniform weights, ``easy_rule="correct_at_m"`` and ``loss_normalization="kept"``
+(``ham_loss``): the same easy set at x^M, the same K - M further steps on the hard AEs only, the
+same mean loss over them. What differs, on purpose:
+
+- the attack's loss is the batch's *summed* cross-entropy, the official one its mean: the gradient
+  signs are the same, but each example's step then does not depend on how many share its batch;
+- the official code runs forwards it never reads: one on the clean batch and one at the random
+  start (for an unused ``delta_max``), and a gradient-free one after *every* step where only the one
+  after step M is read; here the one at x^M is the only extra forward (``decision_forwards``);
+- its normalisation mismatch: its attack normalises the model's input with CIFAR-100's mean and std
+  while its training forward on CIFAR-10 uses CIFAR-10's; here the attack and the training step
+  feed the model the same [0, 1] images;
+- on a batch where every AE is easy, the official code crashes (it pairs the full batch's logits
+  with an empty target); here such a batch takes no optimizer step and is counted;
+- its eps is 0.031 and its step 0.007, not 8/255 and 2/255 (set ``train.eps=0.031`` and
+  ``train.step_size=0.007`` to match them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +54,21 @@ from torch import Tensor, nn
 
 from hamsweep.attacks import pgd_step, random_start
 
-__all__ = ["HamBatch", "early_drop", "ham_attack", "ham_loss", "keep_mask", "weights"]
+__all__ = ["EASY_RULES", "EarlyDrop", "HamBatch", "early_drop", "ham_attack", "ham_loss", "keep_mask", "weights"]
+
+# what makes an AE easy (see above); the spec's ``ham.easy_rule`` offers the same names
+EasyRule = Literal["correct_at_m", "never_misclassified"]
+EASY_RULES: tuple[str, ...] = get_args(EasyRule)
+
+
+@dataclass(frozen=True)
+class EarlyDrop:
+    """Phase 1's outcome on a batch of B examples."""
+
+    x_adv: Tensor  # (B, C, H, W) adversarial examples after M steps
+    kappa: Tensor  # (B,) int64: first misclassification step in 0..M, or M + 1 = never
+    easy: Tensor  # (B,) bool: easy by the rule asked for
+    flipped: Tensor  # (B,) bool: misclassified at some step before M, correct at x^M
 
 
 @dataclass(frozen=True)
@@ -42,7 +79,8 @@ class HamBatch:
     y: Tensor  # (kept,) their labels
     index: Tensor  # (kept,) positions in the original batch, increasing
     kappa: Tensor  # (B,) int64: first misclassification step in 0..M, or M + 1 = never
-    easy: Tensor  # (B,) bool: correct after M steps and p_true >= tau
+    easy: Tensor  # (B,) bool: easy by the rule asked for (correct at x^M and p_true >= tau, by default)
+    flipped: Tensor  # (B,) bool: misclassified at some step before M, correct at x^M
     weights: Tensor  # (kept,) float32, mean 1 (empty when nothing is kept)
     attack_steps: int  # example-steps of PGD computed (forward + backward each)
 
@@ -60,13 +98,16 @@ def early_drop(
     step_size: float,
     drop_step: int,
     discard_threshold: float,
+    easy_rule: EasyRule = "correct_at_m",
     generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Phase 1: M steps on the whole batch. Returns ``(x_adv_M, kappa, easy)``.
+) -> EarlyDrop:
+    """Phase 1: M steps on the whole batch, then the easy test at x^M.
 
-    x: (B, C, H, W) in [0, 1]; y: (B,). kappa: (B,) int64 in 0..M+1 (M+1 = never misclassified);
-    easy: (B,) bool.
+    x: (B, C, H, W) in [0, 1]; y: (B,). ``easy_rule``: ``correct_at_m`` (the paper: correct at x^M)
+    or ``never_misclassified`` (correct at every x^0..x^M); both also need p_true >= tau at x^M.
     """
+    if easy_rule not in EASY_RULES:
+        raise ValueError(f"easy_rule must be one of {', '.join(EASY_RULES)} but got {easy_rule!r}")
     never = drop_step + 1
     kappa = torch.full_like(y, never)
     x_adv = random_start(x, eps, generator)
@@ -76,10 +117,15 @@ def early_drop(
         x_adv = x_next
     with torch.no_grad():
         logits = model(x_adv).float()
+    correct = logits.argmax(dim=1) == y
     _record(kappa, logits, y, drop_step, never)
+    # correct at x^M yet wrong at some step: only a step before M can have been the wrong one
+    flipped = correct & (kappa < never)
     p_true = F.softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)
-    easy = (kappa == never) & (p_true >= discard_threshold)
-    return x_adv, kappa, easy
+    easy = correct & (p_true >= discard_threshold)
+    if easy_rule == "never_misclassified":
+        easy = easy & ~flipped
+    return EarlyDrop(x_adv=x_adv, kappa=kappa, easy=easy, flipped=flipped)
 
 
 def _record(kappa: Tensor, logits: Tensor, y: Tensor, step: int, never: int) -> None:
@@ -122,28 +168,30 @@ def ham_attack(
     discard_threshold: float = 0.0,
     keep_easy_fraction: float = 0.0,
     temperature: float | None = None,
+    easy_rule: EasyRule = "correct_at_m",
     generator: torch.Generator | None = None,
 ) -> HamBatch:
     """HAM's attack on one batch: early drop at step M, then K - M steps on the kept AEs only.
 
     x: (B, C, H, W) in [0, 1]; y: (B,) int64. The model should be in eval mode. Defaults are the
-    official code's (tau = 0, rho = 0, uniform weights).
+    official code's (tau = 0, rho = 0, uniform weights, easy = correct at x^M).
     """
-    x_adv, kappa, easy = early_drop(
+    drop = early_drop(
         model, x, y, eps=eps, step_size=step_size, drop_step=drop_step,
-        discard_threshold=discard_threshold, generator=generator,
+        discard_threshold=discard_threshold, easy_rule=easy_rule, generator=generator,
     )
-    index = keep_mask(easy, keep_easy_fraction, generator).nonzero().squeeze(1)
-    x_kept, x_nat, y_kept = x_adv[index], x[index], y[index]  # compaction: a smaller batch
+    index = keep_mask(drop.easy, keep_easy_fraction, generator).nonzero().squeeze(1)
+    x_kept, x_nat, y_kept = drop.x_adv[index], x[index], y[index]  # compaction: a smaller batch
     for _ in range(attack_steps - drop_step):
         x_kept, _ = pgd_step(model, x_kept, x_nat, y_kept, eps, step_size)
     return HamBatch(
         x_adv=x_kept,
         y=y_kept,
         index=index,
-        kappa=kappa,
-        easy=easy,
-        weights=weights(kappa[index], temperature),
+        kappa=drop.kappa,
+        easy=drop.easy,
+        flipped=drop.flipped,
+        weights=weights(drop.kappa[index], temperature),
         attack_steps=x.shape[0] * drop_step + index.numel() * (attack_steps - drop_step),
     )
 

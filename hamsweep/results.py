@@ -44,7 +44,7 @@ __all__ = [
     "trials_schema",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: epochs.flip_backs
 TRIALS, EPOCHS, CLASSES = "trials", "epochs", "classes"
 ROBUST, CLEAN = "robust", "clean"  # prefixes of the validation summary columns in `epochs`
 
@@ -67,6 +67,7 @@ EPOCH_SCHEMA = pa.schema(
         ("decision_forwards", pa.int64()),
         ("train_examples", pa.int64()),
         ("empty_batches", pa.int64()),
+        ("flip_backs", pa.int64()),  # null outside HAM epochs and in parts of schema version 1
         *[(f"{ROBUST}_{k}", t) for k, t in _SUMMARY_TYPES.items()],  # validation split
         (f"{ROBUST}_worst_class", pa.int32()),
         *[(f"{CLEAN}_{k}", t) for k, t in _SUMMARY_TYPES.items()],

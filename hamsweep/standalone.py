@@ -37,6 +37,8 @@ def epoch_line(record: EpochRecord, epochs: int) -> str:
     )
     if record.hard_fraction is not None:
         line += f" hard {record.hard_fraction:.2f}"
+    if record.flip_backs:  # only where the two ham.easy_rule choices can disagree
+        line += f" flip-backs {record.flip_backs}"
     if robust is not None:
         s = robust.summary(0.2)  # worst and mean do not depend on the CVaR fraction
         line += f" | val {robust.attack} worst {s['worst']:.3f} mean {s['mean']:.3f}"

@@ -57,6 +57,9 @@ class EpochRecord:
     decision_forwards: int  # HAM's gradient-free forwards at step M (one per example)
     train_examples: int  # examples in the training forward/backward
     empty_batches: int  # HAM batches with nothing kept: no optimizer step
+    # HAM epochs: AEs wrong at a step before M and correct at x^M, where the two ham.easy_rule
+    # choices can disagree (see ham.py); a default, so that the records of older checkpoints still load
+    flip_backs: int | None = None
     evals: tuple[EvalCounts, ...] = field(default=())
 
     def val_robust(self) -> EvalCounts | None:
@@ -292,9 +295,13 @@ class Trainer:
         hb = ham.ham_attack(
             self.model, x, y, eps=t.eps, step_size=t.step_size, attack_steps=t.attack_steps,
             drop_step=h.drop_step, discard_threshold=h.discard_threshold,
-            keep_easy_fraction=h.keep_easy_fraction, temperature=h.temperature, generator=self.generator,
+            keep_easy_fraction=h.keep_easy_fraction, temperature=h.temperature, easy_rule=h.easy_rule,
+            generator=self.generator,
         )
-        tally.add_attack(len(y), hb.attack_steps, hb.num_kept, hard=int((~hb.easy).sum()), decisions=len(y))
+        tally.add_attack(
+            len(y), hb.attack_steps, hb.num_kept, hard=int((~hb.easy).sum()), decisions=len(y),
+            flip_backs=int(hb.flipped.sum()),
+        )
         if hb.num_kept == 0:  # every AE was easy and none was kept: nothing to learn from
             tally.empty_batches += 1
             return None
@@ -322,16 +329,20 @@ class Tally:
     hard: int = 0
     decisions: int = 0
     empty_batches: int = 0
+    flip_backs: int = 0
     steps: int = 0
     loss_sum: float = 0.0
     correct: int = 0
 
-    def add_attack(self, images: int, steps: int, trained: int, hard: int = 0, decisions: int = 0) -> None:
+    def add_attack(
+        self, images: int, steps: int, trained: int, hard: int = 0, decisions: int = 0, flip_backs: int = 0
+    ) -> None:
         self.images += images
         self.attack_steps += steps
         self.train_examples += trained
         self.hard += hard
         self.decisions += decisions
+        self.flip_backs += flip_backs
 
     def add_step(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
         self.steps += 1
@@ -348,6 +359,7 @@ class Tally:
             kept_fraction=self.train_examples / self.images if is_ham and self.images else None,
             attack_steps=self.attack_steps, attack_steps_full=self.images * k, decision_forwards=self.decisions,
             train_examples=self.train_examples, empty_batches=self.empty_batches,
+            flip_backs=self.flip_backs if is_ham else None,
         )
 
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import get_args
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from hamsweep.attacks import pgd, project, random_start
 from hamsweep.data import load
-from hamsweep.ham import early_drop, ham_attack, ham_loss, keep_mask, weights
+from hamsweep.ham import EASY_RULES, early_drop, ham_attack, ham_loss, keep_mask, weights
 from hamsweep.models import build
-from hamsweep.spec import DataConfig, ModelConfig
+from hamsweep.spec import DataConfig, HamConfig, ModelConfig
 
 EPS, STEP, K = 8 / 255, 2 / 255, 6
 
@@ -45,46 +47,52 @@ def _setup(n: int = 64):
     return model, x[:n], y
 
 
-def _reference(model, x, y, m: int, tau: float, seed: int):
-    """HAM phase 1 written out from the definition: a separate forward for every status."""
+def _reference(model, x, y, m: int, tau: float, seed: int, rule: str, eps: float = EPS, step: float = STEP):
+    """HAM phase 1 written out from the definition: a separate forward for every status.
+    Returns (x^M, kappa, easy, flipped)."""
     gen = torch.Generator().manual_seed(seed)
-    x_adv = random_start(x, EPS, gen)
-    kappa = torch.full_like(y, m + 1)
+    x_adv = random_start(x, eps, gen)
+    wrong = []  # wrong[t][i]: example i misclassified at x^t
     for t in range(m + 1):
         with torch.no_grad():
             logits = model(x_adv)
-        for i in range(len(y)):
-            if kappa[i] == m + 1 and logits[i].argmax() != y[i]:
-                kappa[i] = t
+        wrong.append([bool(logits[i].argmax() != y[i]) for i in range(len(y))])
         if t < m:
             xg = x_adv.clone().requires_grad_(True)
             loss = F.cross_entropy(model(xg), y, reduction="sum")
             (g,) = torch.autograd.grad(loss, xg)
-            x_adv = project(x_adv + STEP * g.sign(), x, EPS)
+            x_adv = project(x_adv + step * g.sign(), x, eps)
+    per_example = list(zip(*wrong))  # (B, m + 1)
+    kappa = torch.tensor([w.index(True) if True in w else m + 1 for w in per_example])
+    flipped = torch.tensor([any(w[:m]) and not w[m] for w in per_example])
     p_true = F.softmax(logits, 1)[torch.arange(len(y)), y]
-    easy = (kappa == m + 1) & (p_true >= tau)
-    return x_adv, kappa, easy
+    correct = {"correct_at_m": [not w[m] for w in per_example], "never_misclassified": [not any(w) for w in per_example]}
+    easy = torch.tensor(correct[rule]) & (p_true >= tau)
+    return x_adv, kappa, easy, flipped
 
 
+@pytest.mark.parametrize("rule", EASY_RULES)
 @pytest.mark.parametrize("m,tau", [(1, 0.0), (3, 0.0), (3, 0.6), (K, 0.3)])
-def test_split_equals_independent_recomputation(m, tau):
+def test_split_equals_independent_recomputation(m, tau, rule):
     model, x, y = _setup()
-    ref_x, ref_kappa, ref_easy = _reference(model, x, y, m, tau, seed=7)
-    x_m, kappa, easy = early_drop(
-        model, x, y, eps=EPS, step_size=STEP, drop_step=m, discard_threshold=tau, generator=torch.Generator().manual_seed(7)
+    ref_x, ref_kappa, ref_easy, ref_flipped = _reference(model, x, y, m, tau, seed=7, rule=rule)
+    drop = early_drop(
+        model, x, y, eps=EPS, step_size=STEP, drop_step=m, discard_threshold=tau, easy_rule=rule,
+        generator=torch.Generator().manual_seed(7),
     )
-    assert torch.allclose(x_m, ref_x, atol=1e-6)
-    assert torch.equal(kappa, ref_kappa)
-    assert torch.equal(easy, ref_easy)
-    assert 0 < int(easy.sum()) < len(y), "the fixture should give both easy and hard examples"
-    assert int((kappa == 0).sum()) >= len(y) // 8  # misclassified at the random start: kappa = 0
+    assert torch.allclose(drop.x_adv, ref_x, atol=1e-6)
+    assert torch.equal(drop.kappa, ref_kappa)
+    assert torch.equal(drop.easy, ref_easy)
+    assert torch.equal(drop.flipped, ref_flipped)
+    assert 0 < int(drop.easy.sum()) < len(y), "the fixture should give both easy and hard examples"
+    assert int((drop.kappa == 0).sum()) >= len(y) // 8  # misclassified at the random start: kappa = 0
 
 
 def test_kappa_is_the_first_misclassification_step():
     model, x, y = _setup()
     m = 4
-    _, kappa, _ = early_drop(model, x, y, eps=EPS, step_size=STEP, drop_step=m, discard_threshold=0.0,
-                             generator=torch.Generator().manual_seed(3))
+    kappa = early_drop(model, x, y, eps=EPS, step_size=STEP, drop_step=m, discard_threshold=0.0,
+                       generator=torch.Generator().manual_seed(3)).kappa
     # replay the same attack one prefix length at a time: x^t for t = 0..m
     wrong_at = []
     for t in range(m + 1):
@@ -95,6 +103,76 @@ def test_kappa_is_the_first_misclassification_step():
     first = torch.where(wrong.any(0), wrong.float().argmax(0), torch.full_like(y, m + 1))
     assert torch.equal(kappa, first)
     assert len(set(kappa.tolist())) >= 3  # several different crossing steps really occur
+
+
+# a step longer than the ball's diameter overshoots: every PGD step ends on a face of the eps-ball
+EPS_C, STEP_C, CENTRE, FAR = 0.1, 0.25, 0.5, 0.9
+FLIPPED = [True] * 6 + [False] * 4  # the examples of _flip_back_batch that flip back
+
+
+class _Cubic(nn.Module):
+    """Two classes on one-pixel images: margin = logit_0 - logit_1 = z^3 - 2.97 z, z = (v - CENTRE) / EPS_C.
+
+    In the ball around CENTRE (|z| <= 1) the margin falls from +1.97 at z = -1 to -1.97 at z = +1 but
+    rises again within 0.005 of either face. So from a random start PGD lands on the face where the
+    label is wrong (x^1), then overshoots to the other face, where it is right, and stays there: a
+    flip-back, for either label (a start within 0.005 of a face would go otherwise; seed 0 has none).
+    Around FAR (z in [3, 5]) the margin is >= 18: class 0 is never misclassified, class 1 always."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x.flatten(1)[:, 0] - CENTRE) / EPS_C
+        margin = z**3 - 2.97 * z
+        return torch.stack([margin, torch.zeros_like(margin)], dim=1)
+
+
+def _flip_back_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.tensor([CENTRE] * 6 + [FAR] * 4).view(-1, 1, 1, 1)
+    return x, torch.tensor([0, 1, 0, 1, 0, 1, 0, 0, 1, 1])
+
+
+def _drop(rule: str, tau: float = 0.5, m: int = 3):
+    x, y = _flip_back_batch()
+    return early_drop(_Cubic(), x, y, eps=EPS_C, step_size=STEP_C, drop_step=m, discard_threshold=tau, easy_rule=rule,
+                      generator=torch.Generator().manual_seed(0))
+
+
+def test_flip_backs_are_easy_by_the_paper_and_hard_when_never_misclassified():
+    m = 3
+    paper, never = _drop("correct_at_m", m=m), _drop("never_misclassified", m=m)
+    assert paper.flipped.tolist() == never.flipped.tolist() == FLIPPED
+    assert paper.easy.tolist() == [True] * 6 + [True, True, False, False]  # p_true at x^M: sigmoid(1.97) = 0.88
+    assert never.easy.tolist() == [False] * 6 + [True, True, False, False]
+    assert torch.equal(paper.easy ^ never.easy, paper.flipped)  # the rules differ exactly on the flip-backs
+    # kappa is the first wrong step, whatever the rule: the random start (0) or the first face (1)
+    assert torch.equal(paper.kappa, never.kappa)
+    assert set(paper.kappa[:6].tolist()) == {0, 1} and paper.kappa[6:].tolist() == [m + 1, m + 1, 0, 0]
+    x, y = _flip_back_batch()
+    for rule, drop in (("correct_at_m", paper), ("never_misclassified", never)):
+        ref_x, ref_kappa, ref_easy, ref_flipped = _reference(_Cubic(), x, y, m, 0.5, 0, rule, eps=EPS_C, step=STEP_C)
+        assert torch.allclose(drop.x_adv, ref_x) and torch.equal(drop.kappa, ref_kappa)
+        assert torch.equal(drop.easy, ref_easy) and torch.equal(drop.flipped, ref_flipped)
+    # tau applies at x^M under both rules: above 0.88 the flip-backs are hard under both
+    for rule in EASY_RULES:
+        assert _drop(rule, tau=0.9).easy.tolist() == [False] * 6 + [True, True, False, False]
+
+
+def test_a_kept_flip_back_weighs_by_its_first_misclassification_step():
+    x, y = _flip_back_batch()
+    m, t = 3, 1.0
+    hb = ham_attack(_Cubic(), x, y, eps=EPS_C, step_size=STEP_C, attack_steps=5, drop_step=m, discard_threshold=0.5,
+                    keep_easy_fraction=1.0, temperature=t, generator=torch.Generator().manual_seed(0))
+    assert hb.num_kept == len(y)
+    assert (hb.easy & hb.flipped).tolist() == FLIPPED  # kept-easy AEs that flipped back
+    assert bool((hb.kappa[:6] < m + 1).all()) and hb.kappa[6:8].tolist() == [m + 1, m + 1]
+    expected = torch.exp(-hb.kappa.float() / t)
+    assert torch.allclose(hb.weights, expected / expected.mean(), rtol=1e-5)
+    assert float(hb.weights[:6].min()) > float(hb.weights[6:8].max())  # above the never-misclassified easy AEs
+
+
+def test_the_easy_rules_are_the_specs_and_a_typo_lists_them():
+    assert get_args(HamConfig.model_fields["easy_rule"].annotation) == EASY_RULES
+    with pytest.raises(ValueError, match=r"^easy_rule must be one of correct_at_m, never_misclassified but got 'never'$"):
+        _drop("never")
 
 
 def test_compaction_forwards_only_kept_examples_after_step_m():
@@ -126,8 +204,8 @@ def test_threshold_makes_fewer_examples_easy():
     model, x, y = _setup()
     easy = {}
     for tau in (0.0, 0.5, 0.9, 0.999):
-        _, _, easy[tau] = early_drop(model, x, y, eps=EPS, step_size=STEP, drop_step=2, discard_threshold=tau,
-                                     generator=torch.Generator().manual_seed(0))
+        easy[tau] = early_drop(model, x, y, eps=EPS, step_size=STEP, drop_step=2, discard_threshold=tau,
+                               generator=torch.Generator().manual_seed(0)).easy
     counts = [int(e.sum()) for e in easy.values()]
     assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1]
     assert bool((easy[0.9] <= easy[0.0]).all())  # a subset
@@ -155,14 +233,15 @@ def test_weights_follow_exp_minus_kappa_over_t_with_mean_one():
     assert torch.isfinite(weights(torch.tensor([0, 50]), 0.01)).all()  # tiny T: no overflow
 
 
-def test_kept_easy_examples_weigh_as_kappa_m_plus_one():
+def test_kept_easy_examples_never_misclassified_weigh_as_kappa_m_plus_one():
     model, x, y = _setup()
     m, t = 2, 1.5
     hb = ham_attack(model, x, y, eps=EPS, step_size=STEP, attack_steps=K, drop_step=m, keep_easy_fraction=0.5,
                     temperature=t, generator=torch.Generator().manual_seed(0))
     kept_kappa = hb.kappa[hb.index]
-    assert bool(hb.easy[hb.index].any())
-    assert bool((kept_kappa[hb.easy[hb.index]] == m + 1).all())
+    kept_easy = hb.easy[hb.index] & ~hb.flipped[hb.index]
+    assert bool(kept_easy.any())
+    assert bool((kept_kappa[kept_easy] == m + 1).all())
     expected = torch.exp(-kept_kappa.float() / t)
     assert torch.allclose(hb.weights, expected / expected.mean(), rtol=1e-5)
 

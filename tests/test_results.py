@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hamsweep.results import CLASSES, EPOCHS, PartWriter, class_rows, compact, connect, epoch_rows, read_table
+from hamsweep.results import CLASSES, EPOCH_SCHEMA, EPOCHS, PartWriter, class_rows, compact, connect, epoch_rows, read_table
 from hamsweep.evaluation import EvalCounts
 from hamsweep.train import EpochRecord
 
@@ -59,3 +62,15 @@ def test_a_newer_row_replaces_the_whole_row_nulls_included(tmp_path):
     (row,) = read_table(tmp_path, TRIALS).to_pylist()
     assert (row["status"], row["best_objective"], row["epochs_run"], row["ham_drop_step"]) == ("running", None, 2, 3)
     assert len(list((tmp_path / TRIALS).glob("part-*.parquet"))) == 2  # one part per flush
+
+
+def test_parts_written_before_flip_backs_existed_still_read(tmp_path):
+    v1 = pa.schema([f for f in EPOCH_SCHEMA if f.name != "flip_backs"], metadata={"hamsweep.schema_version": "1"})
+    old_rows = [{k: v for k, v in row.items() if k != "flip_backs"} for row in epoch_rows("t", _record(1), 0.2)]
+    PartWriter(tmp_path, {EPOCHS: v1}).append(EPOCHS, old_rows)
+    assert read_table(tmp_path, EPOCHS).column("epoch").to_pylist() == [1]  # a folder of old parts only: no column
+    PartWriter(tmp_path).append(EPOCHS, epoch_rows("t", replace(_record(2), flip_backs=5), 0.2))
+    assert read_table(tmp_path, EPOCHS).column("flip_backs").to_pylist() == [None, 5]  # null where not recorded
+    assert connect(tmp_path).execute("SELECT sum(flip_backs) FROM epochs").fetchone()[0] == 5
+    compact(tmp_path)
+    assert read_table(tmp_path, EPOCHS).column("flip_backs").to_pylist() == [None, 5]

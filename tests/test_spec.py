@@ -35,6 +35,7 @@ def _spec(tmp_path, text: str):
         ({"data.val_fraction": -0.1}, r"^data\.val_fraction: "),
         ({"ham.warmup_epochs": 200}, r"^ham\.warmup_epochs: 200 is larger than train\.epochs \(120\)"),
         ({"train.method": "fgsm_at"}, r"^train\.method: .*'ham', 'pgd_at' or 'trades'"),
+        ({"ham.easy_rule": "never"}, r"^ham\.easy_rule: .*'correct_at_m' or 'never_misclassified' \(got 'never'\)$"),
         ({"ham.drop_stpe": 3}, r"^ham\.drop_stpe: unknown key; valid keys are ham\.warmup_epochs, ham\.drop_step"),
         ({"train.epochs": "many"}, r"^train\.epochs: .*integer.*\(got 'many'\)$"),
     ],
@@ -53,6 +54,19 @@ def test_drop_step_may_equal_attack_steps_and_pgd_at_ignores_it():
 def test_eps_accepts_fractions_as_written_in_yaml():
     cfg = SweepSpec().trial_config(parse_overrides(["train.eps=4/255", "eval.step_size=1/255"]))
     assert cfg.train.eps == pytest.approx(4 / 255) and cfg.eval.step_size == pytest.approx(1 / 255)
+
+
+def test_easy_rule_defaults_to_the_papers_and_is_searchable(tmp_path):
+    assert TrialConfig().ham.easy_rule == "correct_at_m"
+    spec = _spec(tmp_path, "search:\n  params:\n    ham.easy_rule: {choice: [correct_at_m, never_misclassified], default: correct_at_m}\n")
+    assert spec.trial_config({"ham.easy_rule": "never_misclassified"}).ham.easy_rule == "never_misclassified"
+    with pytest.raises(SpecError, match=r"search\.params\.ham\.easy_rule: 'never' can be sampled but is invalid"):
+        _spec(tmp_path, "search:\n  params:\n    ham.easy_rule: {choice: [correct_at_m, never], default: correct_at_m}\n")
+
+
+def test_the_official_eps_and_step_as_the_specs_suggest():
+    cfg = SweepSpec().trial_config(parse_overrides(["train.eps=0.031", "train.step_size=0.007"]))
+    assert (cfg.train.eps, cfg.train.step_size) == (0.031, 0.007)
 
 
 def test_configs_are_frozen():

@@ -9,8 +9,11 @@ import pytest
 import torch
 from conftest import tiny_config
 
+from hamsweep import ham
 from hamsweep.errors import DivergenceError, SpecError
-from hamsweep.train import Trainer, last_record, lr_at, run
+from hamsweep.results import EPOCHS, PartWriter, epoch_rows, read_table
+from hamsweep.standalone import epoch_line
+from hamsweep.train import EpochRecord, Trainer, last_record, lr_at, run
 
 
 def _states_equal(a: dict, b: dict) -> bool:
@@ -193,3 +196,29 @@ def test_a_fork_is_refused_when_the_warmup_would_differ(tmp_path, dataset):
     late = _trunk_snapshot(_pgd_at(cfg), tmp_path / "trunk2", 2, dataset)
     with pytest.raises(SpecError, match=r"holds epoch 2, not ham.warmup_epochs \(1\)"):
         run(cfg, workdir=tmp_path / "fork2", fork=late, dataset=dataset)
+
+
+def test_flip_backs_are_counted_in_ham_epochs_only_and_land_in_the_epochs_table(tmp_path, dataset, monkeypatch):
+    seen: list[tuple[str, int]] = []  # (easy_rule, flip-backs) of every HAM batch, read off the real attack
+    real = ham.ham_attack
+
+    def spy(*args, **kwargs):
+        hb = real(*args, **kwargs)
+        seen.append((kwargs["easy_rule"], int(hb.flipped.sum())))
+        return hb
+
+    monkeypatch.setattr(ham, "ham_attack", spy)
+    # a step of eps overshoots enough that a few AEs flip back even on this tiny model
+    cfg = tiny_config(train={"epochs": 2, "step_size": 8 / 255, "attack_steps": 4},
+                      ham={"warmup_epochs": 1, "drop_step": 3, "easy_rule": "never_misclassified"})
+    warm, first = run(cfg, workdir=tmp_path / "run", dataset=dataset)
+    assert warm.phase == "pgd_at" and warm.flip_backs is None
+    assert first.phase == "ham" and first.flip_backs == sum(n for _, n in seen) > 0
+    assert {rule for rule, _ in seen} == {"never_misclassified"}  # the config's rule reaches the attack
+    assert f"flip-backs {first.flip_backs}" in epoch_line(first, 2) and "flip-backs" not in epoch_line(warm, 2)
+    writer = PartWriter(tmp_path / "results")
+    for record in (warm, first):
+        writer.append(EPOCHS, epoch_rows("t", record, 0.2))
+    assert read_table(tmp_path / "results", EPOCHS).column("flip_backs").to_pylist() == [None, first.flip_backs]
+    old = {k: v for k, v in first.to_dict().items() if k != "flip_backs"}  # a record saved before the column
+    assert EpochRecord.from_dict(old).flip_backs is None

@@ -97,7 +97,9 @@ class TrainConfig(_Frozen):
 class HamConfig(_Frozen):
     warmup_epochs: int = 50  # epochs of plain PGD-AT before HAM starts
     drop_step: int = 3  # M: PGD steps run on the whole batch before easy AEs are dropped
-    discard_threshold: float = 0.0  # tau in [0,1): easy = still correct after M steps and p_true >= tau
+    discard_threshold: float = 0.0  # tau in [0,1): an easy AE also needs p_true >= tau at x^M
+    # easy = correct at x^M (correct_at_m, the paper) or at every step 0..M (never_misclassified)
+    easy_rule: Literal["correct_at_m", "never_misclassified"] = "correct_at_m"
     keep_easy_fraction: float = 0.0  # rho in [0,1]: share of easy AEs kept anyway, drawn at random
     temperature: float | None = None  # w ~ exp(-kappa / T) over kept AEs; None = uniform weights
     loss_normalization: Literal["kept", "batch"] = "kept"  # average the loss over kept AEs or the whole batch
