@@ -226,3 +226,20 @@ def test_live_view_leaves_the_final_frame():
 def test_import_pulls_in_neither_torch_nor_ray():
     code = "import sys, hamsweep.dashboard; bad = {'torch', 'ray', 'optuna'} & set(sys.modules); assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_trunk_is_the_pgd_at_baseline_row_with_its_waiting_proposals():
+    state = _add(
+        _state(waiting=[("tttt0000", 4), ("tttt0000", 2)]),
+        _trial("aaaa0000", number=0, epoch=3, trunk="tttt0000", forked_at=2, best_objective=0.9),
+        _trial("tttt0000", params={}, epochs=6, epoch=2, role="trunk", best_objective=0.95),
+    )
+    text = _text(state)
+    assert "shared warm-up tttt0000 (PGD-AT baseline): epoch 2/6, running; 1 trials forked from it; 2 waiting for its epochs 2, 4" in text
+    rows = [ln for ln in text.splitlines() if "tttt0000" in ln or "aaaa0000" in ln]
+    assert "PGD-AT" in rows[1] and "tttt0000" in rows[1]  # the baseline row comes first in the table
+    assert "trials: 1 running, 0 done" in text and "9 pending, of 10" in text  # the trunk is not one of the samples
+    assert "best trial so far" in text and "aaaa0000 (#0)" in text  # the baseline is not the best *search* trial
+    fork = event_line(state, state.trials["aaaa0000"], "start")
+    assert fork.endswith("(forks tttt0000 after epoch 2)")
+    assert event_line(state, state.trials["tttt0000"], "epoch").startswith("[0:01:23] trial PGD-AT tttt0000 epoch 2/6")
