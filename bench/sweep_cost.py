@@ -10,7 +10,10 @@ one after the other with ``hamsweep run``; then, from their Parquet tables:
 
 - training epochs computed: every epoch a trial trained itself (a fork's inherited warm-up is not
   counted, the trunk's epochs are, once), and attack example-steps (PGD forward+backward per example);
-- wall time of each ``hamsweep run`` (Ray's start included);
+- wall time: the span of the trials (first start to last end: what sharing changes), and the whole
+  ``hamsweep run`` (Ray's start, the driver's set-up and compaction included, the same on both sides).
+  Each trial costs Tune about a second of its own beside its epochs (here an epoch is about 0.5 s,
+  on a GPU minutes), so this bench understates what sharing saves in wall time on a real sweep;
 - the same final numbers: for every trial number that ran to the end on both sides, its best
   objective and every per-class count of its last epoch are compared (bit-identical training means
   equal numbers). ASHA can stop different trials on the two sides, since results arrive in another
@@ -82,7 +85,10 @@ def _cost(out: Path) -> dict[str, float]:
     epochs = con.execute("SELECT count(*) FROM epochs").fetchone()[0]  # one row per epoch a trial trained itself
     steps = con.execute("SELECT sum(attack_steps) FROM epochs").fetchone()[0]
     trunks = con.execute("SELECT count(*) FROM trials WHERE role = 'trunk'").fetchone()[0]
-    return {"epochs": epochs, "attack_steps": steps, "trunks": trunks}
+    # the sweep's span: first trial's start to last trial's end (Ray's start and the driver's set-up
+    # and compaction are the same on both sides and stay out)
+    span = con.execute("SELECT epoch_ms(max(ended)) - epoch_ms(min(started)) FROM trials").fetchone()[0] / 1000
+    return {"epochs": epochs, "attack_steps": steps, "trunks": trunks, "span": span}
 
 
 def _finals(out: Path) -> dict[int, tuple]:
@@ -108,13 +114,14 @@ def main() -> None:
     both = sorted(set(finals[False]) & set(finals[True]))
     equal = sum(finals[False][n] == finals[True][n] for n in both)
     predicted = predicted_cost(load_spec(folder / "share-True.yaml"))
-    ratios = {"epochs": cost[True]["epochs"] / cost[False]["epochs"], "wall": wall[True] / wall[False]}
+    ratios = {"epochs": cost[True]["epochs"] / cost[False]["epochs"], "wall": cost[True]["span"] / cost[False]["span"]}
     print(f"{args.trials} trials, {args.max_concurrent} at once; folders in {folder}")
     print(f"{'':28}{'no sharing':>12}{'shared':>12}{'ratio':>8}{'goal':>8}")
     print(f"{'training epochs computed':28}{cost[False]['epochs']:>12}{cost[True]['epochs']:>12}{ratios['epochs']:>8.2f}{'<= ' + str(GOALS['epochs']):>8}")
     steps = cost[True]["attack_steps"] / cost[False]["attack_steps"]
     print(f"{'attack example-steps':28}{cost[False]['attack_steps']:>12}{cost[True]['attack_steps']:>12}{steps:>8.2f}")
-    print(f"{'wall seconds (hamsweep run)':28}{wall[False]:>12.1f}{wall[True]:>12.1f}{ratios['wall']:>8.2f}{'<= ' + str(GOALS['wall']):>8}")
+    print(f"{'wall seconds, trials':28}{cost[False]['span']:>12.1f}{cost[True]['span']:>12.1f}{ratios['wall']:>8.2f}{'<= ' + str(GOALS['wall']):>8}")
+    print(f"{'wall seconds, hamsweep run':28}{wall[False]:>12.1f}{wall[True]:>12.1f}{wall[True] / wall[False]:>8.2f}")
     print(f"trunks: {cost[True]['trunks']}; predicted epochs ratio (hamsweep validate) {predicted.ratio:.2f}, measured {ratios['epochs']:.2f}")
     print(f"same final numbers: {equal} of {len(both)} trials completed on both sides "
           f"(completed: {len(finals[False])} without sharing, {len(finals[True])} shared)")

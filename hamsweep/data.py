@@ -212,8 +212,8 @@ _NOISE = (0.03, 0.10)  # per-pixel Gaussian noise std, easiest and hardest class
 def _load_synthetic(cfg: DataConfig) -> tuple[Split, Split, tuple[str, ...]]:
     """Smooth random prototypes, one per class; class c gets harder as c grows (see ``_synthetic_split``)."""
     protos = _prototypes(cfg.num_classes, cfg.image_size, _generator(cfg.seed, 0))
-    train = _synthetic_split(protos, cfg.train_size, _generator(cfg.seed, 1))
-    test = _synthetic_split(protos, cfg.test_size, _generator(cfg.seed, 2))
+    train = _synthetic_split(protos, cfg.train_size, _generator(cfg.seed, 1), cfg.hardest)
+    test = _synthetic_split(protos, cfg.test_size, _generator(cfg.seed, 2), cfg.hardest)
     return train, test, tuple(f"c{c}" for c in range(cfg.num_classes))
 
 
@@ -249,20 +249,21 @@ def _free_dims(side: int) -> int:
     return 3 * side * -(-side // 2) - 1
 
 
-def _synthetic_split(protos: torch.Tensor, n: int, gen: torch.Generator) -> Split:
+def _synthetic_split(protos: torch.Tensor, n: int, gen: torch.Generator, hardest: float = 1.0) -> Split:
     """n images (label = index mod K, so classes are balanced): gray + blend of prototypes + noise.
 
     As c grows, class c gets a weaker prototype, mixes a larger share (up to ``_BLEND``) of a random
     other class's mean image into each image, and gets more noise: its images spread toward the
-    other classes, so more of them sit within eps of a decision boundary.
+    other classes, so more of them sit within eps of a decision boundary. ``hardest`` in (0, 1]
+    scales how far toward the hardest setting the last class goes (``data.hardest``).
     """
     k = len(protos)
     labels = torch.arange(n) % k
-    hardness = labels.float() / (k - 1)  # 0 for class 0 (easiest) .. 1 for class K-1 (hardest)
+    hardness = hardest * labels.float() / (k - 1)  # 0 for class 0 (easiest) .. `hardest` for class K-1
     blend = torch.rand(n, generator=gen) * _lerp(_BLEND, hardness)
     other = (labels + torch.randint(1, k, (n,), generator=gen)) % k
     # weaker prototypes sit closer to gray and to each other: less room before a boundary
-    contrast = _CONTRAST[0] * (_CONTRAST[1] / _CONTRAST[0]) ** (torch.arange(k) / (k - 1))
+    contrast = _CONTRAST[0] * (_CONTRAST[1] / _CONTRAST[0]) ** (hardest * torch.arange(k) / (k - 1))
     mix = torch.zeros(n, k)
     mix[torch.arange(n), labels] = (1 - blend) * contrast[labels]
     mix[torch.arange(n), other] = blend * contrast[other]

@@ -301,3 +301,29 @@ def test_synthetic_flip_keeps_the_class() -> None:
     flipped = dataclasses.replace(ds, test=data.Split(ds.test.images.flip(-1), ds.test.labels))
     assert ds.flip and torch.allclose(_robust_ncm(flipped, 0.0), _robust_ncm(ds, 0.0), atol=0.05)
 
+
+
+def test_synthetic_hardest_makes_the_last_class_easier_and_leaves_the_first_alone():
+    import numpy as np
+
+    from hamsweep.data import load
+    from hamsweep.spec import DataConfig
+
+    def spread(hardest: float) -> list[float]:
+        """Per class: the mean distance of an image to its class's mean image (noise + blend)."""
+        split = load(DataConfig(name="synthetic", num_classes=5, image_size=8, train_size=500, hardest=hardest, val_fraction=0)).train
+        x, y = split.images.float().numpy() / 255, split.labels.numpy()
+        return [float(np.abs(x[y == c] - x[y == c].mean(0)).mean()) for c in range(5)]
+
+    full, easier = spread(1.0), spread(0.4)
+    assert easier[-1] < 0.7 * full[-1]  # the hardest class is much less spread out
+    assert abs(easier[0] - full[0]) < 0.1 * full[0]  # class 0 is the same easiest setting
+    assert easier == sorted(easier) and full == sorted(full)  # still from easiest to hardest
+
+
+def test_synthetic_hardest_outside_0_1_is_a_one_line_error():
+    from hamsweep.errors import SpecError
+    from hamsweep.spec import DataConfig, validate
+
+    with pytest.raises(SpecError, match=r"^hardest: hardest must be in \(0, 1\] but got 0.0$"):
+        validate(DataConfig, {"name": "synthetic", "hardest": 0})

@@ -37,11 +37,14 @@ class DataConfig(_Frozen):
     image_size: int = 32  # pixels per side
     train_size: int = 5000  # images before the validation split
     test_size: int = 1000  # images in the test split
+    hardest: float = 1.0  # in (0, 1]: how far the hardest class goes toward the hardest setting (1 = classes 0-2 fully robust, the last near 0)
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
         if not 0 <= self.val_fraction < 1:
             raise SpecError("val_fraction", f"val_fraction must be in [0, 1) but got {self.val_fraction}")
+        if not 0 < self.hardest <= 1:
+            raise SpecError("hardest", f"hardest must be in (0, 1] but got {self.hardest}")
         for key in ("num_classes", "image_size", "train_size", "test_size"):
             if getattr(self, key) < (2 if key == "num_classes" else 1):
                 raise SpecError(key, f"{key} must be positive (num_classes >= 2) but got {getattr(self, key)}")
