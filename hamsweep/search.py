@@ -178,9 +178,12 @@ class Searcher(OptunaSearch):
         return None
 
     def _may_ask(self) -> bool:
+        """Whether to ask Optuna for another proposal: always, unless proposals wait for a trunk (then
+        at most ``max_concurrent`` wait, and no more are asked for than the sweep has trials)."""
+        if self.spec is None or not self.plan.shared:
+            return True
         proposed = len(self._ot_trials) + len(self._deferred)
-        limit = self.spec.search.max_concurrent if self.spec is not None else 1
-        return len(self._deferred) < limit and (self.spec is None or proposed < self.spec.search.num_samples)
+        return len(self._deferred) < self.spec.search.max_concurrent and proposed < self.spec.search.num_samples
 
     def _ask(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)

@@ -11,6 +11,7 @@ import pytest
 from hamsweep.errors import SpecError
 from hamsweep.results import OBJECTIVE_COLUMNS
 from hamsweep.search import BEST, JOURNAL, OBJECTIVE, make_sampler, make_scheduler, make_searcher, open_study
+from hamsweep.trunk import plan
 from hamsweep.spec import OBJECTIVES, SweepSpec, load_spec, validate
 from hamsweep.spec.trial import objective_summary
 from conftest import REPO
@@ -151,8 +152,9 @@ def test_checkpoints_are_selected_by_the_objective():
 def test_shipped_specs_are_valid_sweeps(name):
     s = load_spec(REPO / "search_spaces" / f"{name}.yaml")
     searched = set(s.search.params)
-    assert {"ham.discard_threshold", "ham.keep_easy_fraction", "ham.temperature", "ham.drop_step",
-            "train.attack_steps", "ham.warmup_epochs", "train.lr"} <= searched
+    assert {"ham.discard_threshold", "ham.keep_easy_fraction", "ham.temperature", "ham.drop_step", "ham.warmup_epochs"} <= searched
+    assert not searched & {"train.attack_steps", "train.lr"}  # K and lr fixed: every trial shares one warm-up
+    assert len(plan(s).trunks) == 1
     assert None in s.search.params["ham.temperature"].choices  # uniform weights is a choice
     assert s.scheduler.name == "asha"
     assert s.objective.primary == ("cvar_robust" if name == "smoke" else "worst_robust")
@@ -175,3 +177,25 @@ def test_cmaes_runs_past_its_random_start(tmp_path):
         assert 1 <= c["ham.drop_step"] <= c["train.attack_steps"]
         s.on_trial_complete(f"t{i}", {OBJECTIVE: c["train.lr"], BEST: c["train.lr"], "epoch": 6})
     assert len([t for t in open_study(tmp_path).trials if t.state.name == "COMPLETE"]) == 25
+
+
+def test_trunk_first_then_proposals_wait_for_their_trunk_epoch(tmp_path):
+    from hamsweep.trunk import epoch_dir
+
+    params = {"ham.warmup_epochs": {"choice": [2, 4], "default": 2}, "ham.temperature": {"choice": [None, 1.0], "default": None}}
+    s = make_searcher(spec(search={"params": params, "num_samples": 4, "max_concurrent": 2}), tmp_path)
+    (trunk,) = plan(s.spec).trunks
+    waiting: list = []
+    s.waiting_sink = waiting.append
+    assert s.suggest("t0") == {"role": "trunk", "optuna_trial": -1}
+    assert s.suggest("t1") is None and s.suggest("t2") is None  # the defaults (w=2) and one more wait
+    assert s.suggest("t3") is None and len(open_study(tmp_path).trials) == 2  # at most max_concurrent wait
+    assert sorted(w for _, w in waiting[-1]) == sorted(c["ham.warmup_epochs"] for _, c in s._deferred)
+    epoch_dir(tmp_path, trunk.key, 2).mkdir(parents=True)  # the trunk reached epoch 2
+    first = s.suggest("t4")
+    assert first["fork"] == trunk.key and first["ham.warmup_epochs"] == 2 and first["optuna_trial"] == 0
+    s.on_trial_complete("t0", {"epoch": 3}, error=True)  # the trunk failed before epoch 4
+    rest = [s.suggest(f"t{i}") for i in range(5, 8)]
+    assert all(c is not None for c in rest)
+    assert all("fork" not in c or c["ham.warmup_epochs"] == 2 for c in rest)  # w=4 now trains its own warm-up
+    assert s.suggest("t9") is None  # num_samples (4) proposals in all
