@@ -154,7 +154,10 @@ def test_detached_sweep_survives_a_usr2_and_a_sigterm_requeue(slurm, tmp_path):
     assert con.execute("SELECT count(*), count(DISTINCT (trial, epoch)) FROM epochs").fetchone() == (24, 24)
     assert any(t["resumed_from"] for t in trials)  # continued from checkpoints, not from epoch 0
     study = open_study(out)
-    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4
+    states = sorted(t.state.name for t in study.trials)
+    # a proposal asked less than a snapshot (1 s) before the job was stopped is unknown to the restored
+    # Tune: it stays in the journal as FAIL and its trial runs again as a new Optuna trial
+    assert [s for s in states if s != "FAIL"] == ["COMPLETE"] * 4, states
     assert ray_processes(job) == []
     assert not list(Path("/tmp").glob(f"hamsweep-ray-{job}-*"))  # a killed run's temp folder goes at the next run
 

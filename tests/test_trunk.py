@@ -130,6 +130,10 @@ def test_results_list_the_pgd_at_baseline_evaluated_on_the_test_split(sweep):
     assert table.returncode == 0 and re.search(r"PGD-AT .* completed", table.stdout)
     (tested,) = _sql(out, "SELECT count(DISTINCT c.trial) FROM classes c JOIN trials t USING (trial) WHERE split = 'test' AND t.role = 'trunk'")[0]
     assert tested == 1
+    status = hamsweep("status", str(out))  # the dashboard drawn from state.json, as from a login node
+    (trunk,), = _sql(out, "SELECT trial FROM trials WHERE role = 'trunk'")
+    assert f"shared warm-up {trunk} (PGD-AT baseline): epoch {EPOCHS}/{EPOCHS}, completed; {SAMPLES} trials forked from it" in status.stdout
+    assert re.search(rf"PGD-AT\s+.\s+{trunk}", status.stdout), status.stdout
 
 
 def test_plan_of_trunks_for_shipped_and_hand_made_specs(tmp_path):
@@ -159,14 +163,35 @@ def test_validate_prints_the_trunks_and_the_predicted_saving(tmp_path):
     assert "shared warm-up: none (train.lr (loguniform) is searched over a range" in proc.stdout
 
 
+KILL_EPOCHS = 16  # epochs of under a second: the trunk still trains when a fork (a new worker: seconds to start) checkpoints
+
+
+def _snapshotted(out: Path) -> dict[str, list[int]]:
+    """Role -> the epoch of each checkpointed trial in Tune's experiment snapshot (what a resume continues from)."""
+    import json
+
+    found: dict[str, list[int]] = {"trunk": [], "search": []}
+    for state in (out / "ray").glob("experiment_state*.json"):
+        try:
+            trials = json.loads(state.read_text())["trial_data"]
+        except (OSError, ValueError, KeyError):
+            continue
+        for data, runtime in trials:
+            last = json.loads(runtime).get("last_result") or {}
+            if last.get("checkpoint_dir_name") and last.get("epoch", 0) < KILL_EPOCHS:
+                found[json.loads(data)["config"].get("role", "search")].append(last["epoch"])
+    return found
+
+
 def test_sigkilled_driver_with_a_trunk_resumes_without_retraining(tmp_path):
     out = tmp_path / "out"
-    spec = _shared_spec(tmp_path / "kill.yaml", data={"train_size": 1024}, train={"epochs": 6}, scheduler="none",
+    spec = _shared_spec(tmp_path / "kill.yaml", data={"train_size": 4096}, train={"epochs": KILL_EPOCHS}, scheduler="none",
                         final_eval={"top_k": 0}, search={"num_samples": 3})
     driver = subprocess.Popen([HAMSWEEP, "run", str(spec), "--out", str(out)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        wait_for(lambda: snapshotted_epochs(out) >= 4, 300, "four checkpointed epochs in Tune's snapshot")
+    try:  # the trunk still training, a fork with a checkpoint of its own
+        wait_for(lambda: (s := _snapshotted(out))["trunk"] and s["trunk"][0] >= 3 and s["search"], 300,
+                 "the trunk at epoch 3 and a fork checkpointed in Tune's snapshot, both unfinished")
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
@@ -177,8 +202,10 @@ def test_sigkilled_driver_with_a_trunk_resumes_without_retraining(tmp_path):
     rows = _sql(out, "SELECT role, status, epochs_run, resumed_from FROM trials")
     assert sorted(r[0] for r in rows) == ["search"] * 3 + ["trunk"] and all(r[1] == "completed" for r in rows)
     assert _sql(out, "SELECT count(*) = count(DISTINCT (trial, epoch)) FROM epochs")[0][0]
-    assert _sql(out, "SELECT count(*) FROM epochs e JOIN trials t USING (trial) WHERE t.role = 'trunk'")[0][0] == 6
+    assert _sql(out, "SELECT count(*) FROM epochs e JOIN trials t USING (trial) WHERE t.role = 'trunk'")[0][0] == KILL_EPOCHS
     trunk = next(r for r in rows if r[0] == "trunk")
-    assert trunk[3], "the trunk continued from its checkpoint, not from epoch 0"
+    assert trunk[3] and trunk[3] >= 3, "the trunk continued from its checkpoint, not from epoch 0"
+    assert any(r[3] for r in rows if r[0] == "search"), "a fork continued from its own checkpoint"
     study = open_study(out)
-    assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert [t.state.name for t in study.trials].count("COMPLETE") == 3
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
