@@ -33,6 +33,8 @@ def top_trials(out: Path, k: int, by: str = "worst_robust", *, completed_only: b
         raise SpecError(str(out), "holds no trials yet; pass a sweep folder")
     con = results.connect(out)
     has_role = "role" in {r[0] for r in con.execute("DESCRIBE trials").fetchall()}  # folders from before trunks have none
+    if not has_role and role != SEARCH:
+        return []
     conditions = ["t.status = 'completed'"] if completed_only else []
     conditions += [f"coalesce(t.role, '{SEARCH}') = '{role}'"] if has_role else []
     where = f"WHERE {' AND '.join(conditions)}" if conditions else ""

@@ -151,7 +151,8 @@ class Searcher(OptunaSearch):
         self.plan: Plan = plan(spec) if spec is not None else Plan(reason="no spec")
         self._trunk_trials: dict[str, Trunk] = {}  # Tune trial id -> the trunk it trains
         self._trunks_ended: set[str] = set()  # keys of trunks whose trial ended (finished or failed)
-        self._deferred: list[tuple[Any, dict[str, Any]]] = []  # (Optuna trial, config) waiting for a trunk epoch
+        # proposals waiting for a trunk epoch: (Optuna trial, config, (trunk key, epoch))
+        self._deferred: list[tuple[Any, dict[str, Any], tuple[str, int]]] = []
         self.waiting_sink: Any = None  # called with [(trunk key, epoch)] whenever the deferred proposals change
         super().__init__(*args, **kwargs)
         if self._ot_study is not None:
@@ -166,14 +167,14 @@ class Searcher(OptunaSearch):
         config = self._release_deferred(trial_id)
         if config is None and self._may_ask():
             config = self._ask(trial_id)
-        self._tell_waiting()
         return config
 
     def _release_deferred(self, trial_id: str) -> dict | None:
-        for i, (ot_trial, config) in enumerate(self._deferred):
-            if (ready := self._release(config)) is not None:
+        for i, (ot_trial, config, point) in enumerate(self._deferred):
+            if (ready := self._start(config, point)) is not None:
                 del self._deferred[i]
                 self._ot_trials[trial_id] = ot_trial
+                self._tell_waiting()
                 return ready
         return None
 
@@ -189,35 +190,35 @@ class Searcher(OptunaSearch):
         config = super().suggest(trial_id)
         if not isinstance(config, dict):
             return config
-        ready = self._release(config)
+        point = self._fork_point(config)
+        ready = self._start(config, point)
         if ready is None:
-            self._deferred.append((self._ot_trials.pop(trial_id), config))
+            self._deferred.append((self._ot_trials.pop(trial_id), config, point))
+            self._tell_waiting()
         return ready
 
-    def _release(self, config: dict[str, Any]) -> dict[str, Any] | None:
-        """``config`` as it starts now (forking from its trunk), or None while its trunk epoch is not there."""
+    def _fork_point(self, config: dict[str, Any]) -> tuple[str, int] | None:
+        """(trunk key, warm-up epoch) where a proposal forks; None: it trains from scratch."""
         if self.spec is None or not self.plan.shared:
-            return config
+            return None
         cfg = self.spec.search_trial_config(trial_params(config))
         trunk = self.plan.trunk_of(cfg)
-        if trunk is None or trunk.key in self._trunks_ended and not self._ready(trunk.key, cfg.ham.warmup_epochs):
-            return config  # trains from scratch: no trunk of its warm-up, or that trunk failed before
-        if self._ready(trunk.key, cfg.ham.warmup_epochs):
-            return {**config, FORK: trunk.key}
+        return (trunk.key, cfg.ham.warmup_epochs) if trunk is not None else None
+
+    def _start(self, config: dict[str, Any], point: tuple[str, int] | None) -> dict[str, Any] | None:
+        """``config`` as it starts now (forking from its trunk), or None while its trunk epoch is not there."""
+        if point is None:
+            return config
+        key, epoch = point
+        if epoch in ready_epochs(self.folder, key):  # type: ignore[arg-type]
+            return {**config, FORK: key}
+        if key in self._trunks_ended:
+            return config  # its trunk failed before that epoch: it trains its own warm-up
         return None
 
-    def _ready(self, key: str, epoch: int) -> bool:
-        return epoch in ready_epochs(self.folder, key)  # type: ignore[arg-type]
-
     def _tell_waiting(self) -> None:
-        if self.waiting_sink is None or self.spec is None:
-            return
-        waiting = []
-        for _, config in self._deferred:
-            cfg = self.spec.search_trial_config(trial_params(config))
-            if (trunk := self.plan.trunk_of(cfg)) is not None:
-                waiting.append((trunk.key, cfg.ham.warmup_epochs))
-        self.waiting_sink(waiting)
+        if self.waiting_sink is not None:
+            self.waiting_sink([point for _, _, point in self._deferred])
 
     def _check_directions(self) -> None:
         import optuna

@@ -136,16 +136,27 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.5)
 
 
-def snapshotted_epochs(out: Path) -> int:
-    """Epochs of checkpointed trials in Tune's experiment snapshot: what a restored sweep continues
-    from. The snapshot lags the checkpoint folders on disk by a second or more."""
-    epochs = 0
+def snapshotted_trials(out: Path) -> list[tuple[dict, dict]]:
+    """(config, last result) of each trial in Tune's experiment snapshot: what a restored sweep
+    continues from. The snapshot lags the checkpoint folders on disk by a second or more."""
+    found = []
     for state in (out / "ray").glob("experiment_state*.json"):
         try:
             trials = json.loads(state.read_text())["trial_data"]
         except (OSError, ValueError, KeyError):
             continue
-        for _, runtime in trials:
-            last = json.loads(runtime).get("last_result") or {}
-            epochs += last.get("epoch", 0) if last.get("checkpoint_dir_name") else 0
-    return epochs
+        for data, runtime in trials:
+            found.append((json.loads(data).get("config", {}), json.loads(runtime).get("last_result") or {}))
+    return found
+
+
+def snapshotted_epochs(out: Path) -> int:
+    """Epochs of checkpointed trials in Tune's experiment snapshot (see ``snapshotted_trials``)."""
+    return sum(last.get("epoch", 0) for _, last in snapshotted_trials(out) if last.get("checkpoint_dir_name"))
+
+
+def finished_sweep(spec: Path, out: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    """``hamsweep run SPEC --out OUT`` to its end, which must succeed."""
+    proc = hamsweep("run", str(spec), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc

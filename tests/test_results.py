@@ -74,3 +74,19 @@ def test_parts_written_before_flip_backs_existed_still_read(tmp_path):
     assert connect(tmp_path).execute("SELECT sum(flip_backs) FROM epochs").fetchone()[0] == 5
     compact(tmp_path)
     assert read_table(tmp_path, EPOCHS).column("flip_backs").to_pylist() == [None, 5]
+
+
+def test_a_sweep_folder_from_before_trunks_has_no_baseline_and_no_history_views(tmp_path):
+    from hamsweep.final_eval import top_trials
+    from hamsweep.results import TRIAL_SCHEMA, TRIALS
+
+    old = pa.schema([f for f in TRIAL_SCHEMA if f.name not in ("role", "trunk", "forked_at", "trunk_key")])
+    row = {f.name: None for f in old} | {"trial": "t1", "number": 0, "status": "completed", "epochs_run": 1, "epochs": 1}
+    (tmp_path / TRIALS).mkdir()
+    pq.write_table(pa.Table.from_pylist([row], schema=old), tmp_path / TRIALS / "part-00000000000000000001-1.parquet")
+    writer = PartWriter(tmp_path)
+    writer.append(EPOCHS, epoch_rows("t1", _record(1), 0.2))
+    assert [r["trial"] for r in top_trials(tmp_path, 5, "worst_robust")] == ["t1"]
+    assert top_trials(tmp_path, 5, "worst_robust", role="trunk") == []  # no role column: nothing is a baseline
+    views = {r[0] for r in connect(tmp_path).execute("SHOW TABLES").fetchall()}
+    assert "trial_epochs" not in views and {"trials", "epochs"} <= views

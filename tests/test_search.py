@@ -190,7 +190,7 @@ def test_trunk_first_then_proposals_wait_for_their_trunk_epoch(tmp_path):
     assert s.suggest("t0") == {"role": "trunk", "optuna_trial": -1}
     assert s.suggest("t1") is None and s.suggest("t2") is None  # the defaults (w=2) and one more wait
     assert s.suggest("t3") is None and len(open_study(tmp_path).trials) == 2  # at most max_concurrent wait
-    assert sorted(w for _, w in waiting[-1]) == sorted(c["ham.warmup_epochs"] for _, c in s._deferred)
+    assert sorted(w for _, w in waiting[-1]) == sorted(c["ham.warmup_epochs"] for _, c, _ in s._deferred)
     epoch_dir(tmp_path, trunk.key, 2).mkdir(parents=True)  # the trunk reached epoch 2
     first = s.suggest("t4")
     assert first["fork"] == trunk.key and first["ham.warmup_epochs"] == 2 and first["optuna_trial"] == 0

@@ -15,7 +15,7 @@ import pytest
 from hamsweep import results
 from hamsweep.search import open_study
 from hamsweep.sweep import _ray_temp_dir
-from conftest import HAMSWEEP, TINY, hamsweep, snapshotted_epochs, wait_for, write_spec
+from conftest import HAMSWEEP, TINY, finished_sweep, hamsweep, snapshotted_epochs, wait_for, write_spec
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -35,10 +35,7 @@ def ray_processes(out: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     root = tmp_path_factory.mktemp("sweep")
-    out = root / "out"
-    proc = hamsweep("run", str(write_spec(root / "tiny.yaml")), "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc
+    return finished_sweep(write_spec(root / "tiny.yaml"), root / "out")
 
 
 def test_sweep_runs_exactly_num_samples_trials_with_m_le_k(sweep):

@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 import torch
-from conftest import HAMSWEEP, hamsweep, snapshotted_epochs, wait_for, write_spec
+from conftest import HAMSWEEP, finished_sweep, hamsweep, snapshotted_trials, wait_for, write_spec
 
 from hamsweep import results
 from hamsweep.search import open_study
@@ -39,10 +39,7 @@ def _shared_spec(path: Path, **changes) -> Path:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     root = tmp_path_factory.mktemp("trunk")
-    out = root / "out"
-    proc = hamsweep("run", str(_shared_spec(root / "shared.yaml")), "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc
+    return finished_sweep(_shared_spec(root / "shared.yaml"), root / "out")
 
 
 def _sql(out: Path, sql: str) -> list[tuple]:
@@ -167,19 +164,11 @@ KILL_EPOCHS = 16  # epochs of under a second: the trunk still trains when a fork
 
 
 def _snapshotted(out: Path) -> dict[str, list[int]]:
-    """Role -> the epoch of each checkpointed trial in Tune's experiment snapshot (what a resume continues from)."""
-    import json
-
+    """Role -> the epoch of each checkpointed, unfinished trial in Tune's experiment snapshot."""
     found: dict[str, list[int]] = {"trunk": [], "search": []}
-    for state in (out / "ray").glob("experiment_state*.json"):
-        try:
-            trials = json.loads(state.read_text())["trial_data"]
-        except (OSError, ValueError, KeyError):
-            continue
-        for data, runtime in trials:
-            last = json.loads(runtime).get("last_result") or {}
-            if last.get("checkpoint_dir_name") and last.get("epoch", 0) < KILL_EPOCHS:
-                found[json.loads(data)["config"].get("role", "search")].append(last["epoch"])
+    for config, last in snapshotted_trials(out):
+        if last.get("checkpoint_dir_name") and last.get("epoch", 0) < KILL_EPOCHS:
+            found[config.get("role", "search")].append(last["epoch"])
     return found
 
 
