@@ -4,6 +4,7 @@ Parquet tables read back with DuckDB and pyarrow, SIGKILLed drivers and workers.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -224,7 +225,8 @@ def test_local_sweep_is_watched_and_cancelled_from_another_terminal(tmp_path):
         wait_for(lambda: snapshotted_epochs(out) >= 1, 300, "a first checkpointed epoch")
         shown = hamsweep("status", str(out))
         assert shown.returncode == 0 and f"running: driver process {driver.pid}" in shown.stdout
-        assert "trials: 1 running" in shown.stdout
+        # one trial at a time: the first runs, or (on a loaded machine, the snapshot lagging) has just ended
+        assert re.search(r"trials: (1 running|0 running, 1 done)", shown.stdout), shown.stdout
         proc = hamsweep("cancel", str(out))
         assert proc.returncode == 0, proc.stderr
         _, err = driver.communicate(timeout=60)  # cancel returned: the driver has already ended
