@@ -111,10 +111,11 @@ def _evaluate(out: Path, spec: SweepSpec, row: dict[str, Any], autoattack: bool)
 
     from hamsweep.trunk import trunk_config
 
-    if row.get("role") == TRUNK:
-        cfg = trunk_config(spec, {k: row[param_column(k)] for k in spec.search.params if row.get(param_column(k)) is not None})
+    params = {k: row[param_column(k)] for k in spec.search.params}
+    if row.get("role") == TRUNK:  # a trunk's row holds only its warm-up keys; HAM's are null
+        cfg = trunk_config(spec, {k: v for k, v in params.items() if v is not None})
     else:
-        cfg = spec.trial_config({k: row[param_column(k)] for k in spec.search.params})
+        cfg = spec.trial_config(params)
     path = Path(out) / (row["checkpoint"] or "-") / BEST
     if not row["checkpoint"] or not path.is_file():
         raise SpecError(str(out), f"trial {row['trial']} has no best checkpoint ({path}); it cannot be evaluated")

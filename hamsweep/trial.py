@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from hamsweep import trunk
 from hamsweep.errors import DivergenceError
 from hamsweep.rundir import atomic_write_text
 from hamsweep.keys import BEST, FORK, NUMBER, OBJECTIVE, TRUNK, best_key, role, trial_params
@@ -41,9 +42,7 @@ def sweep_trial_config(spec: SweepSpec, config: Mapping[str, Any]) -> TrialConfi
     """The trial's config: the spec, then Ray's sampled values (a trunk: PGD-AT, ``trunk.trunk_config``).
     The test split is left alone during the search: only ``final_eval`` touches it, after the search."""
     if role(config) == TRUNK:
-        from hamsweep.trunk import trunk_config
-
-        return trunk_config(spec, trial_params(config))
+        return trunk.trunk_config(spec, trial_params(config))
     return spec.search_trial_config(trial_params(config))
 
 
@@ -117,16 +116,15 @@ def train_trial(spec: SweepSpec, config: Mapping[str, Any], work: Path, *, out: 
     import torch
 
     from hamsweep import train
-    from hamsweep import trunk as trunks
 
     torch.set_num_threads(max(1, int(cpus)))  # more threads than reserved cores slows every trial
     cfg = sweep_trial_config(spec, config)
     dataset = _dataset(cfg)
-    fork = trunks.epoch_dir(out, config[FORK], cfg.ham.warmup_epochs) if config.get(FORK) else None
+    fork = trunk.epoch_dir(out, config[FORK], cfg.ham.warmup_epochs) if config.get(FORK) else None
     if fork is not None and not fork.is_dir():
         raise FileNotFoundError(f"trunk checkpoint {fork} is missing: the trial cannot fork from it")
     if role(config) == TRUNK:
-        emit = _keeping_trunk_epochs(emit, out, warmup_key(cfg), trunks.plan(spec).fork_epochs)
+        emit = _keeping_trunk_epochs(emit, out, warmup_key(cfg), trunk.plan(spec).fork_epochs)
     inherited = json.loads((fork / HISTORY).read_text()) if fork is not None and (fork / HISTORY).is_file() else []
     reporter = _Reporter(cfg, spec.objective.metrics, dataset.classes, work / "checkpoint", emit, inherited=inherited)
     try:
@@ -141,8 +139,6 @@ def train_trial(spec: SweepSpec, config: Mapping[str, Any], work: Path, *, out: 
 
 def _keeping_trunk_epochs(emit: Emit, out: Path, key: str, epochs: tuple[int, ...]) -> Emit:
     """A trunk's ``emit``: first copy the checkpoint of each epoch a fork may start from (see ``trunk``)."""
-    from hamsweep import trunk
-
     wanted = set(epochs)
 
     def keep_then_emit(result: dict[str, Any], checkpoint_dir: Path | None) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,9 @@ from hamsweep.spec.trial import WARMUP_FREE_KEYS, warmup_key
 
 __all__ = ["TRUNKS", "Plan", "Trunk", "epoch_dir", "plan", "ready_epochs", "snapshot"]
 
-TRUNKS = "trunks"  # in the sweep folder: trunks/<key>/epoch-NNNN/{last.pt, best.pt, history.json}
+TRUNKS = "trunks"  # in the sweep folder: trunks/<key>/epoch-NNNN/, a copy of the trunk's checkpoint folder
+_EPOCH = "epoch-"  # a trunk epoch's folder: epoch-0020
 MAX_TRUNKS = 16  # more combinations than this share too little to be worth a full PGD-AT run each
-_FILES = ("last.pt", "best.pt", "history.json")  # what a fork needs of a trunk's checkpoint folder
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,6 @@ class Plan:
     trunks: tuple[Trunk, ...] = ()
     fork_epochs: tuple[int, ...] = ()  # values of ham.warmup_epochs a trial may have (1..epochs-1)
     reason: str | None = None  # why nothing is shared
-    by_key: dict[str, Trunk] = field(default_factory=dict)
 
     @property
     def shared(self) -> bool:
@@ -59,7 +58,8 @@ class Plan:
         w = cfg.ham.warmup_epochs
         if not self.shared or cfg.train.method != "ham" or not 0 < w < cfg.train.epochs:
             return None
-        return self.by_key.get(warmup_key(cfg))
+        key = warmup_key(cfg)
+        return next((t for t in self.trunks if t.key == key), None)
 
 
 def trunk_config(spec: SweepSpec, params: dict[str, Any]) -> TrialConfig:
@@ -89,7 +89,7 @@ def plan(spec: SweepSpec) -> Plan:
     if len(combos) > MAX_TRUNKS:
         return Plan(reason=f"the searched warm-up keys ({', '.join(searched)}) make {len(combos)} trunks (at most {MAX_TRUNKS})")
     trunks = tuple(Trunk(warmup_key(trunk_config(spec, c)), c, i) for i, c in enumerate(combos))
-    return Plan(trunks, fork_epochs, by_key={t.key: t for t in trunks})
+    return Plan(trunks, fork_epochs)
 
 
 def _values(spec: SweepSpec, key: str) -> tuple[Any, ...] | None:
@@ -108,28 +108,26 @@ def _values(spec: SweepSpec, key: str) -> tuple[Any, ...] | None:
 # ---- the trunk store ----
 def epoch_dir(out: Path, key: str, epoch: int) -> Path:
     """Where trunk ``key`` keeps its checkpoint after ``epoch`` for forks."""
-    return Path(out) / TRUNKS / key / f"epoch-{epoch:04d}"
+    return Path(out) / TRUNKS / key / f"{_EPOCH}{epoch:04d}"
 
 
 def snapshot(checkpoint_dir: Path, dest: Path) -> None:
-    """Copy a trunk's checkpoint folder to ``dest`` atomically (a folder renamed into place), once."""
+    """Copy a trunk's checkpoint folder (last.pt, best.pt, history.json) to ``dest`` atomically (a
+    folder renamed into place), once."""
     if dest.is_dir():
         return  # a restarted trunk reaches the same epoch again, with the same state
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in _FILES:
-        if (checkpoint_dir / name).is_file():
-            shutil.copy2(checkpoint_dir / name, tmp / name)
+    shutil.copytree(checkpoint_dir, tmp, ignore=shutil.ignore_patterns(".*"))  # never a temporary file
     os.replace(tmp, dest)
 
 
 def ready_epochs(out: Path, key: str) -> set[int]:
     """The epochs of trunk ``key`` that forks can start from now."""
-    folder = Path(out) / TRUNKS / key
+    folder = epoch_dir(out, key, 0).parent
     if not folder.is_dir():
         return set()
-    return {int(p.name.removeprefix("epoch-")) for p in folder.glob("epoch-*") if p.is_dir()}
+    return {int(p.name.removeprefix(_EPOCH)) for p in folder.glob(f"{_EPOCH}*") if p.is_dir()}
 
 
 # ---- what sharing saves (printed by `hamsweep validate`, checked by bench/sweep_cost.py) ----
