@@ -57,7 +57,7 @@ train: {{method: ham, epochs: 1, batch_size: 64, attack_steps: 2}}
 ham: {{warmup_epochs: 0, drop_step: 1}}
 eval: {{attack_steps: 2, test: false}}   # a sweep never touches the test split during the search
 scheduler: none
-final_eval: {{top_k: 0}}
+confirm: {{top_k: 0}}
 resources: {{cpu: 1}}
 search:
   num_samples: {trials}

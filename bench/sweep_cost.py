@@ -52,7 +52,7 @@ ham: {{warmup_epochs: 6, drop_step: 2}}
 eval: {{attack_steps: 3, batch_size: 256}}
 objective: {{metric: mean_robust}}
 scheduler: {{name: asha, grace_period: 9, reduction_factor: 3}}
-final_eval: {{top_k: 0}}
+confirm: {{top_k: 0}}
 resources: {{cpu: 1}}
 search:
   sampler: random

@@ -60,6 +60,7 @@ def validate(
         f"maximises validation {' + '.join(s.objective.metrics)}; {s.resources.cpu:g} CPU + {s.resources.gpu:g} GPU per trial"
     )
     print(_sharing(s))
+    print(_confirming(s))
     if profile is not None:
         print(f"{cluster}: ok — {profile.describe()}")
 
@@ -78,6 +79,26 @@ def _sharing(s: Any) -> str:
         f"shared warm-up: {len(p.trunks)} PGD-AT trunk{'s' if len(p.trunks) > 1 else ''} of {s.train.epochs} epochs "
         f"(the PGD-AT baseline), forks from epochs {lo}..{hi}; {cost.checkpoints} trunk checkpoints, {disk}; "
         f"predicted training epochs {cost.shared:.0f} instead of {cost.without:.0f} ({cost.ratio:.2f}x)"
+    )
+
+
+def _confirming(s: Any) -> str:
+    """What the confirm stage will train, and its predicted cost against the search's."""
+    from hamsweep.confirm import confirm_cost, new_seeds
+    from hamsweep.trunk import predicted_cost
+
+    c = s.confirm
+    if not c.top_k:
+        return "confirm: off (confirm.top_k: 0); the test split is never used"
+    if not c.retrains:
+        return f"confirm: the {c.top_k} best search trials' own checkpoints on the test split (confirm.seeds: 0: one seed, no interval)"
+    epochs, trials = confirm_cost(s)
+    search = predicted_cost(s).shared
+    seeds = ", ".join(map(str, new_seeds(s)))
+    aa = " and AutoAttack" if c.autoattack else ""
+    return (
+        f"confirm: the {c.top_k} best configs and PGD-AT on train.seed {seeds}, on the test split (PGD-{s.eval.attack_steps}{aa}): "
+        f"{trials} trials, predicted {epochs:.0f} training epochs, {epochs / search:.2f}x the search's {search:.0f}"
     )
 
 
@@ -203,12 +224,22 @@ def results(
     folder: Path = typer.Argument(..., help="a sweep folder"),
     top: int = typer.Option(10, "--top", help="how many trials to show"),
     by: str | None = typer.Option(None, "--by", help="rank by this validation metric (default: the objective)"),
+    fmt: str = typer.Option("table", "--format", help="table (the terminal), or csv, json, latex: the confirmed table (csv, json: the ranking without one)"),
 ) -> None:
-    """The best trials of a sweep with their parameters and summary metrics."""
-    from hamsweep.final_eval import results_table
+    """The confirmed table of a sweep (its winners and PGD-AT over seeds, on the test split), then the
+    search's best trials with their parameters and summary metrics."""
+    from hamsweep import results as tables
+    from hamsweep.final_eval import confirmed_table, formatted, results_table
     from hamsweep.sweep import wide_console
 
-    wide_console().print(results_table(folder, _sweep_spec(folder), top=top, by=by))
+    spec = _sweep_spec(folder)
+    if fmt != "table":
+        sys.stdout.write(formatted(folder, spec, fmt, top=top, by=by))
+        return
+    console = wide_console()
+    if tables.CONFIRM in tables.tables(folder):
+        console.print(confirmed_table(folder, spec))
+    console.print(results_table(folder, spec, top=top, by=by))
 
 
 @app.command()

@@ -30,6 +30,7 @@ _STATUS_STYLE = {"pending": "dim", "running": "cyan", "completed": "green", "sto
 _WEAKEST = 5  # classes shown as bars for the best trial
 _DASH = "—"
 TRUNK = "trunk"  # TrialView.role of a shared warm-up (hamsweep.keys.TRUNK; this module imports nothing of the project)
+CONFIRM = "confirm"  # TrialView.stage of the confirm stage (hamsweep.keys.CONFIRM)
 _BASELINE = "PGD-AT"  # how a trunk is named in tables: it is the sweep's PGD-AT baseline
 
 
@@ -56,6 +57,11 @@ class TrialView:
     role: str = "search"  # search | trunk (a shared PGD-AT warm-up, run to the end: the PGD-AT baseline)
     trunk: str | None = None  # a fork's trunk (its trial id)
     forked_at: int | None = None  # the trunk epoch a fork started from (its warm-up)
+    stage: str = "search"  # search | confirm (a winner or the baseline retrained on a new seed, on the test split)
+    seed: int | None = None  # train.seed
+    config: str | None = None  # confirm: the config it retrains (a search trial id, pgd_at:<key> for the baseline)
+    baseline: str | None = None  # confirm: the config of the baseline it is compared with
+    label: str | None = None  # confirm: how tables name its config, '#12' or 'PGD-AT'
 
 
 @dataclass
@@ -72,12 +78,14 @@ class SweepState:
     wall_hours_budget: float | None = None  # in hours of wall time; None = no budget
     sampler_best: tuple[int, float, dict[str, Any]] | None = None  # Optuna's current best: (number, value, params)
     waiting: list[tuple[str, int]] = field(default_factory=list)  # proposals waiting for a trunk epoch: (trunk, epoch)
+    confirm_trials: int = 0  # trials of the confirm stage once it is planned (0: not yet, or none)
+    confirm_seeds: tuple[int, ...] = ()  # its new train.seed values
 
     def counts(self) -> dict[str, int]:
-        """status -> number of search trials (trunks apart), every status present (0 if none)."""
+        """status -> number of search trials (trunks and the confirm stage apart), every status present (0 if none)."""
         out = dict.fromkeys(STATUSES, 0)
         for view in self.trials.values():
-            if view.role == TRUNK:
+            if view.role == TRUNK or view.stage == CONFIRM:
                 continue
             if view.status not in out:
                 raise ValueError(f"trial {view.trial}: status must be one of {', '.join(STATUSES)} but got {view.status!r}")
@@ -89,7 +97,7 @@ class SweepState:
 
     def best(self) -> TrialView | None:
         """The trial with the highest best_objective (the first started on a tie); None if none has one."""
-        scored = [v for v in self.trials.values() if _score(v) is not None and v.role != TRUNK]
+        scored = [v for v in self.trials.values() if _score(v) is not None and v.role != TRUNK and v.stage != CONFIRM]
         return max(scored, key=lambda v: _score(v)) if scored else None
 
 
@@ -105,6 +113,7 @@ def state_from_json(text: str) -> SweepState:
         view["class_robust"], view["class_names"] = tuple(view["class_robust"]), tuple(view["class_names"])
         trials[tid] = TrialView(**view)
     best = data.pop("sampler_best")
+    data["confirm_seeds"] = tuple(data.get("confirm_seeds", ()))
     return SweepState(**data, trials=trials, sampler_best=tuple(best) if best else None)
 
 
@@ -141,7 +150,8 @@ def _short_names(keys: list[str]) -> dict[str, str]:
 def _param_keys(state: SweepState) -> list[str]:
     keys: dict[str, None] = {}  # an ordered set: the first trial's order, then any key added later
     for view in state.trials.values():
-        keys.update(dict.fromkeys(view.params))
+        if view.stage != CONFIRM:  # drawn in the confirm panel
+            keys.update(dict.fromkeys(view.params))
     return list(keys)
 
 
@@ -164,7 +174,8 @@ def _header(state: SweepState) -> Panel:
     if state.wall_hours_budget is not None:
         cost += f"; wall-clock {_hms(state.now - state.started)} of budget {_hms(state.wall_hours_budget * 3600)}"
     top = Text.assemble(("sweep ", "bold"), (state.name, "bold"), f"   elapsed {_hms(state.now - state.started)}")
-    lines = [top, Text(trials), *(_trunk_line(state, v) for v in state.trials.values() if v.role == TRUNK), Text(cost)]
+    trunks = [v for v in state.trials.values() if v.role == TRUNK and v.stage != CONFIRM]
+    lines = [top, Text(trials), *(_trunk_line(state, v) for v in trunks), Text(cost)]
     return Panel(Group(*lines), title="hamsweep", title_align="left")
 
 
@@ -179,9 +190,30 @@ def _trunk_line(state: SweepState, trunk: TrialView) -> Text:
     return Text(line)
 
 
+def _confirm_panel(state: SweepState) -> Panel:
+    """The confirm stage as its own phase: each config and seed, how far, on the test split at the end."""
+    views = [v for v in state.trials.values() if v.stage == CONFIRM]
+    done = sum(v.status in _FINISHED for v in views)
+    seeds = ", ".join(map(str, state.confirm_seeds))
+    head = f"confirm stage: {done} of {state.confirm_trials} trials done (train.seed {seeds}); each is evaluated on the test split at its end"
+    table = Table(box=None, padding=(0, 1), show_header=True)
+    for name in ("config", "seed", "epoch", "best (val)", "status", ""):
+        table.add_column(name, justify="left" if name in ("config", "status", "") else "right", no_wrap=name != "")
+    for v in views:
+        fork = f"forks {v.trunk} after epoch {v.forked_at}" if v.forked_at else ""
+        table.add_row(v.label or _DASH, _DASH if v.seed is None else str(v.seed), f"{v.epoch}/{v.epochs}", _num(v.best_objective),
+                      Text(v.status, style=_STATUS_STYLE.get(v.status, "")), Text(v.stop_reason or fork))
+    trunks = {v.trial for v in views if v.role == TRUNK}
+    waiting = sum(tid in trunks for tid, _ in state.waiting)
+    parts: list[RenderableType] = [Text(head), table]
+    if waiting:
+        parts.append(Text(f"{waiting} waiting for their seed's warm-up epoch", style="dim"))
+    return Panel(Group(*parts), title="confirm", title_align="left")
+
+
 def _ordered(state: SweepState, max_rows: int) -> tuple[list[TrialView], int]:
     """The rows shown (running first, then finished best first, then pending) and how many were left out."""
-    views = list(state.trials.values())
+    views = [v for v in state.trials.values() if v.stage != CONFIRM]
     finished = [v for v in views if v.status in _FINISHED]
     finished.sort(key=lambda v: (_score(v) is None, -(_score(v) or 0.0)))  # stable: ties keep start order
     rows = [v for v in views if v.status == "running"] + finished + [v for v in views if v.status == "pending"]
@@ -257,6 +289,8 @@ def render(state: SweepState, *, max_rows: int = 20) -> RenderableType:
         parts.append(_best_panel(state, best))
     if state.sampler_best is not None:
         parts.append(_sampler_panel(state.objective, state.sampler_best))
+    if state.confirm_trials:
+        parts.append(_confirm_panel(state))
     return Group(*parts)
 
 
@@ -276,7 +310,10 @@ def event_line(state: SweepState, view: TrialView, event: str) -> str:
     if event not in EVENTS:
         raise ValueError(f"event must be one of {', '.join(EVENTS)} but got {event!r}")
     number = f" {_BASELINE}" if view.role == TRUNK else "" if view.number is None else f" {view.number}"
-    prefix = f"[{_hms(state.now - state.started)}] trial{number} {view.trial}"
+    if view.stage == CONFIRM:
+        number = f" {view.label or _DASH} seed {view.seed}"
+    stage = "confirm " if view.stage == CONFIRM else ""
+    prefix = f"[{_hms(state.now - state.started)}] {stage}trial{number} {view.trial}"
     if event == "start":
         fork = f" (forks {view.trunk or 'its trunk'} after epoch {view.forked_at})" if view.forked_at else ""
         return f"{prefix} start {_params_text(view.params)}{fork}".rstrip()

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from hamsweep import attacks, metrics
-from hamsweep.data import DeviceLoader, Split, subsample
+from hamsweep.data import Dataset, DeviceLoader, Split, subsample
 from hamsweep.spec import TrialConfig
 
-__all__ = ["AUTOATTACK", "CLEAN", "EvalCounts", "evaluate"]
+__all__ = ["AUTOATTACK", "CLEAN", "EvalCounts", "evaluate", "evaluate_checkpoint"]
 
 CLEAN, AUTOATTACK = "clean", "autoattack"  # attack names; PGD is named pgd<steps>
 
@@ -67,6 +68,22 @@ def evaluate(
             n, c = metrics.class_counts(pred, y, num_classes)
             totals[a] = (totals[a][0] + n, totals[a][1] + c)
     return [EvalCounts(name, a, tuple(n.tolist()), tuple(c.tolist())) for a, (n, c) in totals.items()]
+
+
+def evaluate_checkpoint(
+    path: Path, cfg: TrialConfig, dataset: Dataset, *, device: torch.device, autoattack: bool = False
+) -> tuple[list[EvalCounts], int]:
+    """A saved model (``best.pt`` or ``last.pt`` of ``train``) on the test split of ``dataset``, per
+    class: (the evaluations, the epoch the checkpoint holds). The one test-split evaluation after
+    training: the confirm stage's trials and ``hamsweep evaluate`` both call it."""
+    from hamsweep import models
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model = models.build(cfg.model, dataset.num_classes, in_channels=dataset.image_shape[0])
+    model.load_state_dict(state["model"])
+    model.to(device)
+    evals = evaluate(model, dataset.test, "test", cfg, dataset.num_classes, seed=0, autoattack=autoattack)
+    return evals, int(state["epoch"])
 
 
 def _attackers(

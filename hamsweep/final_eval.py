@@ -1,9 +1,15 @@
-"""After the search: the top trials' best checkpoints on the test split, and the results table.
+"""After the search: the tables of a sweep (the search's ranking, the confirmed table) and the test
+evaluation of the search's own checkpoints.
 
-The search only ever sees the validation split. ``evaluate_top`` is the one place the test split is
-used: each of the top-k completed trials (by its best validation objective) is evaluated from its
-``best.pt``, class by class, into the ``classes`` table with ``split = 'test'`` and ``epoch`` = the
+The search only ever sees the validation split. The test split is used once, after it, by the
+confirm stage (``hamsweep.confirm``): with ``confirm.seeds >= 1`` its trials evaluate their own best
+checkpoints; with ``confirm.seeds: 0`` (and ``hamsweep evaluate``), ``evaluate_top`` evaluates the
+top-k completed search trials' ``best.pt`` and the PGD-AT baselines'. Either way through
+``evaluation.evaluate_checkpoint``, into ``classes`` with ``split = 'test'`` and ``epoch`` = the
 checkpoint's epoch.
+
+``confirmed_table`` is the paper's table (mean ± std over seeds, the paired difference to PGD-AT);
+``formatted`` writes it (or the ranking, when there is no confirm table) as csv, json or LaTeX.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from hamsweep.results import CLASSES, param_column
 from hamsweep.spec import OBJECTIVES, SweepSpec
 from hamsweep.spec.trial import objective_summary
 
-__all__ = ["evaluate_top", "results_table", "top_trials"]
+__all__ = ["FORMATS", "confirmed_table", "evaluate_top", "formatted", "results_table", "top_trials"]
+
+FORMATS = ("table", "csv", "json", "latex")  # hamsweep results --format
 
 
 def top_trials(out: Path, k: int, by: str = "worst_robust", *, completed_only: bool = False, role: str = SEARCH) -> list[dict[str, Any]]:
@@ -37,6 +45,7 @@ def top_trials(out: Path, k: int, by: str = "worst_robust", *, completed_only: b
         return []
     conditions = ["t.status = 'completed'"] if completed_only else []
     conditions += [f"coalesce(t.role, '{SEARCH}') = '{role}'"] if has_role else []
+    conditions += [f"coalesce(t.stage, '{SEARCH}') = '{SEARCH}'"] if has_role and _has_column(con, "stage") else []
     where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     column = f"robust_{objective_summary(by)}"
     sql = f"""
@@ -50,6 +59,10 @@ def top_trials(out: Path, k: int, by: str = "worst_robust", *, completed_only: b
         FROM trials t LEFT JOIN v USING (trial) LEFT JOIN b USING (trial) LEFT JOIN x USING (trial) {where}
         ORDER BY v.value DESC NULLS LAST, t.number LIMIT {int(k)}"""
     return con.sql(sql).to_arrow_table().to_pylist()
+
+
+def _has_column(con: Any, column: str, table: str = "trials") -> bool:
+    return column in {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
 
 
 def results_table(out: Path, spec: SweepSpec, top: int = 10, by: str | None = None) -> Table:
@@ -103,12 +116,9 @@ def evaluate_top(out: Path, spec: SweepSpec, k: int, *, autoattack: bool = False
 
 
 def _evaluate(out: Path, spec: SweepSpec, row: dict[str, Any], autoattack: bool) -> tuple[list[Any], int, tuple[str, ...]]:
-    import torch
-
-    from hamsweep import data, models
-    from hamsweep.evaluation import evaluate
+    from hamsweep import data
+    from hamsweep.evaluation import evaluate_checkpoint
     from hamsweep.train import BEST, pick_device
-
     from hamsweep.trunk import trunk_config
 
     params = {k: row[param_column(k)] for k in spec.search.params}
@@ -120,9 +130,140 @@ def _evaluate(out: Path, spec: SweepSpec, row: dict[str, Any], autoattack: bool)
     if not row["checkpoint"] or not path.is_file():
         raise SpecError(str(out), f"trial {row['trial']} has no best checkpoint ({path}); it cannot be evaluated")
     dataset = data.load(cfg.data)
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    model = models.build(cfg.model, dataset.num_classes, in_channels=dataset.image_shape[0])
-    model.load_state_dict(state["model"])
-    model.to(pick_device(cfg.train.device))
-    evals = evaluate(model, dataset.test, "test", cfg, dataset.num_classes, seed=0, autoattack=autoattack)
-    return evals, int(state["epoch"]), tuple(dataset.classes)
+    evals, epoch = evaluate_checkpoint(path, cfg, dataset, device=pick_device(cfg.train.device), autoattack=autoattack)
+    return evals, epoch, tuple(dataset.classes)
+
+
+# ---- the confirmed table ----
+_COLUMNS = ("worst", "cvar", "mean")  # robust summaries shown, then clean mean
+
+
+def _paper_rows(out: Path, spec: SweepSpec) -> tuple[str, list[dict[str, Any]]]:
+    """(the robust attack shown, one dict per confirmed config and baseline: its knobs, mean and std
+    per metric, the difference to PGD-AT in the objective's metric, GPU-hours); raw numbers, baseline first."""
+    con = results.connect(out)
+    attacks = {r[0] for r in con.execute(f"SELECT DISTINCT attack FROM {results.CONFIRM}").fetchall()}
+    robust = "autoattack" if "autoattack" in attacks else next((a for a in sorted(attacks) if a != "clean"), "clean")
+    key = objective_summary(spec.objective.primary)
+    key = key if key in _COLUMNS else "worst"  # lcb: the worst class
+    stats = con.sql(f"SELECT * FROM {results.CONFIRM} ORDER BY role DESC, number").to_arrow_table().to_pylist()
+    params = {r["trial"]: r for r in con.sql("SELECT * FROM trials").to_arrow_table().to_pylist()}
+    rows: dict[str, dict[str, Any]] = {}
+    for r in stats:
+        row = rows.setdefault(r["config"], {"config": r["label"], "role": r["role"], "seeds": r["seeds"], "search_objective": r["search_objective"],
+                                            "search_value": r["search_value"], "gpu_hours": r["gpu_hours"], "wall_hours": r["wall_hours"],
+                                            **{k: (params.get(r["config"]) or {}).get(param_column(k)) for k in spec.search.params}})
+        if r["attack"] == robust or (r["attack"] == "clean" and r["metric"] == "mean"):
+            name = "clean" if r["attack"] == "clean" else r["metric"]
+            row[f"{name}_mean"], row[f"{name}_std"] = r["mean"], r["std"]
+            if r["attack"] == robust and r["metric"] == key:
+                row["diff_metric"], row["diff"], row["diff_low"], row["diff_high"] = key, r["diff_mean"], r["diff_low"], r["diff_high"]
+                row["verdict"] = r["verdict"]
+            if r["attack"] == robust:
+                row["seeds"] = r["seeds"]
+    return robust, list(rows.values())
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "—"
+    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+
+
+def _diff(row: dict[str, Any]) -> str:
+    if row.get("diff") is None:
+        return "—"
+    ci = f" [{100 * row['diff_low']:+.1f}, {100 * row['diff_high']:+.1f}]" if row.get("diff_low") is not None else ""
+    return f"{100 * row['diff']:+.1f}{ci}"
+
+
+def _short_verdict(row: dict[str, Any]) -> str:
+    """The stored verdict, shortened for the terminal: which way, or that the interval includes 0."""
+    if row["role"] == TRUNK:
+        return "baseline"
+    low, high = row.get("diff_low"), row.get("diff_high")
+    if low is None or high is None:
+        return row.get("verdict") or "—"
+    return "higher (excl. 0)" if low > 0 else "lower (excl. 0)" if high < 0 else "includes 0"
+
+
+def confirmed_table(out: Path, spec: SweepSpec) -> Table:
+    """The confirm stage's table: each config and the PGD-AT baseline on the test split, mean ± std over
+    seeds, the paired difference to PGD-AT with its interval and in words, the search value beside."""
+    robust, rows = _paper_rows(out, spec)
+    seeds = max((r["seeds"] for r in rows), default=0)
+    conf = round(100 * spec.confirm.confidence, 6)
+    key = next((r["diff_metric"] for r in rows if r.get("diff_metric")), "worst")
+    title = (f"{spec.name}: confirmed on the test split, {seeds} seeds, robust = {robust}; mean ± std over seeds; search (val): "
+             f"the validation {spec.objective.primary} that chose it; Δ {key} vs PGD-AT paired by seed, {conf:g}% t-interval")
+    table = Table(title=title, title_justify="left")
+    keys = list(spec.search.params)
+    for col in ("config", *[k.split(".")[-1] for k in keys], "n", "search (val)",
+                "worst", "CVaR", "mean", "clean", f"Δ {key} vs PGD-AT", "interval", "GPU-h"):
+        table.add_column(col, justify="left" if col in ("config", "verdict") else "right")
+    for r in rows:
+        table.add_row(r["config"], *[_fmt(r.get(k), k) if r["role"] != TRUNK or r.get(k) is not None else "" for k in keys],
+                      str(r["seeds"]), _pct(r["search_value"]), *[_pm(r.get(f"{m}_mean"), r.get(f"{m}_std")) for m in (*_COLUMNS, "clean")],
+                      _diff(r), _short_verdict(r), f"{r['gpu_hours']:.2f}",
+                      end_section=r["role"] == TRUNK)
+    return table
+
+
+def formatted(out: Path, spec: SweepSpec, fmt: str, top: int = 10, by: str | None = None) -> str:
+    """The confirmed table (or the search's ranking when the sweep has none) as ``fmt``: csv, json or
+    latex (booktabs, the best mean of each column in bold)."""
+    if fmt not in FORMATS[1:]:
+        raise SpecError("--format", f"unknown format {fmt!r}; valid formats are {', '.join(FORMATS)}")
+    confirmed = results.CONFIRM in results.tables(out)
+    if fmt == "latex" and not confirmed:
+        raise SpecError(str(out), "has no confirmed table (confirm.seeds >= 1 makes one); --format latex writes that table, use csv or json for the ranking")
+    if confirmed:
+        rows = _paper_rows(out, spec)[1]
+    else:
+        rows = [{k: v for k, v in r.items() if k not in ("started", "ended")} for r in top_trials(out, top, by or spec.objective.primary)]
+    if fmt == "json":
+        import json
+
+        return json.dumps(rows, indent=1, default=str)
+    if fmt == "csv":
+        return _csv(rows)
+    return _latex(rows, spec)
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _tex(text: str) -> str:
+    for a, b in (("\\", "\\textbackslash{}"), ("_", "\\_"), ("#", "\\#"), ("%", "\\%"), ("&", "\\&")):
+        text = text.replace(a, b)
+    return text
+
+
+def _latex(rows: list[dict[str, Any]], spec: SweepSpec) -> str:
+    """booktabs: config, knobs, then mean ± std per metric (the best mean in bold), Δ to PGD-AT, GPU-hours."""
+    keys = list(spec.search.params)
+    metrics = (*_COLUMNS, "clean")
+    best = {m: max((r[f"{m}_mean"] for r in rows if r.get(f"{m}_mean") is not None), default=None) for m in metrics}
+    head = ["config", *[_tex(k.split(".")[-1]) for k in keys], "worst", "CVaR", "mean", "clean", "$\\Delta$ vs PGD-AT", "GPU-h"]
+    lines = ["\\begin{tabular}{" + "l" + "r" * (len(head) - 1) + "}", "\\toprule", " & ".join(head) + " \\\\", "\\midrule"]
+    for r in rows:
+        cells = [_tex(r["config"]), *[_tex(_fmt(r.get(k), k)) if r.get(k) is not None or r["role"] != TRUNK else "" for k in keys]]
+        for m in metrics:
+            text = _pm(r.get(f"{m}_mean"), r.get(f"{m}_std")).replace("±", "$\\pm$").replace("—", "--")
+            cells.append(f"\\textbf{{{text}}}" if r.get(f"{m}_mean") is not None and r[f"{m}_mean"] == best[m] else text)
+        cells += [_diff(r).replace("—", "--"), f"{r['gpu_hours']:.2f}"]
+        lines.append(" & ".join(cells) + " \\\\")
+        if r["role"] == TRUNK:
+            lines.append("\\midrule")
+    if lines[-1] == "\\midrule":
+        lines.pop()
+    return "\n".join([*lines, "\\bottomrule", "\\end{tabular}"]) + "\n"

@@ -6,15 +6,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["BEST", "FORK", "NUMBER", "OBJECTIVE", "ROLE", "SEARCH", "TRUNK", "best_key", "role", "trial_params"]
+__all__ = ["BASELINE", "BEST", "CONFIG", "CONFIRM", "FORK", "KEEP", "NUMBER", "OBJECTIVE", "ROLE", "SEARCH", "STAGE", "TRUNK",
+           "best_key", "role", "stage", "trial_params"]
 
 OBJECTIVE = "objective"  # result key: the primary objective of the latest evaluated epoch
 BEST = "best_objective"  # result key: the primary objective at the trial's best epoch
 NUMBER = "optuna_trial"  # config key the space adds: the Optuna trial number (a trunk: -1, -2, ...)
 ROLE = "role"  # config key: what the trial is for, SEARCH when absent
 FORK = "fork"  # config key the searcher adds: the trunk key a HAM trial starts from after its warm-up
+KEEP = "keep"  # config key of a trunk: the epochs whose checkpoints it keeps for forks
+STAGE = "stage"  # config key: the stage a trial belongs to, SEARCH when absent, or CONFIRM
+CONFIG = "config"  # config key of a confirm trial: the config it retrains (a search trial id, or a baseline's label)
+BASELINE = "baseline"  # config key of a confirmed config: the CONFIG of the PGD-AT baseline it is compared with
 SEARCH, TRUNK = "search", "trunk"  # roles: a trial proposed by the sampler; a shared PGD-AT warm-up (the baseline)
-_MARKERS = (NUMBER, ROLE, FORK)
+CONFIRM = "confirm"  # the stage after the search: the winners and the baseline on new seeds, on the test split
+_MARKERS = (NUMBER, ROLE, FORK, KEEP, STAGE, CONFIG, BASELINE)
 
 
 def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -24,6 +30,10 @@ def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def role(config: Mapping[str, Any]) -> str:
     return config.get(ROLE, SEARCH)
+
+
+def stage(config: Mapping[str, Any]) -> str:
+    return config.get(STAGE, SEARCH)
 
 
 def best_key(metric: str) -> str:

@@ -23,10 +23,11 @@ from hamsweep import results
 from hamsweep.dashboard import STATE_FILE, SweepState, TrialView, state_to_json
 from hamsweep.rundir import atomic_write_text
 from hamsweep.results import CLASSES, EPOCHS, TRIALS, BufferedWriter, PartWriter, param_column
-from hamsweep.keys import FORK, SEARCH, TRUNK, role, trial_params
+from hamsweep.keys import BASELINE, CONFIG, CONFIRM, FORK, SEARCH, TRUNK, role, stage, trial_params
 from hamsweep.search import BEST, NUMBER, OBJECTIVE, full_epochs
 from hamsweep.spec import Distribution, SweepSpec
-from hamsweep.trunk import plan
+from hamsweep.spec.trial import warmup_key
+from hamsweep.trunk import plan, trunk_config
 
 if TYPE_CHECKING:
     from hamsweep.sweep import TrialJobs
@@ -98,7 +99,9 @@ class Recorder(tune.Callback, tune.Stopper):
         self.tune_trials: set[str] = set()  # the trial ids Tune knows, set when the experiment ends
         self.study: Any = None  # see _study()
         self._frame = 0.0
+        self.confirm: Any = None  # the confirm stage's ConfirmPlan, once the search has ended
         if restored:  # Tune continues these trials; rows of any other one are dropped at the end
+            self._load_confirm()
             self._load()
 
     # Tune pickles its run config (this object included) into the experiment folder, and copies
@@ -132,7 +135,9 @@ class Recorder(tune.Callback, tune.Stopper):
                 epoch=row["epochs_run"], objective=row["last_objective"], best_objective=row["best_objective"],
                 best_epoch=row["best_epoch"], stop_reason=row["stop_reason"],
                 role=row.get("role") or SEARCH, trunk=row.get("trunk"), forked_at=row.get("forked_at"),
+                stage=row.get("stage") or SEARCH, seed=row.get("seed"), config=row.get("config"), baseline=row.get("baseline"),
             )
+            view.label = self._label(view.config)
             if view.role == TRUNK and row.get("trunk_key"):
                 self.trunk_ids[row["trunk_key"]] = view.trial
             if view.status == "running":
@@ -155,18 +160,47 @@ class Recorder(tune.Callback, tune.Stopper):
         return self.state.trials[tid]
 
     def _new_view(self, tid: str, config: dict[str, Any]) -> TrialView:
-        """A trunk (the PGD-AT baseline, to its last epoch, no Optuna number) or a search trial (a fork
-        starts after its warm-up)."""
+        """A trunk (the PGD-AT baseline, to its last epoch, no Optuna number), a search trial (a fork
+        starts after its warm-up), or a confirm trial (either of the two on a new seed, all epochs)."""
         params = trial_params(config)
+        cfg = self.spec.search_trial_config(params)
+        confirm = stage(config) == CONFIRM
+        extra = {"stage": CONFIRM, "config": config.get(CONFIG), "baseline": config.get(BASELINE), "label": self._label(config.get(CONFIG))} if confirm else {}
         if role(config) == TRUNK:
-            self.trunk_ids[self.plan.trunks[-1 - config[NUMBER]].key] = tid
-            return TrialView(trial=tid, params=params, epochs=self.spec.train.epochs, role=TRUNK)
-        view = TrialView(trial=tid, params=params, epochs=self.full, number=config.get(NUMBER))
+            self.trunk_ids[warmup_key(trunk_config(self.spec, params))] = tid
+            return TrialView(trial=tid, params=params, epochs=self.spec.train.epochs, role=TRUNK, seed=cfg.train.seed, **extra)
+        number = self._chosen_number(config.get(CONFIG)) if confirm else config.get(NUMBER)
+        epochs = self.spec.train.epochs if confirm else self.full  # ASHA never stops a confirm trial
+        view = TrialView(trial=tid, params=params, epochs=epochs, number=number, seed=cfg.train.seed, **extra)
         if config.get(FORK):
             self.fork_keys[tid] = config[FORK]
             view.trunk = self.trunk_ids.get(config[FORK])
-            view.forked_at = self.spec.search_trial_config(params).ham.warmup_epochs
+            view.forked_at = cfg.ham.warmup_epochs
         return view
+
+    # ---- the confirm stage ----
+    def set_confirm(self, p: Any) -> None:
+        """The searcher's confirm plan, made when the search ended: kept in the folder (``confirm.json``)."""
+        from hamsweep.confirm import write_plan
+
+        write_plan(self.out, p)
+        self._show_confirm(p)
+
+    def _load_confirm(self) -> None:
+        from hamsweep.confirm import read_plan
+
+        if (p := read_plan(self.out)) is not None:
+            self._show_confirm(p)
+
+    def _show_confirm(self, p: Any) -> None:
+        self.confirm = p
+        self.state.confirm_trials, self.state.confirm_seeds = len(p.trials), tuple(p.seeds)
+
+    def _label(self, config: str | None) -> str | None:
+        return self.confirm.label(config) if self.confirm is not None and config else None
+
+    def _chosen_number(self, config: str | None) -> int | None:
+        return next((c.number for c in self.confirm.chosen if c.trial == config), None) if self.confirm is not None else None
 
     def set_waiting(self, waiting: list[tuple[str, int]]) -> None:
         """The searcher's deferred proposals: (trunk key, the warm-up epoch each waits for)."""
@@ -191,6 +225,9 @@ class Recorder(tune.Callback, tune.Stopper):
         clock.node, clock.devices = result.get("node", clock.node), result.get("devices", clock.devices)
         if "failed" in result:
             self.failed[trial.trial_id] = result["failed"]
+            return
+        if "test" in result:  # a confirm trial's best checkpoint on the test split: its last result
+            self._test_rows(view.trial, result["test"], result["class_names"])
             return
         history = result.get("history", ())
         for rec in history:  # a restarted trial's epochs up to its checkpoint
@@ -219,6 +256,12 @@ class Recorder(tune.Callback, tune.Stopper):
         self.writer.add(EPOCHS, results.epoch_rows(trial, record, self.spec.eval.cvar_fraction))
         self.writer.add(CLASSES, results.class_rows(trial, record, class_names))
         return record
+
+    def _test_rows(self, trial: str, test: dict[str, Any], class_names: list[str]) -> None:
+        from hamsweep.evaluation import EvalCounts
+
+        evals = [EvalCounts(**{**e, "n": tuple(e["n"]), "correct": tuple(e["correct"])}) for e in test["evals"]]
+        self.writer.add(CLASSES, results.eval_rows(trial, test["epoch"], evals, class_names))
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         from hamsweep.trial import prune_checkpoints
@@ -279,7 +322,7 @@ class Recorder(tune.Callback, tune.Stopper):
             if view.status == "running" and self.budget_hit:
                 # Tune ends them without on_trial_complete, to us or to the searcher
                 self._finish(view, "stopped", self.budget_hit)
-                if view.role != TRUNK:  # a trunk is no Optuna trial
+                if view.role != TRUNK and view.stage != CONFIRM:  # a trunk and the confirm stage are no Optuna trials
                     self._tell_pruned(view)
             elif view.status == "running":
                 self._row(tid)
@@ -323,6 +366,7 @@ class Recorder(tune.Callback, tune.Stopper):
         row = {
             "role": view.role, "trunk": view.trunk, "forked_at": view.forked_at,
             "trunk_key": next((k for k, t in self.trunk_ids.items() if t == tid), None),
+            "stage": view.stage, "seed": view.seed, "config": view.config, "baseline": view.baseline,
             "trial": tid, "number": view.number, "status": view.status, "stop_reason": view.stop_reason,
             "objective": self.spec.objective.primary, "best_objective": view.best_objective, "best_epoch": view.best_epoch,
             "last_objective": view.objective, "epochs_run": view.epoch, "epochs": view.epochs, "restarts": clock.restarts,
@@ -361,9 +405,11 @@ class Recorder(tune.Callback, tune.Stopper):
         self.state.sampler_best = (best.number, best.value, dict(best.params))
 
     def unfinished(self) -> int:
-        """Trials not ended yet, counting those the sampler has not proposed."""
+        """Trials not ended yet, counting those the sampler has not proposed, and the confirm stage's
+        (one, before it is planned: the search has not ended)."""
         ended = sum(v.status in ("completed", "stopped", "failed") for v in self.state.trials.values())
-        return self.spec.search.num_samples + len(self.plan.trunks) - ended
+        confirm = len(self.confirm.trials) if self.confirm is not None else 1 if self.spec.confirm.retrains else 0
+        return self.spec.search.num_samples + len(self.plan.trunks) + confirm - ended
 
     # ---- tune.Stopper: the budget ----
     def __call__(self, trial_id: str, result: dict) -> bool:

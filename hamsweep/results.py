@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLASSES",
+    "CONFIRM",
+    "CONFIRM_CLASSES",
     "EPOCHS",
     "SCHEMA_VERSION",
     "TRIALS",
@@ -40,12 +42,14 @@ __all__ = [
     "eval_rows",
     "read_pandas",
     "read_table",
+    "replace_table",
     "tables",
     "trials_schema",
 ]
 
-SCHEMA_VERSION = 2  # 2: epochs.flip_backs
+SCHEMA_VERSION = 3  # 2: epochs.flip_backs; 3: trials.stage, seed, config, baseline and the confirm tables
 TRIALS, EPOCHS, CLASSES = "trials", "epochs", "classes"
+CONFIRM, CONFIRM_CLASSES = "confirm", "confirm_classes"  # the confirm stage's statistics (hamsweep.confirm)
 ROBUST, CLEAN = "robust", "clean"  # prefixes of the validation summary columns in `epochs`
 
 _SUMMARY_TYPES = {k: pa.float64() for k in SUMMARY_KEYS}
@@ -96,6 +100,10 @@ TRIAL_SCHEMA = pa.schema(
         ("trunk", pa.string()),  # a fork's trunk: the trial whose epochs 1..forked_at it continues
         ("forked_at", pa.int32()),  # the epoch a fork started from (its warm-up); null: trained from scratch
         ("trunk_key", pa.string()),  # a trunk's warm-up key: its checkpoints are in trunks/<trunk_key>/
+        ("stage", pa.string()),  # search | confirm (the winners and PGD-AT retrained on new seeds, on the test split)
+        ("seed", pa.int64()),  # train.seed the trial trained with
+        ("config", pa.string()),  # confirm: the config it retrains (a search trial id; pgd_at:<key> for a baseline)
+        ("baseline", pa.string()),  # confirm: the config of the PGD-AT baseline it is compared with, seed by seed
         ("status", pa.string()),  # running | completed | stopped (ASHA, budget) | failed
         ("stop_reason", pa.string()),
         ("objective", pa.string()),  # the metric name, e.g. worst_robust (validation split)
@@ -116,8 +124,55 @@ TRIAL_SCHEMA = pa.schema(
     ],
     metadata={"hamsweep.schema_version": str(SCHEMA_VERSION)},
 )
-SCHEMAS = {TRIALS: TRIAL_SCHEMA, EPOCHS: EPOCH_SCHEMA, CLASSES: CLASS_SCHEMA}
-KEYS = {TRIALS: ("trial",), EPOCHS: ("trial", "epoch"), CLASSES: ("trial", "epoch", "split", "attack", "class_id")}
+_META = {"hamsweep.schema_version": str(SCHEMA_VERSION)}
+# the confirm stage: one row per confirmed config (and baseline), attack and summary metric; accuracies as fractions
+CONFIRM_SCHEMA = pa.schema(
+    [
+        ("config", pa.string()),  # trials.config: a search trial id, or pgd_at:<key> for the PGD-AT baseline
+        ("label", pa.string()),  # '#12' (the search trial's number) or 'PGD-AT'
+        ("role", pa.string()),  # search (a confirmed config) | trunk (the PGD-AT baseline)
+        ("number", pa.int32()),  # the search trial's Optuna number; null for the baseline
+        ("baseline", pa.string()),  # the config it is compared with; null for the baseline
+        ("attack", pa.string()),  # clean | pgd<steps> | autoattack, on the test split
+        ("metric", pa.string()),  # worst | cvar | mean (metrics.summarize, over the classes)
+        ("seeds", pa.int32()),  # seeds with a test evaluation
+        ("mean", pa.float64()),  # mean over seeds
+        ("std", pa.float64()),  # sample standard deviation over seeds (ddof 1); null for one seed
+        ("ci_low", pa.float64()),  # t-interval of the mean over seeds
+        ("ci_high", pa.float64()),
+        ("diff_mean", pa.float64()),  # mean of the paired per-seed differences to the baseline (same seed)
+        ("diff_low", pa.float64()),  # t-interval of the paired differences
+        ("diff_high", pa.float64()),
+        ("paired_seeds", pa.int32()),  # seeds both have
+        ("verdict", pa.string()),  # the difference in words, e.g. 'no clear difference (95% CI includes 0)'
+        ("confidence", pa.float64()),  # two-sided coverage of the intervals
+        ("search_objective", pa.string()),  # the validation metric the search ranked by
+        ("search_value", pa.float64()),  # its value at the search trial's best epoch: what got the config chosen
+        ("gpu_hours", pa.float64()),  # GPU-hours of its confirm trials (a fork's from its warm-up on)
+        ("wall_hours", pa.float64()),  # wall-clock hours of its confirm trials, summed
+    ],
+    metadata=_META,
+)
+CONFIRM_CLASS_SCHEMA = pa.schema(
+    [
+        ("config", pa.string()),
+        ("label", pa.string()),
+        ("attack", pa.string()),
+        ("class_id", pa.int32()),
+        ("class_name", pa.string()),
+        ("seeds", pa.int32()),
+        ("mean", pa.float64()),  # mean over seeds of the class's test accuracy
+        ("ci_low", pa.float64()),  # two-stage bootstrap (seeds, then test images): stats.class_intervals
+        ("ci_high", pa.float64()),
+        ("baseline_mean", pa.float64()),  # the baseline's mean for the same class; null for the baseline
+        ("confidence", pa.float64()),
+    ],
+    metadata=_META,
+)
+SCHEMAS = {TRIALS: TRIAL_SCHEMA, EPOCHS: EPOCH_SCHEMA, CLASSES: CLASS_SCHEMA, CONFIRM: CONFIRM_SCHEMA,
+           CONFIRM_CLASSES: CONFIRM_CLASS_SCHEMA}
+KEYS = {TRIALS: ("trial",), EPOCHS: ("trial", "epoch"), CLASSES: ("trial", "epoch", "split", "attack", "class_id"),
+        CONFIRM: ("config", "attack", "metric"), CONFIRM_CLASSES: ("config", "attack", "class_id")}
 
 
 def param_column(key: str) -> str:
@@ -301,8 +356,19 @@ def compact(root: Path, keep_trials: set[str] | None = None) -> None:
         if len(old) <= 1 and keep_trials is None or not old:
             continue
         data = read_table(root, table)
-        if keep_trials is not None:
+        if keep_trials is not None and "trial" in data.column_names:
             data = data.filter(pc.is_in(data["trial"], pa.array(sorted(keep_trials), pa.string())))
-        _write_part(Path(root) / table, data)
-        for path in old:
-            path.unlink()
+        _replace_parts(root, table, data, old)
+
+
+def replace_table(root: Path, table: str, rows: Iterable[Mapping[str, Any]]) -> None:
+    """``table`` becomes exactly ``rows`` (a derived table, recomputed whole): the new part is
+    renamed into place first, then the old parts go, so a crash leaves old or new rows, never none."""
+    old = sorted((Path(root) / table).glob("part-*.parquet"))
+    _replace_parts(root, table, pa.Table.from_pylist(list(rows), schema=SCHEMAS[table]), old)
+
+
+def _replace_parts(root: Path, table: str, data: pa.Table, old: list[Path]) -> None:
+    _write_part(Path(root) / table, data)
+    for path in old:
+        path.unlink()

@@ -18,9 +18,10 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from hamsweep.errors import SpecError
-from hamsweep.keys import BEST, FORK, NUMBER, OBJECTIVE, ROLE, TRUNK, best_key, role, trial_params
+from hamsweep.keys import BEST, CONFIRM, FORK, KEEP, NUMBER, OBJECTIVE, ROLE, TRUNK, best_key, role, stage, trial_params
 from hamsweep.spec import Distribution, SweepSpec, flat
-from hamsweep.trunk import Plan, Trunk, plan, ready_epochs
+from hamsweep.spec.trial import warmup_key
+from hamsweep.trunk import Plan, plan, ready_epochs
 
 if TYPE_CHECKING:
     import optuna
@@ -141,6 +142,11 @@ class Searcher(OptunaSearch):
     wait, new proposals are asked for (up to ``max_concurrent`` waiting, never more than
     ``num_samples`` in all), so that one whose epoch is there can run. A proposal whose trunk ended
     without its epoch (it failed) trains its own warm-up.
+
+    Once every search trial has ended it hands out the confirm stage (``hamsweep.confirm``): the
+    ``confirm.top_k`` COMPLETE trials with the highest objective and their PGD-AT baselines on new
+    seeds, each seed's trunks first, each config as soon as its trunk's epoch is there; then FINISHED.
+    ``confirm_sink`` hears of the plan when it is made.
     """
 
     def __init__(self, *args: Any, full_epochs: int, spec: SweepSpec | None = None, folder: Path | None = None,
@@ -149,24 +155,29 @@ class Searcher(OptunaSearch):
         self._last_step: dict[str, int] = {}  # trial id -> the last epoch reported to Optuna
         self.spec, self.folder = spec, folder
         self.plan: Plan = plan(spec) if spec is not None else Plan(reason="no spec")
-        self._trunk_trials: dict[str, Trunk] = {}  # Tune trial id -> the trunk it trains
+        self._trunk_trials: dict[str, str] = {}  # Tune trial id -> the key of the trunk it trains
         self._trunks_ended: set[str] = set()  # keys of trunks whose trial ended (finished or failed)
         # proposals waiting for a trunk epoch: (Optuna trial, config, (trunk key, epoch))
         self._deferred: list[tuple[Any, dict[str, Any], tuple[str, int]]] = []
         self.waiting_sink: Any = None  # called with [(trunk key, epoch)] whenever the deferred proposals change
+        self._complete: dict[str, tuple[int, dict[str, Any], float]] = {}  # COMPLETE trial id -> (number, params, best)
+        self._confirm: list[dict[str, Any]] | None = None  # confirm trials not handed out yet; None: not planned
+        self.confirm_sink: Any = None  # called with the ConfirmPlan when it is made
         super().__init__(*args, **kwargs)
         if self._ot_study is not None:
             self._check_directions()
 
     # ---- proposals, trunks first ----
-    def suggest(self, trial_id: str) -> dict | None:
-        started = {t.key for t in self._trunk_trials.values()}
+    def suggest(self, trial_id: str) -> dict | str | None:
+        started = set(self._trunk_trials.values())
         if trunk := next((t for t in self.plan.trunks if t.key not in started), None):
-            self._trunk_trials[trial_id] = trunk
-            return {ROLE: TRUNK, NUMBER: -1 - trunk.index, **trunk.params}
+            self._trunk_trials[trial_id] = trunk.key
+            return {ROLE: TRUNK, NUMBER: -1 - trunk.index, KEEP: list(self.plan.fork_epochs), **trunk.params}
         config = self._release_deferred(trial_id)
         if config is None and self._may_ask():
             config = self._ask(trial_id)
+        if config is None and self._search_over():
+            return self._next_confirm(trial_id)
         return config
 
     def _release_deferred(self, trial_id: str) -> dict | None:
@@ -181,10 +192,46 @@ class Searcher(OptunaSearch):
     def _may_ask(self) -> bool:
         """Whether to ask Optuna for another proposal: always, unless proposals wait for a trunk (then
         at most ``max_concurrent`` wait, and no more are asked for than the sweep has trials)."""
-        if self.spec is None or not self.plan.shared:
+        if self.spec is None:
             return True
         proposed = len(self._ot_trials) + len(self._deferred)
-        return len(self._deferred) < self.spec.search.max_concurrent and proposed < self.spec.search.num_samples
+        waiting_ok = not self.plan.shared or len(self._deferred) < self.spec.search.max_concurrent
+        return waiting_ok and proposed < self.spec.search.num_samples
+
+    # ---- the confirm stage ----
+    def _search_over(self) -> bool:
+        """Every search proposal has been handed to Tune and has ended."""
+        if self.spec is None or self._deferred or len(self._ot_trials) < self.spec.search.num_samples:
+            return False
+        return all(t in self._completed_trials for t in self._ot_trials)
+
+    def _next_confirm(self, trial_id: str) -> dict | str | None:
+        """The next confirm trial that can start now (a trunk, or a config whose trunk epoch is
+        there); None while they wait; FINISHED once all are handed out."""
+        from ray.tune.search import Searcher as _Base
+
+        if self._confirm is None:
+            self._plan_confirm()
+        for i, config in enumerate(self._confirm or ()):
+            ready = self._start(config, self._fork_point(config))
+            if ready is not None:
+                del self._confirm[i]  # type: ignore[union-attr]
+                if role(config) == TRUNK:
+                    self._trunk_trials[trial_id] = warmup_key(self.spec.search_trial_config({**trial_params(config), "train.method": "pgd_at"}))
+                self._tell_waiting()
+                return ready
+        return None if self._confirm else _Base.FINISHED
+
+    def _plan_confirm(self) -> None:
+        from hamsweep.confirm import Chosen, plan_confirm
+
+        assert self.spec is not None  # noqa: S101 - _search_over checked it
+        best = sorted(self._complete.items(), key=lambda kv: (-kv[1][2], kv[1][0]))[: self.spec.confirm.top_k]
+        chosen = [Chosen(tid, number, params, value) for tid, (number, params, value) in best] if self.spec.confirm.retrains else []
+        p = plan_confirm(self.spec, chosen)
+        self._confirm = list(p.trials)
+        if self.confirm_sink is not None:
+            self.confirm_sink(p)
 
     def _ask(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
@@ -198,10 +245,13 @@ class Searcher(OptunaSearch):
         return ready
 
     def _fork_point(self, config: dict[str, Any]) -> tuple[str, int] | None:
-        """(trunk key, warm-up epoch) where a proposal forks; None: it trains from scratch."""
-        if self.spec is None or not self.plan.shared:
+        """(trunk key, warm-up epoch) where a proposal (or a confirm config) forks; None: it trains
+        from scratch (a trunk, too)."""
+        if self.spec is None or not self.plan.shared or role(config) == TRUNK:
             return None
         cfg = self.spec.search_trial_config(trial_params(config))
+        if stage(config) == CONFIRM:  # its trunk is the PGD-AT run of its own seed, handed out before it
+            return (warmup_key(cfg), cfg.ham.warmup_epochs) if self.plan.forks(cfg) else None
         trunk = self.plan.trunk_of(cfg)
         return (trunk.key, cfg.ham.warmup_epochs) if trunk is not None else None
 
@@ -218,7 +268,8 @@ class Searcher(OptunaSearch):
 
     def _tell_waiting(self) -> None:
         if self.waiting_sink is not None:
-            self.waiting_sink([point for _, _, point in self._deferred])
+            confirm = [p for c in self._confirm or () if (p := self._fork_point(c)) is not None]
+            self.waiting_sink([point for _, _, point in self._deferred] + confirm)
 
     def _check_directions(self) -> None:
         import optuna
@@ -247,7 +298,7 @@ class Searcher(OptunaSearch):
         import optuna
 
         if trial_id in self._trunk_trials:
-            self._trunks_ended.add(self._trunk_trials[trial_id].key)  # proposals still waiting for it train their own warm-up
+            self._trunks_ended.add(self._trunk_trials[trial_id])  # proposals still waiting for it train their own warm-up
             return
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
@@ -255,6 +306,9 @@ class Searcher(OptunaSearch):
             self.on_trial_result(trial_id, result)  # Tune hands a trial's last result only to this method
         self._completed_trials.add(trial_id)
         state, values = self._outcome(result or {}, error)
+        if state == optuna.trial.TrialState.COMPLETE:  # a candidate for the confirm stage
+            ot_trial = self._ot_trials[trial_id]
+            self._complete[trial_id] = (ot_trial.number, dict(ot_trial.params), float((result or {})[BEST]))
         try:
             self._ot_study.tell(self._ot_trials[trial_id], values, state=state)
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
@@ -316,11 +370,11 @@ def full_epochs(spec: SweepSpec) -> int:
 
 class Asha(ASHAScheduler):
     """ASHA over the search trials only: a trunk is the PGD-AT baseline and runs to its last epoch,
-    never compared at a rung. Rungs count epochs of the full schedule (a fork's first result is
+    never compared at a rung, and so does every trial of the confirm stage. Rungs count epochs of the full schedule (a fork's first result is
     epoch ``warmup_epochs + 1``), so a fork meets the same rungs as the trial trained from scratch."""
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        if role(trial.config) != TRUNK:
+        if role(trial.config) != TRUNK and stage(trial.config) != CONFIRM:
             super().on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:

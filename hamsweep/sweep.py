@@ -129,7 +129,7 @@ def drive(out: Path, *, address: str | None = None, console: Console | None = No
 
 
 def _check_same_spec(out: Path, spec: SweepSpec) -> None:
-    saved = rundir.read_spec(out)
+    saved = validate(SweepSpec, rundir.read_spec(out)).model_dump(mode="json")  # an older spec.yaml in today's words
     now = spec.model_dump(mode="json")
     diff = [k for k in now if saved.get(k) != now[k]]
     if diff:
@@ -238,8 +238,12 @@ def _tuner(spec: SweepSpec, out: Path, trainable: Any, recorder: Any) -> Any:
 
     optuna_search = make_searcher(spec, out)
     optuna_search.waiting_sink = recorder.set_waiting  # the dashboard shows proposals waiting for a trunk epoch
+    optuna_search.confirm_sink = recorder.set_confirm  # the confirm stage, planned once the search has ended
     searcher = ConcurrencyLimiter(optuna_search, max_concurrent=spec.search.max_concurrent)
-    trials = spec.search.num_samples + len(optuna_search.plan.trunks)  # Tune counts the trunks as trials
+    # Tune counts the trunks and the confirm stage as trials; the searcher says FINISHED when it has
+    # handed out all: at most each config and one baseline per config on each seed
+    c = spec.confirm
+    trials = spec.search.num_samples + len(optuna_search.plan.trunks) + (2 * c.top_k * c.seeds if c.retrains else 0)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -265,13 +269,22 @@ def _started(out: Path) -> float:
 
 
 def _finish(spec: SweepSpec, out: Path, console: Console, tune_trials: set[str]) -> None:
-    """Final evaluation and compaction. Parquet rows of trials outside ``tune_trials`` come from
-    trials a killed driver had started after Tune's last snapshot, which Tune never resumes: dropped."""
-    from hamsweep import final_eval, results
+    """Compaction, the confirm tables (or, with ``confirm.seeds: 0``, the test evaluation of the
+    search's best checkpoints), and the tables: the search's ranking, then the confirmed one. Parquet
+    rows of trials outside ``tune_trials`` come from trials a killed driver had started after Tune's
+    last snapshot, which Tune never resumes: dropped."""
+    from hamsweep import confirm, final_eval, results
 
     shutil.rmtree(out / RAY_DIR / "work", ignore_errors=True)  # every trial ended: Ray holds the checkpoints
-    if spec.final_eval.top_k:
-        final_eval.evaluate_top(out, spec, spec.final_eval.top_k, autoattack=spec.final_eval.autoattack, console=console)
+    c = spec.confirm
+    if c.top_k and not c.retrains:
+        final_eval.evaluate_top(out, spec, c.top_k, autoattack=c.autoattack, console=console)
     results.compact(out, keep_trials=tune_trials)
     console.print(final_eval.results_table(out, spec, top=10))
-    console.print(f"results: {out} (query with: hamsweep query {out} \"SELECT * FROM trials\")", highlight=False, soft_wrap=True)
+    if c.retrains:
+        if confirm.write_tables(out, spec):
+            console.print(final_eval.confirmed_table(out, spec))
+        else:
+            console.print("confirm stage: no search trial ran all its epochs, so none was confirmed", highlight=False)
+    table = results.CONFIRM if c.retrains else results.TRIALS
+    console.print(f"results: {out} (query with: hamsweep query {out} \"SELECT * FROM {table}\")", highlight=False, soft_wrap=True)

@@ -25,7 +25,7 @@ from typing import Any
 from hamsweep import trunk
 from hamsweep.errors import DivergenceError
 from hamsweep.rundir import atomic_write_text
-from hamsweep.keys import BEST, FORK, NUMBER, OBJECTIVE, TRUNK, best_key, role, trial_params
+from hamsweep.keys import BEST, CONFIRM, FORK, KEEP, NUMBER, OBJECTIVE, TRUNK, best_key, role, stage, trial_params
 from hamsweep.spec import SweepSpec, TrialConfig
 from hamsweep.spec.trial import objective_summary, warmup_key
 
@@ -40,7 +40,8 @@ _DATASETS: dict[str, Any] = {}  # per worker process: a reused actor loads each 
 
 def sweep_trial_config(spec: SweepSpec, config: Mapping[str, Any]) -> TrialConfig:
     """The trial's config: the spec, then Ray's sampled values (a trunk: PGD-AT, ``trunk.trunk_config``).
-    The test split is left alone during the search: only ``final_eval`` touches it, after the search."""
+    The test split is left alone by training: a confirm trial evaluates its best checkpoint on it
+    after training (``train_trial``)."""
     if role(config) == TRUNK:
         return trunk.trunk_config(spec, trial_params(config))
     return spec.search_trial_config(trial_params(config))
@@ -112,7 +113,8 @@ def trainable(config: dict[str, Any], spec_data: dict[str, Any], experiment: str
 def train_trial(spec: SweepSpec, config: Mapping[str, Any], work: Path, *, out: Path, cpus: float, emit: Emit) -> None:
     """Train one trial in ``work`` (continuing from ``work/checkpoint`` when there is one) and send
     each result to ``emit``: ``tune_report`` in a Ray worker, files in a SLURM trial job. ``out``
-    is the sweep folder: a trunk keeps its checkpoints for forks there, a fork starts from one."""
+    is the sweep folder: a trunk keeps its checkpoints for forks there, a fork starts from one. A
+    confirm trial's last result carries its best checkpoint's per-class test evaluation (``test``)."""
     import torch
 
     from hamsweep import train
@@ -124,7 +126,7 @@ def train_trial(spec: SweepSpec, config: Mapping[str, Any], work: Path, *, out: 
     if fork is not None and not fork.is_dir():
         raise FileNotFoundError(f"trunk checkpoint {fork} is missing: the trial cannot fork from it")
     if role(config) == TRUNK:
-        emit = _keeping_trunk_epochs(emit, out, warmup_key(cfg), trunk.plan(spec).fork_epochs)
+        emit = _keeping_trunk_epochs(emit, out, warmup_key(cfg), tuple(config.get(KEEP, ())))
     inherited = json.loads((fork / HISTORY).read_text()) if fork is not None and (fork / HISTORY).is_file() else []
     reporter = _Reporter(cfg, spec.objective.metrics, dataset.classes, work / "checkpoint", emit, inherited=inherited)
     try:
@@ -135,6 +137,21 @@ def train_trial(spec: SweepSpec, config: Mapping[str, Any], work: Path, *, out: 
         return
     if reporter.backfill:  # restored at its last epoch: nothing left to train, but report once
         reporter.repeat_last()
+    if stage(config) == CONFIRM:
+        emit(reporter.tested(_test(cfg, dataset, work / "checkpoint" / train.BEST, spec.confirm.autoattack)), None)
+
+
+def _test(cfg: TrialConfig, dataset: Any, best: Path, autoattack: bool) -> dict[str, Any]:
+    """The best checkpoint (by validation) on the test split, per class, as a result's ``test`` entry."""
+    from dataclasses import asdict
+
+    from hamsweep.evaluation import evaluate_checkpoint
+    from hamsweep.train import pick_device
+
+    if not best.is_file():
+        raise FileNotFoundError(f"{best} is missing: no epoch was evaluated on the validation split, so no best checkpoint")
+    evals, epoch = evaluate_checkpoint(best, cfg, dataset, device=pick_device(cfg.train.device), autoattack=autoattack)
+    return {"epoch": epoch, "evals": [asdict(e) for e in evals]}
 
 
 def _keeping_trunk_epochs(emit: Emit, out: Path, key: str, epochs: tuple[int, ...]) -> Emit:
@@ -201,6 +218,15 @@ class _Reporter:
         result.update(class_names=self.classes, history=self.backfill, **_where())
         self.backfill = []
         self.emit(result, None)
+
+    def tested(self, test: dict[str, Any]) -> dict[str, Any]:
+        """The last epoch's result again, with the test evaluation of the best checkpoint (``_test``)."""
+        from hamsweep.train import EpochRecord
+
+        result = result_metrics(EpochRecord.from_dict(self.history[-1]), self.cfg, self.metrics, self.best, self.last)
+        result.update(class_names=self.classes, test=test, **_where())
+        del result["record"]  # its rows are written already
+        return result
 
     def failure(self, reason: str) -> dict[str, Any]:
         epoch = self.history[-1]["epoch"] if self.history else 0

@@ -53,10 +53,14 @@ class Plan:
     def shared(self) -> bool:
         return bool(self.trunks)
 
+    def forks(self, cfg: TrialConfig) -> bool:
+        """Whether a trial of this config forks from a trunk: the sweep shares, it trains HAM, and its
+        warm-up is neither empty nor the whole run."""
+        return self.shared and cfg.train.method == "ham" and 0 < cfg.ham.warmup_epochs < cfg.train.epochs
+
     def trunk_of(self, cfg: TrialConfig) -> Trunk | None:
-        """The trunk a trial forks from, or None (not HAM, no warm-up, or a warm-up of its own)."""
-        w = cfg.ham.warmup_epochs
-        if not self.shared or cfg.train.method != "ham" or not 0 < w < cfg.train.epochs:
+        """The search trunk a trial forks from, or None (not HAM, no warm-up, or a warm-up of its own)."""
+        if not self.forks(cfg):
             return None
         key = warmup_key(cfg)
         return next((t for t in self.trunks if t.key == key), None)

@@ -102,7 +102,7 @@ TINY = {  # a sweep of 5 tiny trials, about a minute on 2 cores
     "eval": {"attack_steps": 3, "batch_size": 256},
     "objective": {"metric": "mean_robust"},  # varies more than the worst class on tiny data: ASHA has something to cut
     "scheduler": {"grace_period": 1, "reduction_factor": 2},
-    "final_eval": {"top_k": 1},
+    "confirm": {"top_k": 1, "seeds": 0},
     "search": {
         "seed": 0, "num_samples": 5, "max_concurrent": 2,
         "params": {

@@ -37,7 +37,7 @@ def test_query_formats(tmp_path):
 
 def test_query_errors_are_one_line(tmp_path):
     folder = _folder(tmp_path / "run")
-    _assert_user_error(hamsweep("query", folder, "SELEC 1"), r"SQL: Parser Error: .* \(views: classes, epochs, trials\)")
+    _assert_user_error(hamsweep("query", folder, "SELEC 1"), r"SQL: Parser Error: .* \(views: classes, confirm, confirm_classes, epochs, trials\)")
     _assert_user_error(hamsweep("query", folder, "SELECT * FROM nosuch"), r"SQL: Catalog Error: .*nosuch")
     # a single run has no sweep trials: the view is there, with its columns, and empty
     empty = hamsweep("query", folder, "SELECT count(*) AS n, min(best_objective) AS b FROM trials", "--format", "csv")

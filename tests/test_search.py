@@ -132,7 +132,9 @@ def test_asha_on_the_epoch_counter_or_none():
         ({"resources": {"gpu": 1.5}}, "resources.gpu"),
         ({"resources": {"cpu": 0}}, "resources.cpu"),
         ({"budget": {"gpu_hours": 0}}, "budget.gpu_hours"),
-        ({"final_eval": {"top_k": -1}}, "final_eval.top_k"),
+        ({"confirm": {"top_k": -1}}, "confirm.top_k"),
+        ({"confirm": {"seeds": -1}}, "confirm.seeds"),
+        ({"confirm": {"confidence": 95}}, "confirm.confidence"),
         ({"eval": {"select_by": "mean_robust"}}, "eval.select_by"),
         ({"search": {"params": PARAMS, "max_concurrent": 0}}, "search.max_concurrent"),
     ],
@@ -171,7 +173,7 @@ def test_a_searcher_started_over_an_existing_journal_fails_its_running_trials(tm
 
 def test_cmaes_runs_past_its_random_start(tmp_path):
     params = {k: v for k, v in PARAMS.items() if k != "ham.temperature"}  # CMA-ES: numbers only
-    s = make_searcher(spec(search={"params": params, "sampler": "cmaes", "start_with_defaults": False}), tmp_path)
+    s = make_searcher(spec(search={"params": params, "sampler": "cmaes", "start_with_defaults": False, "num_samples": 25}), tmp_path)
     for i in range(25):
         c = s.suggest(f"t{i}")
         assert 1 <= c["ham.drop_step"] <= c["train.attack_steps"]
@@ -187,7 +189,7 @@ def test_trunk_first_then_proposals_wait_for_their_trunk_epoch(tmp_path):
     (trunk,) = plan(s.spec).trunks
     waiting: list = []
     s.waiting_sink = waiting.append
-    assert s.suggest("t0") == {"role": "trunk", "optuna_trial": -1}
+    assert s.suggest("t0") == {"role": "trunk", "optuna_trial": -1, "keep": [2, 4]}  # the epochs forks start from
     assert s.suggest("t1") is None and s.suggest("t2") is None  # the defaults (w=2) and one more wait
     assert s.suggest("t3") is None and len(open_study(tmp_path).trials) == 2  # at most max_concurrent wait
     assert sorted(w for _, w in waiting[-1]) == sorted(c["ham.warmup_epochs"] for _, c, _ in s._deferred)

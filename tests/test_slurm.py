@@ -119,7 +119,7 @@ def test_status_of_a_finished_sweep(gpu_sweep):
 
 def _slow_sweep(root: Path, **search: int) -> tuple[Path, Path]:
     spec = write_spec(root / "slow.yaml", data={"train_size": 1024}, train={"epochs": 6}, scheduler="none",
-                      search={"num_samples": 4, "max_concurrent": 2, **search}, final_eval={"top_k": 0})
+                      search={"num_samples": 4, "max_concurrent": 2, **search}, confirm={"top_k": 0})
     return spec, write_profile(root / "prof.yaml")
 
 

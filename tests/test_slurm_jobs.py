@@ -72,7 +72,7 @@ def test_each_trial_ran_in_its_own_job_and_asha_cancelled_the_stopped_ones(jobs_
 def test_a_killed_trial_job_is_retried_from_its_checkpoint_and_an_interrupted_one_continues(slurm, tmp_path):
     # long enough (16 epochs of about 1 s here, 3 under load) that each job still trains when it is stopped
     spec = write_spec(tmp_path / "one.yaml", data={"train_size": 2048}, train={"epochs": 16}, scheduler="none",
-                      final_eval={"top_k": 0}, search={"num_samples": 1, "max_concurrent": 1})
+                      confirm={"top_k": 0}, search={"num_samples": 1, "max_concurrent": 1})
     out = tmp_path / "out"
     cmd = [HAMSWEEP, "run", str(spec), "--cluster", str(jobs_profile(tmp_path / "prof.yaml")), "--out", str(out)]
     driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -182,7 +182,7 @@ def test_sbatch_scripts_of_the_documented_profile_in_mode_jobs_are_pinned(which)
 def test_a_trunk_and_its_forks_run_as_trial_jobs(slurm, tmp_path):
     from test_trunk import SHARED_PARAMS
 
-    spec = write_spec(tmp_path / "shared.yaml", scheduler="none", final_eval={"top_k": 0},
+    spec = write_spec(tmp_path / "shared.yaml", scheduler="none", confirm={"top_k": 0},
                       search={"num_samples": 3, "max_concurrent": 2, "params": SHARED_PARAMS})
     out = tmp_path / "out"
     proc = hamsweep("run", str(spec), "--cluster", str(jobs_profile(tmp_path / "prof.yaml")), "--out", str(out))

@@ -169,7 +169,7 @@ def _checkpoints(out: Path) -> int:
 def _slow_spec(path: Path, **search: int) -> Path:
     """Trials of 6 epochs, no ASHA, no final evaluation: long enough to be interrupted."""
     return write_spec(path, data={"train_size": 1024}, train={"epochs": 6}, scheduler="none",
-                      search={"max_concurrent": 1, **search}, final_eval={"top_k": 0})
+                      search={"max_concurrent": 1, **search}, confirm={"top_k": 0})
 
 
 def _driver(spec: Path, out: Path) -> subprocess.Popen:
@@ -275,7 +275,7 @@ def test_ctrl_c_stops_the_sweep_with_a_resume_hint_and_resume_finishes_it(tmp_pa
 def test_wall_budget_stops_the_sweep_and_says_so(tmp_path):
     spec = write_spec(
         tmp_path / "budget.yaml", data={"train_size": 1024}, train={"epochs": 80}, scheduler="none",
-        search={"num_samples": 6, "max_concurrent": 1}, final_eval={"top_k": 0}, budget={"wall_hours": 0.015},
+        search={"num_samples": 6, "max_concurrent": 1}, confirm={"top_k": 0}, budget={"wall_hours": 0.015},
     )
     proc = hamsweep("run", str(spec), "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -308,7 +308,7 @@ def test_address_runs_the_sweep_on_an_existing_ray_cluster(tmp_path):
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
-        spec = write_spec(tmp_path / "addr.yaml", search={"num_samples": 2, "max_concurrent": 2}, final_eval={"top_k": 0})
+        spec = write_spec(tmp_path / "addr.yaml", search={"num_samples": 2, "max_concurrent": 2}, confirm={"top_k": 0})
         proc = subprocess.run([HAMSWEEP, "run", str(spec), "--out", str(tmp_path / "out"), "--address", f"127.0.0.1:{port}"],
                               env=env, capture_output=True, text=True, timeout=400)
         assert proc.returncode == 0, proc.stderr[-3000:]

@@ -175,7 +175,7 @@ def _snapshotted(out: Path) -> dict[str, list[int]]:
 def test_sigkilled_driver_with_a_trunk_resumes_without_retraining(tmp_path):
     out = tmp_path / "out"
     spec = _shared_spec(tmp_path / "kill.yaml", data={"train_size": 4096}, train={"epochs": KILL_EPOCHS}, scheduler="none",
-                        final_eval={"top_k": 0}, search={"num_samples": 3})
+                        confirm={"top_k": 0}, search={"num_samples": 3})
     driver = subprocess.Popen([HAMSWEEP, "run", str(spec), "--out", str(out)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:  # the trunk still training, a fork with a checkpoint of its own

@@ -24,7 +24,7 @@ from hamsweep.spec.cluster import load_profile as load_profile
 from hamsweep.spec.sweep import DISTRIBUTIONS as DISTRIBUTIONS
 from hamsweep.spec.sweep import SCHEDULERS as SCHEDULERS
 from hamsweep.spec.sweep import BudgetConfig as BudgetConfig
-from hamsweep.spec.sweep import FinalEvalConfig as FinalEvalConfig
+from hamsweep.spec.sweep import ConfirmConfig as ConfirmConfig
 from hamsweep.spec.sweep import ObjectiveConfig as ObjectiveConfig
 from hamsweep.spec.sweep import ResourcesConfig as ResourcesConfig
 from hamsweep.spec.sweep import SchedulerConfig as SchedulerConfig
@@ -63,7 +63,7 @@ __all__ = [
     "DataConfig",
     "Distribution",
     "EvalConfig",
-    "FinalEvalConfig",
+    "ConfirmConfig",
     "HamConfig",
     "LocalProfile",
     "ModelConfig",

@@ -1,5 +1,5 @@
 """The sweep spec: a trial config plus ``name``, ``objective``, ``search`` (each searched parameter with
-its distribution and its default), ``scheduler``, ``resources``, ``budget`` and ``final_eval``; and the
+its distribution and its default), ``scheduler``, ``resources``, ``budget`` and ``confirm``; and the
 readers of spec files and ``--set`` overrides."""
 
 from __future__ import annotations
@@ -176,21 +176,34 @@ class BudgetConfig(_Frozen):
         return self
 
 
-class FinalEvalConfig(_Frozen):
-    """After the search: the top-k trials' best checkpoints on the test split, per class."""
+class ConfirmConfig(_Frozen):
+    """After the search, the one stage that touches the test split: the ``top_k`` completed trials
+    (by the validation objective) and the PGD-AT baseline, retrained on ``seeds`` new values of
+    ``train.seed`` and evaluated per class on the test split from their best checkpoints (chosen on
+    validation, as in the search), with intervals over seeds (``hamsweep.confirm``). ``seeds: 0``
+    retrains nothing: the search's own best checkpoints are evaluated on the test split, one seed,
+    no interval (what ``final_eval`` did before)."""
 
-    top_k: int = 1  # trials to evaluate; 0 = none
+    top_k: int = 3  # configs confirmed; 0 = no confirm stage (the test split is never touched)
+    seeds: int = 3  # new train.seed values per config and for the PGD-AT baseline; 0 = the search's checkpoints
     autoattack: bool = False  # also AutoAttack (standard), besides PGD-``eval.attack_steps``
+    confidence: float = 0.95  # two-sided coverage of every interval in the confirm tables
 
     @model_validator(mode="after")
-    def _check(self) -> FinalEvalConfig:
-        at_least(self, 0, "top_k")
+    def _check(self) -> ConfirmConfig:
+        at_least(self, 0, "top_k", "seeds")
+        if not 0 < self.confidence < 1:
+            raise SpecError("confidence", f"confidence must be in (0, 1) but got {self.confidence}")
         return self
+
+    @property
+    def retrains(self) -> bool:
+        return self.top_k > 0 and self.seeds > 0
 
 
 class SweepSpec(TrialConfig):
     """A spec file: the trial config's sections plus ``name``, ``objective``, ``search``, ``scheduler``,
-    ``resources``, ``budget`` and ``final_eval``."""
+    ``resources``, ``budget`` and ``confirm``."""
 
     name: str = "sweep"
     objective: ObjectiveConfig = ObjectiveConfig()
@@ -198,7 +211,22 @@ class SweepSpec(TrialConfig):
     scheduler: SchedulerConfig = SchedulerConfig()
     resources: ResourcesConfig = ResourcesConfig()
     budget: BudgetConfig = BudgetConfig()
-    final_eval: FinalEvalConfig = FinalEvalConfig()
+    confirm: ConfirmConfig = ConfirmConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _final_eval(cls, data: Any) -> Any:
+        """``final_eval: {top_k, autoattack}`` of specs (and sweep folders) before the confirm stage
+        is ``confirm`` with ``seeds: 0``: the same evaluation of the search's own checkpoints."""
+        if not isinstance(data, Mapping) or "final_eval" not in data:
+            return data
+        if "confirm" in data:
+            raise SpecError("final_eval", "is the older name of confirm (with seeds: 0); give only confirm")
+        old = data["final_eval"] or {}
+        if not isinstance(old, Mapping):
+            raise SpecError("final_eval", f"must be a mapping like {{top_k: 1}} but got {old!r}")
+        rest = {k: v for k, v in data.items() if k != "final_eval"}
+        return {**rest, "confirm": {"seeds": 0, "top_k": 1, **old}}
 
     @model_validator(mode="before")
     @classmethod
@@ -287,7 +315,7 @@ class SweepSpec(TrialConfig):
 
     def search_trial_config(self, params: Mapping[str, Any]) -> TrialConfig:
         """The config a trial of the search trains with: ``trial_config(params)`` with the test split
-        left alone (only the final evaluation touches it, after the search, for the top trials)."""
+        left alone (only the confirm stage touches it, after the search)."""
         cfg = self.trial_config(params)
         return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"test": False})})
 

@@ -1,0 +1,279 @@
+"""The confirm stage: the search's winners against PGD-AT, over new seeds, on the test split.
+
+A sweep picks the maximum of many noisy validation numbers, so its winner is partly chosen for its
+luck. After the search, ``confirm.top_k`` completed trials (by the validation objective at their
+best epoch) and the PGD-AT baseline are trained again on ``confirm.seeds`` new values of
+``train.seed`` (init, data order, attacks; the train/validation split stays), each evaluated per
+class on the test split from its best checkpoint (chosen on validation, as in the search). These
+trials are the tail of the sweep's own Tune run (``search.Searcher`` hands them out once every search
+trial has ended): resumable, budgeted and drawn on the dashboard like the others.
+
+Each new seed gets its own trunk per warm-up config (the chosen configs' ``spec.trial.warmup_part``
+with that seed): a PGD-AT run to the last epoch that **is** the baseline of that seed, and from which
+every chosen HAM config of that seed forks at its warm-up epoch. One seed costs one trunk plus the
+post-warm-up part of each config.
+
+``write_tables`` turns the stored per-class test counts into the ``confirm`` and ``confirm_classes``
+tables (``hamsweep.stats``: t-intervals over seeds, paired differences against PGD-AT of the same
+seed, per-class two-stage bootstrap intervals).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from hamsweep.keys import BASELINE, CONFIG, CONFIRM, KEEP, NUMBER, ROLE, STAGE, TRUNK
+from hamsweep.rundir import atomic_write_text
+from hamsweep.spec import SweepSpec
+from hamsweep.spec.trial import WARMUP_FREE_KEYS, objective_summary, warmup_key
+
+__all__ = ["CONFIRM_FILE", "FIRST_NUMBER", "BASELINE_LABEL", "Chosen", "ConfirmPlan", "confirm_cost", "new_seeds",
+           "plan_confirm", "read_plan", "write_plan", "write_tables"]
+
+CONFIRM_FILE = "confirm.json"  # in the sweep folder: the configs chosen for the confirm stage, its seeds and trials
+FIRST_NUMBER = 1_000_000  # confirm trials' numbers (work folders, SLURM job names): never an Optuna number of the search
+BASELINE_LABEL = "PGD-AT"  # how a baseline is named in tables
+_BASELINE_PREFIX = "pgd_at:"  # a baseline's CONFIG: the prefix and its warm-up key at the search's seed
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """A search trial chosen for confirmation."""
+
+    trial: str  # its Tune trial id
+    number: int  # its Optuna number
+    params: dict[str, Any]  # its searched 'section.field' values
+    value: float  # the validation objective at its best epoch: what got it chosen
+
+
+@dataclass(frozen=True)
+class ConfirmPlan:
+    """What the confirm stage trains: the chosen configs, the new seeds, and every trial's Tune config
+    in the order they are handed out (for each seed its baselines first, then the chosen configs)."""
+
+    chosen: tuple[Chosen, ...]
+    seeds: tuple[int, ...]
+    trials: tuple[dict[str, Any], ...]
+    baselines: dict[str, dict[str, Any]]  # baseline CONFIG -> its searched warm-up values (without the seed)
+
+    def label(self, config: str) -> str:
+        """'#12' for a chosen config, 'PGD-AT' for the baseline (with its values when there are several)."""
+        chosen = next((c for c in self.chosen if c.trial == config), None)
+        if chosen is not None:
+            return f"#{chosen.number}"
+        params = self.baselines.get(config, {})
+        if len(self.baselines) < 2 or not params:
+            return BASELINE_LABEL
+        values = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in params.items())
+        return f"{BASELINE_LABEL} ({values})"
+
+
+def new_seeds(spec: SweepSpec) -> tuple[int, ...]:
+    """``confirm.seeds`` values of ``train.seed`` that no search trial trained with: the next integers
+    after the largest the search used."""
+    dist = spec.search.params.get("train.seed")
+    used = [spec.train.seed] if dist is None else list(dist.choices or ()) + [b for b in (dist.low, dist.high) if isinstance(b, int)]
+    start = max(int(u) for u in used) + 1
+    return tuple(range(start, start + spec.confirm.seeds))
+
+
+def _baseline_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A config's searched values that its PGD-AT baseline shares: all but HAM's (``WARMUP_FREE_KEYS``)."""
+    return {k: v for k, v in params.items() if k not in WARMUP_FREE_KEYS}
+
+
+def _baseline_config(spec: SweepSpec, params: dict[str, Any]) -> str:
+    """The baseline CONFIG of a config: PGD-AT with its warm-up part, keyed at the search's seed (so it
+    is the search trunk's key when the search had one)."""
+    from hamsweep.trunk import trunk_config
+
+    return _BASELINE_PREFIX + warmup_key(trunk_config(spec, _baseline_params(params)))
+
+
+def plan_confirm(spec: SweepSpec, chosen: list[Chosen]) -> ConfirmPlan:
+    """The confirm trials of ``chosen`` (see the module docstring); none when nothing was chosen."""
+    from hamsweep.trunk import plan
+
+    shared, seeds = plan(spec), new_seeds(spec) if chosen else ()
+    baselines = {_baseline_config(spec, c.params): _baseline_params(c.params) for c in chosen}
+    trials: list[dict[str, Any]] = []
+    for s, seed in enumerate(seeds):
+        for b, (config, params) in enumerate(baselines.items()):
+            keep = _fork_epochs(spec, shared, [c for c in chosen if _baseline_config(spec, c.params) == config])
+            trials.append({ROLE: TRUNK, STAGE: CONFIRM, CONFIG: config, KEEP: keep, **params, "train.seed": seed,
+                           NUMBER: -(FIRST_NUMBER + 1 + s * len(baselines) + b)})
+        for i, c in enumerate(chosen):
+            trials.append({STAGE: CONFIRM, CONFIG: c.trial, BASELINE: _baseline_config(spec, c.params), **c.params,
+                           "train.seed": seed, NUMBER: FIRST_NUMBER + s * len(chosen) + i})
+    return ConfirmPlan(tuple(chosen), seeds, tuple(trials), baselines)
+
+
+def _fork_epochs(spec: SweepSpec, shared: Any, chosen: list[Chosen]) -> list[int]:
+    """The warm-up epochs at which ``chosen`` fork from their trunk: the checkpoints it keeps."""
+    cfgs = [spec.search_trial_config(c.params) for c in chosen]
+    return sorted({cfg.ham.warmup_epochs for cfg in cfgs if shared.forks(cfg)})
+
+
+def write_plan(out: Path, p: ConfirmPlan) -> None:
+    """The plan as ``confirm.json`` (atomically): what was chosen, read by ``status`` and the tables."""
+    data = {"seeds": list(p.seeds), "chosen": [asdict(c) for c in p.chosen], "trials": list(p.trials), "baselines": p.baselines}
+    atomic_write_text(Path(out) / CONFIRM_FILE, json.dumps(data, indent=1))
+
+
+def read_plan(out: Path) -> ConfirmPlan | None:
+    """The folder's confirm plan; None before the search has ended (or without a confirm stage)."""
+    path = Path(out) / CONFIRM_FILE
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    chosen = tuple(Chosen(**c) for c in data["chosen"])
+    return ConfirmPlan(chosen, tuple(data["seeds"]), tuple(data["trials"]), data["baselines"])
+
+
+# ---- the confirm tables ----
+def write_tables(out: Path, spec: SweepSpec) -> int:
+    """Recompute the ``confirm`` and ``confirm_classes`` tables from the confirm trials' per-class test
+    counts (completed trials only: a failed seed is left out, and ``seeds`` says how many remain);
+    returns the number of configs (baselines included) in them."""
+    from hamsweep import results
+
+    p = read_plan(out)
+    if p is None:
+        return 0
+    counts = _test_counts(out)
+    hours = _hours(out)
+    configs = [c for c in [*p.baselines, *(c.trial for c in p.chosen)] if c in counts]
+    rows, class_rows = [], []
+    for config in configs:
+        baseline = None if config in p.baselines else next(t[BASELINE] for t in p.trials if t.get(CONFIG) == config)
+        rows += _summary_rows(spec, p, config, counts, baseline, _search_value(out, p, config), hours.get(config, (0.0, 0.0)))
+        class_rows += _class_rows(spec, p, config, counts, baseline)
+    results.replace_table(out, results.CONFIRM, rows)
+    results.replace_table(out, results.CONFIRM_CLASSES, class_rows)
+    return len(configs)
+
+
+# config -> attack -> seed -> (class names, n per class, correct per class)
+_Counts = dict[str, dict[str, dict[int, tuple[list[str], list[int], list[int]]]]]
+
+
+def _test_counts(out: Path) -> _Counts:
+    from hamsweep import results
+
+    sql = f"""SELECT t.config, c.attack, t.seed, list(c.class_name ORDER BY c.class_id), list(c.n ORDER BY c.class_id),
+                     list(c.correct ORDER BY c.class_id)
+              FROM trials t JOIN classes c ON c.trial = t.trial
+              WHERE t.stage = '{CONFIRM}' AND t.status = 'completed' AND c.split = 'test'
+              GROUP BY ALL ORDER BY t.config, c.attack, t.seed"""
+    found: _Counts = {}
+    for config, attack, seed, names, n, correct in results.connect(out).execute(sql).fetchall():
+        found.setdefault(config, {}).setdefault(attack, {})[int(seed)] = (names, n, correct)
+    return found
+
+
+def _hours(out: Path) -> dict[str, tuple[float, float]]:
+    """config -> (GPU-hours, wall hours) of its confirm trials."""
+    from hamsweep import results
+
+    sql = f"SELECT config, sum(gpu_seconds) / 3600, sum(wall_seconds) / 3600 FROM trials WHERE stage = '{CONFIRM}' GROUP BY config"
+    return {c: (g or 0.0, w or 0.0) for c, g, w in results.connect(out).execute(sql).fetchall()}
+
+
+def _search_value(out: Path, p: ConfirmPlan, config: str) -> float | None:
+    """The validation objective that got ``config`` chosen; for a baseline, its search trunk's best."""
+    from hamsweep import results
+
+    chosen = next((c for c in p.chosen if c.trial == config), None)
+    if chosen is not None:
+        return chosen.value
+    key = config.removeprefix(_BASELINE_PREFIX)
+    row = results.connect(out).execute(
+        f"SELECT max(best_objective) FROM trials WHERE role = '{TRUNK}' AND coalesce(stage, 'search') = 'search' AND trunk_key = ?",
+        [key]).fetchone()
+    return row[0] if row else None
+
+
+def _per_seed(counts: _Counts, config: str, attack: str) -> tuple[list[int], Any, Any]:
+    """(seeds, n, correct) of one config and attack: n, correct (seeds, classes) arrays."""
+    import numpy as np
+
+    by_seed = counts.get(config, {}).get(attack, {})
+    seeds = sorted(by_seed)
+    return seeds, np.array([by_seed[s][1] for s in seeds]), np.array([by_seed[s][2] for s in seeds])
+
+
+def _summary_rows(spec: SweepSpec, p: ConfirmPlan, config: str, counts: _Counts, baseline: str | None,
+                  search_value: float | None, hours: tuple[float, float]) -> list[dict[str, Any]]:
+    from hamsweep import stats
+
+    conf, metric = spec.confirm.confidence, spec.objective.primary
+    chosen = next((c for c in p.chosen if c.trial == config), None)
+    rows = []
+    for attack in counts[config]:
+        seeds, n, correct = _per_seed(counts, config, attack)
+        values = stats.seed_summaries(n, correct, spec.eval.cvar_fraction)
+        base_seeds, bn, bc = _per_seed(counts, baseline, attack) if baseline else ([], None, None)
+        base = stats.seed_summaries(bn, bc, spec.eval.cvar_fraction) if base_seeds else {}
+        paired = [s for s in seeds if s in base_seeds]
+        for key in stats.CONFIRM_KEYS:
+            ci = stats.t_interval(values[key], conf)
+            row = {"config": config, "label": p.label(config), "role": TRUNK if chosen is None else "search",
+                   "number": chosen.number if chosen else None, "baseline": baseline, "attack": attack, "metric": key,
+                   "seeds": ci.n, "mean": ci.mean, "std": _null(ci.std), "ci_low": _null(ci.low), "ci_high": _null(ci.high),
+                   "confidence": conf, "search_objective": metric, "search_value": search_value,
+                   "gpu_hours": hours[0], "wall_hours": hours[1], "paired_seeds": len(paired)}
+            if paired:
+                d = stats.paired_difference([values[key][seeds.index(s)] for s in paired],
+                                            [base[key][base_seeds.index(s)] for s in paired], conf)
+                row.update(diff_mean=d.mean, diff_low=_null(d.low), diff_high=_null(d.high), verdict=d.verdict())
+            rows.append(row)
+    return rows
+
+
+def _class_rows(spec: SweepSpec, p: ConfirmPlan, config: str, counts: _Counts, baseline: str | None) -> list[dict[str, Any]]:
+    import numpy as np
+
+    from hamsweep import stats
+
+    rows = []
+    for attack, by_seed in counts[config].items():
+        seeds, n, correct = _per_seed(counts, config, attack)
+        mean, low, high = stats.class_intervals(n, correct, spec.confirm.confidence)
+        base_mean = None
+        if baseline and counts.get(baseline, {}).get(attack):
+            _, bn, bc = _per_seed(counts, baseline, attack)
+            with np.errstate(invalid="ignore", divide="ignore"):  # a class without examples: nan, left out
+                base_mean = np.nanmean(bc / bn, axis=0)
+        names = next(iter(by_seed.values()))[0]
+        for c, name in enumerate(names):
+            rows.append({"config": config, "label": p.label(config), "attack": attack, "class_id": c, "class_name": name,
+                         "seeds": len(seeds), "mean": _null(mean[c]), "ci_low": _null(low[c]), "ci_high": _null(high[c]),
+                         "baseline_mean": None if base_mean is None else _null(base_mean[c]), "confidence": spec.confirm.confidence})
+    return rows
+
+
+def _null(x: float) -> float | None:
+    """nan (no interval from one seed, a class without examples) is stored as null."""
+    import math
+
+    return None if x is None or math.isnan(x) else float(x)
+
+
+# ---- what the stage costs (printed by `hamsweep validate`) ----
+def confirm_cost(spec: SweepSpec) -> tuple[float, int]:
+    """(predicted training epochs of the confirm stage, its trials), for ``confirm.top_k`` HAM configs
+    sharing one warm-up config: per seed one trunk of ``train.epochs`` plus each config's epochs after
+    its warm-up (``ham.warmup_epochs`` averaged over its values, as ``trunk.predicted_cost`` does)."""
+    from hamsweep.trunk import plan
+
+    c = spec.confirm
+    if not c.retrains:
+        return 0.0, 0
+    epochs, p = spec.train.epochs, plan(spec)
+    if not p.shared:
+        return float(c.seeds * (c.top_k + 1) * epochs), c.seeds * (c.top_k + 1)
+    after = sum(epochs - w for w in p.fork_epochs) / len(p.fork_epochs)  # the warm-ups forks can have
+    return c.seeds * (epochs + c.top_k * after), c.seeds * (c.top_k + 1)
