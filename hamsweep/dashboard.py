@@ -114,6 +114,7 @@ def state_from_json(text: str) -> SweepState:
         trials[tid] = TrialView(**view)
     best = data.pop("sampler_best")
     data["confirm_seeds"] = tuple(data.get("confirm_seeds", ()))
+    data["waiting"] = [tuple(w) for w in data.get("waiting", ())]
     return SweepState(**data, trials=trials, sampler_best=tuple(best) if best else None)
 
 

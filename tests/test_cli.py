@@ -13,6 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import HAMSWEEP, REPO
 
+from hamsweep import results
+
 TINY = """
 name: tiny
 data: {name: synthetic, num_classes: 4, image_size: 8, train_size: %(n)d, test_size: 64, val_fraction: 0.25}
@@ -116,7 +118,7 @@ def test_train_writes_parquet_that_duckdb_and_pyarrow_read(tmp_path, tiny_spec):
     assert "epoch 2/2 ham" in proc.stdout and "worst" in proc.stdout
     epochs = pq.read_table(out / "epochs")
     classes = pq.read_table(out / "classes")
-    assert epochs.schema.metadata[b"hamsweep.schema_version"] == b"2"
+    assert epochs.schema.metadata[b"hamsweep.schema_version"] == str(results.SCHEMA_VERSION).encode()
     assert sorted(epochs.column("epoch").to_pylist()) == [1, 2]
     assert set(classes.column("split").to_pylist()) == {"val", "test"}
     con = duckdb.connect()

@@ -243,3 +243,28 @@ def test_a_trunk_is_the_pgd_at_baseline_row_with_its_waiting_proposals():
     fork = event_line(state, state.trials["aaaa0000"], "start")
     assert fork.endswith("(forks tttt0000 after epoch 2)")
     assert event_line(state, state.trials["tttt0000"], "epoch").startswith("[0:01:23] trial PGD-AT tttt0000 epoch 2/6")
+
+
+def test_the_confirm_stage_is_a_phase_of_its_own():
+    confirm = {"stage": "confirm", "params": {"train.seed": 1}}
+    state = _add(
+        _state(confirm_trials=3, confirm_seeds=(1,), waiting=[("cccc0000", 2)]),
+        _trial("aaaa0000", "completed", number=4, epoch=6, best_objective=0.4),
+        _trial("cccc0000", **confirm, role="trunk", label="PGD-AT", seed=1, epoch=3, best_objective=0.5),
+        _trial("dddd0000", "pending", **confirm, label="#4", seed=1, number=4),
+        _trial("eeee0000", "completed", **confirm, label="#4", seed=2, number=4, epoch=6, best_objective=0.45),
+    )
+    text = _text(state)
+    assert "confirm stage: 1 of 3 trials done (train.seed 1)" in text
+    assert "1 waiting for their seed's warm-up epoch" in text
+    rows = [ln for ln in text.splitlines() if ln.strip().startswith(("│ #4", "#4", "PGD-AT")) or " #4 " in ln]
+    assert any("#4" in r and "6/6" in r and "0.450" in r and "completed" in r for r in rows), rows
+    assert "trials: 0 running, 1 done" in text and "9 pending, of 10" in text  # the confirm stage is not one of the samples
+    assert "shared warm-up cccc0000" not in text  # a seed's trunk is drawn in the confirm panel, not as the search's
+    header = next(ln for ln in text.splitlines() if "trial" in ln and "epoch" in ln and "status" in ln)  # the search's table
+    assert "seed" not in header and "lr" in header
+    line = event_line(state, state.trials["eeee0000"], "completed")
+    assert line.startswith("[0:01:23] confirm trial #4 seed 2 eeee0000 epoch 6/6")
+    from hamsweep.dashboard import state_from_json, state_to_json
+
+    assert state_from_json(state_to_json(state)) == state

@@ -179,21 +179,29 @@ def test_sbatch_scripts_of_the_documented_profile_in_mode_jobs_are_pinned(which)
     assert text == golden.read_text()
 
 
-def test_a_trunk_and_its_forks_run_as_trial_jobs(slurm, tmp_path):
+def test_a_trunk_its_forks_and_the_confirm_stage_run_as_trial_jobs(slurm, tmp_path):
     from test_trunk import SHARED_PARAMS
 
-    spec = write_spec(tmp_path / "shared.yaml", scheduler="none", confirm={"top_k": 0},
+    from hamsweep.confirm import FIRST_NUMBER
+
+    spec = write_spec(tmp_path / "shared.yaml", scheduler="none", confirm={"top_k": 1, "seeds": 1},
                       search={"num_samples": 3, "max_concurrent": 2, "params": SHARED_PARAMS})
     out = tmp_path / "out"
     proc = hamsweep("run", str(spec), "--cluster", str(jobs_profile(tmp_path / "prof.yaml")), "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = results.read_table(out, results.TRIALS).to_pylist()
+    confirm = [r for r in rows if r["stage"] == "confirm"]
+    rows = [r for r in rows if r["stage"] == "search"]
     trunk = next(r for r in rows if r["role"] == "trunk")
     assert trunk["status"] == "completed" and trunk["epochs_run"] == 4 and trunk["number"] is None
     forks = [r for r in rows if r["role"] == "search"]
     assert len(forks) == 3 and all(r["trunk"] == trunk["trial"] and r["forked_at"] == r["ham_warmup_epochs"] for r in forks)
     assert {p.name for p in (out / "trunks" / trunk["trunk_key"]).iterdir()} == {"epoch-0001", "epoch-0002", "epoch-0003"}
-    jobs = listed_jobs(out)  # job id -> trial number: the trunk's job is number -1
-    assert sorted(jobs.values()) == [-1, *sorted(r["number"] for r in forks)]
+    jobs = listed_jobs(out)  # job id -> trial number: the trunk's job is number -1, the confirm stage's from FIRST_NUMBER
+    assert sorted(jobs.values()) == [-FIRST_NUMBER - 1, -1, *sorted(r["number"] for r in forks), FIRST_NUMBER]
+    # the confirm stage: PGD-AT and the best config on seed 1, each evaluated on the test split in its job
+    assert sorted((r["role"], r["seed"], r["status"]) for r in confirm) == [("search", 1, "completed"), ("trunk", 1, "completed")]
     con = results.connect(out)
+    assert con.execute("SELECT count(DISTINCT trial) FROM classes WHERE split = 'test'").fetchone()[0] == 2
+    assert con.execute("SELECT count(DISTINCT config) FROM confirm").fetchone()[0] == 2
     assert con.execute("SELECT count(*) FROM epochs e JOIN trials t USING (trial) WHERE e.epoch <= coalesce(t.forked_at, 0)").fetchone()[0] == 0

@@ -74,10 +74,10 @@ def test_every_epoch_and_class_is_stored_once(sweep):
     for table in (results.TRIALS, results.EPOCHS, results.CLASSES):
         assert len(list((out / table).glob("part-*.parquet"))) == 1
     assert pq.read_table(out / "classes").num_rows == con.execute("SELECT count(*) FROM classes").fetchone()[0]
-    assert pq.read_table(out / "epochs").schema.metadata[b"hamsweep.schema_version"] == b"2"
+    assert pq.read_table(out / "epochs").schema.metadata[b"hamsweep.schema_version"] == str(results.SCHEMA_VERSION).encode()
 
 
-def test_final_eval_puts_the_best_completed_trial_on_the_test_split(sweep):
+def test_confirm_with_seeds_0_puts_the_best_completed_trial_on_the_test_split(sweep):
     out, proc = sweep
     con = results.connect(out)
     best = con.execute(
