@@ -229,7 +229,7 @@ def results(
     """The confirmed table of a sweep (its winners and PGD-AT over seeds, on the test split), then the
     search's best trials with their parameters and summary metrics."""
     from hamsweep import results as tables
-    from hamsweep.final_eval import confirmed_table, formatted, results_table
+    from hamsweep.tables import confirmed_table, formatted, results_table
     from hamsweep.sweep import wide_console
 
     spec = _sweep_spec(folder)
@@ -250,7 +250,7 @@ def evaluate(
     autoattack: bool = typer.Option(False, "--autoattack", help="also run AutoAttack (standard)"),
 ) -> None:
     """Evaluate the best trials' best checkpoints on the test split (per class, into `classes`)."""
-    from hamsweep.final_eval import evaluate_top
+    from hamsweep.tables import evaluate_top
 
     evaluate_top(folder, _sweep_spec(folder), top, autoattack=autoattack)
 

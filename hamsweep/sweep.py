@@ -273,17 +273,17 @@ def _finish(spec: SweepSpec, out: Path, console: Console, tune_trials: set[str])
     search's best checkpoints), and the tables: the search's ranking, then the confirmed one. Parquet
     rows of trials outside ``tune_trials`` come from trials a killed driver had started after Tune's
     last snapshot, which Tune never resumes: dropped."""
-    from hamsweep import confirm, final_eval, results
+    from hamsweep import confirm, results, tables
 
     shutil.rmtree(out / RAY_DIR / "work", ignore_errors=True)  # every trial ended: Ray holds the checkpoints
     c = spec.confirm
     if c.top_k and not c.retrains:
-        final_eval.evaluate_top(out, spec, c.top_k, autoattack=c.autoattack, console=console)
+        tables.evaluate_top(out, spec, c.top_k, autoattack=c.autoattack, console=console)
     results.compact(out, keep_trials=tune_trials)
-    console.print(final_eval.results_table(out, spec, top=10))
+    console.print(tables.results_table(out, spec, top=10))
     if c.retrains:
         if confirm.write_tables(out, spec):
-            console.print(final_eval.confirmed_table(out, spec))
+            console.print(tables.confirmed_table(out, spec))
         else:
             console.print("confirm stage: no search trial ran all its epochs, so none was confirmed", highlight=False)
     table = results.CONFIRM if c.retrains else results.TRIALS

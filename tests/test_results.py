@@ -77,7 +77,7 @@ def test_parts_written_before_flip_backs_existed_still_read(tmp_path):
 
 
 def test_a_sweep_folder_from_before_trunks_has_no_baseline_and_no_history_views(tmp_path):
-    from hamsweep.final_eval import top_trials
+    from hamsweep.tables import top_trials
     from hamsweep.results import TRIAL_SCHEMA, TRIALS
 
     old = pa.schema([f for f in TRIAL_SCHEMA if f.name not in ("role", "trunk", "forked_at", "trunk_key")])
