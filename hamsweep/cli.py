@@ -228,7 +228,7 @@ def results(
 ) -> None:
     """The confirmed table of a sweep (its winners and PGD-AT over seeds, on the test split), then the
     search's best trials with their parameters and summary metrics."""
-    from hamsweep import results as tables
+    from hamsweep import results as store
     from hamsweep.tables import confirmed_table, formatted, results_table
     from hamsweep.sweep import wide_console
 
@@ -237,7 +237,7 @@ def results(
         sys.stdout.write(formatted(folder, spec, fmt, top=top, by=by))
         return
     console = wide_console()
-    if tables.CONFIRM in tables.tables(folder):
+    if store.CONFIRM in store.tables(folder):
         console.print(confirmed_table(folder, spec))
     console.print(results_table(folder, spec, top=top, by=by))
 
@@ -250,7 +250,7 @@ def evaluate(
     autoattack: bool = typer.Option(False, "--autoattack", help="also run AutoAttack (standard)"),
 ) -> None:
     """Evaluate the best trials' best checkpoints on the test split (per class, into `classes`)."""
-    from hamsweep.tables import evaluate_top
+    from hamsweep.confirm import evaluate_top
 
     evaluate_top(folder, _sweep_spec(folder), top, autoattack=autoattack)
 

@@ -16,6 +16,11 @@ post-warm-up part of each config.
 ``write_tables`` turns the stored per-class test counts into the ``confirm`` and ``confirm_classes``
 tables (``hamsweep.stats``: t-intervals over seeds, paired differences against PGD-AT of the same
 seed, per-class two-stage bootstrap intervals).
+
+With ``confirm.seeds: 0`` nothing is retrained: ``evaluate_top`` (also ``hamsweep evaluate``) evaluates
+the top-k completed search trials' own ``best.pt`` and the PGD-AT baselines' in the driver, one seed,
+no interval. Every test-split evaluation goes through ``evaluation.evaluate_checkpoint`` into
+``classes`` with ``split = 'test'`` and ``epoch`` = the checkpoint's epoch.
 """
 
 from __future__ import annotations
@@ -25,13 +30,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hamsweep.errors import SpecError
 from hamsweep.keys import BASELINE, CONFIG, CONFIRM, KEEP, NUMBER, ROLE, STAGE, TRUNK
 from hamsweep.rundir import atomic_write_text
 from hamsweep.spec import SweepSpec
 from hamsweep.spec.trial import WARMUP_FREE_KEYS, objective_summary, warmup_key
 
-__all__ = ["CONFIRM_FILE", "FIRST_NUMBER", "BASELINE_LABEL", "Chosen", "ConfirmPlan", "confirm_cost", "new_seeds",
-           "plan_confirm", "read_plan", "write_plan", "write_tables"]
+__all__ = ["BASELINE_LABEL", "CONFIRM_FILE", "FIRST_NUMBER", "Chosen", "ConfirmPlan", "confirm_cost", "evaluate_top",
+           "new_seeds", "plan_confirm", "read_plan", "write_plan", "write_tables"]
 
 CONFIRM_FILE = "confirm.json"  # in the sweep folder: the configs chosen for the confirm stage, its seeds and trials
 FIRST_NUMBER = 1_000_000  # confirm trials' numbers (work folders, SLURM job names): never an Optuna number of the search
@@ -260,6 +266,53 @@ def _null(x: float) -> float | None:
     import math
 
     return None if x is None or math.isnan(x) else float(x)
+
+
+# ---- confirm.seeds: 0, the search's own checkpoints on the test split ----
+def evaluate_top(out: Path, spec: SweepSpec, k: int, *, autoattack: bool = False, console: Any = None) -> int:
+    """Evaluate the top-``k`` completed trials' best checkpoints on the test split, and the PGD-AT
+    baselines (the trunks run to the end) beside them; returns how many. ``console``: rich's, for
+    one line per evaluation."""
+    from rich.console import Console
+
+    from hamsweep import results
+    from hamsweep.tables import top_trials
+
+    console = console or Console()
+    rows = top_trials(out, k, spec.objective.primary, completed_only=True)
+    rows += top_trials(out, k, spec.objective.primary, completed_only=True, role=TRUNK)
+    if not rows:
+        console.print("test evaluation: no completed trial to evaluate", highlight=False)
+        return 0
+    writer = results.PartWriter(out)
+    for row in rows:
+        evals, epoch, names = _evaluate(out, spec, row, autoattack)
+        writer.append(results.CLASSES, results.eval_rows(row["trial"], epoch, evals, names))
+        worst = min(c / n for e in evals if e.attack != "clean" for n, c in zip(e.n, e.correct) if n)
+        name = "PGD-AT baseline" if row.get("role") == TRUNK else f"#{row['number']}"
+        console.print(f"test evaluation: trial {row['trial']} ({name}) test worst-class robust {100 * worst:.1f}%", highlight=False)
+    return len(rows)
+
+
+def _evaluate(out: Path, spec: SweepSpec, row: dict[str, Any], autoattack: bool) -> tuple[list[Any], int, tuple[str, ...]]:
+    from hamsweep import data
+    from hamsweep.evaluation import evaluate_checkpoint
+    from hamsweep.train import BEST, pick_device
+    from hamsweep.trunk import trunk_config
+
+    from hamsweep.results import param_column
+
+    params = {k: row[param_column(k)] for k in spec.search.params}
+    if row.get("role") == TRUNK:  # a trunk's row holds only its warm-up keys; HAM's are null
+        cfg = trunk_config(spec, {k: v for k, v in params.items() if v is not None})
+    else:
+        cfg = spec.trial_config(params)
+    path = Path(out) / (row["checkpoint"] or "-") / BEST
+    if not row["checkpoint"] or not path.is_file():
+        raise SpecError(str(out), f"trial {row['trial']} has no best checkpoint ({path}); it cannot be evaluated")
+    dataset = data.load(cfg.data)
+    evals, epoch = evaluate_checkpoint(path, cfg, dataset, device=pick_device(cfg.train.device), autoattack=autoattack)
+    return evals, epoch, tuple(dataset.classes)
 
 
 # ---- what the stage costs (printed by `hamsweep validate`) ----

@@ -1,5 +1,5 @@
 """The sweep driver: spec -> Ray Tune (Optuna proposes, ASHA stops, the Recorder writes) -> Parquet,
-then compaction and the final evaluation of the top trials on the test split.
+then the confirm stage (in the same Tune run), compaction and the tables.
 
 Ray is started here, for this sweep only, unless ``address`` names a running cluster: bound to
 127.0.0.1, token auth on with a per-sweep token file (mode 0600) in the sweep folder, its session
@@ -278,7 +278,7 @@ def _finish(spec: SweepSpec, out: Path, console: Console, tune_trials: set[str])
     shutil.rmtree(out / RAY_DIR / "work", ignore_errors=True)  # every trial ended: Ray holds the checkpoints
     c = spec.confirm
     if c.top_k and not c.retrains:
-        tables.evaluate_top(out, spec, c.top_k, autoattack=c.autoattack, console=console)
+        confirm.evaluate_top(out, spec, c.top_k, autoattack=c.autoattack, console=console)
     results.compact(out, keep_trials=tune_trials)
     console.print(tables.results_table(out, spec, top=10))
     if c.retrains:

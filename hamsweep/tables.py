@@ -1,12 +1,5 @@
-"""After the search: the tables of a sweep (the search's ranking, the confirmed table) and the test
-evaluation of the search's own checkpoints.
-
-The search only ever sees the validation split. The test split is used once, after it, by the
-confirm stage (``hamsweep.confirm``): with ``confirm.seeds >= 1`` its trials evaluate their own best
-checkpoints; with ``confirm.seeds: 0`` (and ``hamsweep evaluate``), ``evaluate_top`` evaluates the
-top-k completed search trials' ``best.pt`` and the PGD-AT baselines'. Either way through
-``evaluation.evaluate_checkpoint``, into ``classes`` with ``split = 'test'`` and ``epoch`` = the
-checkpoint's epoch.
+"""The tables of a sweep: the search's ranking (``top_trials``, ``results_table``) and the confirm
+stage's table (``confirmed_table``, from the ``confirm`` Parquet table of ``hamsweep.confirm``).
 
 ``confirmed_table`` is the paper's table (mean ± std over seeds, the paired difference to PGD-AT);
 ``formatted`` writes it (or the ranking, when there is no confirm table) as csv, json or LaTeX.
@@ -17,17 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from hamsweep import results
 from hamsweep.errors import SpecError
 from hamsweep.keys import SEARCH, TRUNK
-from hamsweep.results import CLASSES, param_column
+from hamsweep.results import param_column
 from hamsweep.spec import OBJECTIVES, SweepSpec
 from hamsweep.spec.trial import objective_summary
 
-__all__ = ["FORMATS", "confirmed_table", "evaluate_top", "formatted", "results_table", "top_trials"]
+__all__ = ["FORMATS", "confirmed_table", "formatted", "results_table", "top_trials"]
 
 FORMATS = ("table", "csv", "json", "latex")  # hamsweep results --format
 
@@ -94,44 +86,6 @@ def _fmt(x: Any, key: str) -> str:
     if x is None:
         return "uniform" if key.endswith("temperature") else "—"  # ham.temperature: null = uniform weights
     return f"{x:.3g}" if isinstance(x, float) else str(x)
-
-
-def evaluate_top(out: Path, spec: SweepSpec, k: int, *, autoattack: bool = False, console: Console | None = None) -> int:
-    """Evaluate the top-``k`` completed trials' best checkpoints on the test split, and the PGD-AT
-    baselines (the trunks run to the end) beside them; returns how many."""
-    console = console or Console()
-    rows = top_trials(out, k, spec.objective.primary, completed_only=True)
-    rows += top_trials(out, k, spec.objective.primary, completed_only=True, role=TRUNK)
-    if not rows:
-        console.print("final evaluation: no completed trial to evaluate", highlight=False)
-        return 0
-    writer = results.PartWriter(out)
-    for row in rows:
-        evals, epoch, names = _evaluate(out, spec, row, autoattack)
-        writer.append(CLASSES, results.eval_rows(row["trial"], epoch, evals, names))
-        worst = min(c / n for e in evals if e.attack != "clean" for n, c in zip(e.n, e.correct) if n)
-        name = "PGD-AT baseline" if row.get("role") == TRUNK else f"#{row['number']}"
-        console.print(f"final evaluation: trial {row['trial']} ({name}) test worst-class robust {100 * worst:.1f}%", highlight=False)
-    return len(rows)
-
-
-def _evaluate(out: Path, spec: SweepSpec, row: dict[str, Any], autoattack: bool) -> tuple[list[Any], int, tuple[str, ...]]:
-    from hamsweep import data
-    from hamsweep.evaluation import evaluate_checkpoint
-    from hamsweep.train import BEST, pick_device
-    from hamsweep.trunk import trunk_config
-
-    params = {k: row[param_column(k)] for k in spec.search.params}
-    if row.get("role") == TRUNK:  # a trunk's row holds only its warm-up keys; HAM's are null
-        cfg = trunk_config(spec, {k: v for k, v in params.items() if v is not None})
-    else:
-        cfg = spec.trial_config(params)
-    path = Path(out) / (row["checkpoint"] or "-") / BEST
-    if not row["checkpoint"] or not path.is_file():
-        raise SpecError(str(out), f"trial {row['trial']} has no best checkpoint ({path}); it cannot be evaluated")
-    dataset = data.load(cfg.data)
-    evals, epoch = evaluate_checkpoint(path, cfg, dataset, device=pick_device(cfg.train.device), autoattack=autoattack)
-    return evals, epoch, tuple(dataset.classes)
 
 
 # ---- the confirmed table ----

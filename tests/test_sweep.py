@@ -85,7 +85,7 @@ def test_confirm_with_seeds_0_puts_the_best_completed_trial_on_the_test_split(sw
     ).fetchone()
     tested = con.execute("SELECT DISTINCT trial, epoch, attack FROM classes WHERE split = 'test' ORDER BY attack").fetchall()
     assert tested == [(best[0], best[1], "clean"), (best[0], best[1], "pgd3")]
-    assert f"final evaluation: trial {best[0]}" in proc.stdout
+    assert f"test evaluation: trial {best[0]}" in proc.stdout
 
 
 def test_optuna_journal_tells_the_truth(sweep):
