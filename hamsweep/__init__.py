@@ -31,7 +31,7 @@ _LAZY = {
     "read_table": "hamsweep.results",
     "connect": "hamsweep.results",
     "read_pandas": "hamsweep.results",
-    "open_study": "hamsweep.search",
+    "open_study": "hamsweep.study",
     "run_sweep": "hamsweep.sweep",
 }
 

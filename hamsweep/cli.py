@@ -244,6 +244,24 @@ def results(
 
 @app.command()
 @_friendly
+def report(
+    folder: Path = typer.Argument(..., help="a sweep folder (running or finished)"),
+    out: Path | None = typer.Option(None, "--out", help="where to write the report (default DIR/report)"),
+    open_it: bool = typer.Option(False, "--open", help="open index.html in a browser afterwards"),
+) -> None:
+    """The sweep's figures as one self-contained HTML page and each as PNG and PDF."""
+    from hamsweep.report import build_report
+
+    index = build_report(folder, out)
+    print(f"report: {index} (each figure also as .png and .pdf beside it)")
+    if open_it:
+        import webbrowser
+
+        webbrowser.open(index.resolve().as_uri())
+
+
+@app.command()
+@_friendly
 def evaluate(
     folder: Path = typer.Argument(..., help="a sweep folder"),
     top: int = typer.Option(1, "--top", help="evaluate this many of the best completed trials"),

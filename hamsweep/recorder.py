@@ -165,7 +165,9 @@ class Recorder(tune.Callback, tune.Stopper):
         params = trial_params(config)
         cfg = self.spec.search_trial_config(params)
         confirm = stage(config) == CONFIRM
-        extra = {"stage": CONFIRM, "config": config.get(CONFIG), "baseline": config.get(BASELINE), "label": self._label(config.get(CONFIG))} if confirm else {}
+        extra = {}
+        if confirm:
+            extra = {"stage": CONFIRM, "config": config.get(CONFIG), "baseline": config.get(BASELINE), "label": self._label(config.get(CONFIG))}
         if role(config) == TRUNK:
             self.trunk_ids[warmup_key(trunk_config(self.spec, params))] = tid
             return TrialView(trial=tid, params=params, epochs=self.spec.train.epochs, role=TRUNK, seed=cfg.train.seed, **extra)

@@ -18,10 +18,11 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from hamsweep.errors import SpecError
-from hamsweep.keys import BEST, CONFIRM, FORK, KEEP, NUMBER, OBJECTIVE, ROLE, TRUNK, best_key, role, stage, trial_params
+from hamsweep.keys import BEST, CONFIG, CONFIRM, FORK, KEEP, NUMBER, OBJECTIVE, ROLE, TRUNK, best_key, role, stage, trial_params
 from hamsweep.spec import Distribution, SweepSpec, flat
 from hamsweep.spec.trial import warmup_key
-from hamsweep.trunk import Plan, plan, ready_epochs
+from hamsweep.study import JOURNAL, journal_storage, new_study_name, open_study, study_name
+from hamsweep.trunk import Plan, plan, ready_epochs, trunk_config
 
 if TYPE_CHECKING:
     import optuna
@@ -39,7 +40,6 @@ __all__ = [
     "open_study",
 ]
 
-JOURNAL = "optuna.journal"  # the study's journal file in the sweep folder
 
 logging.getLogger("optuna").setLevel(logging.WARNING)  # one "trial finished" line per trial is noise here
 
@@ -104,26 +104,6 @@ def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     return optuna.samplers.NSGAIISampler(seed=seed)
 
 
-def journal_storage(path: Path) -> optuna.storages.JournalStorage:
-    """Optuna's journal file storage: an append-only log, safe on NFS (unlike SQLite)."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    return JournalStorage(JournalFileBackend(str(path)))
-
-
-def open_study(folder: Path) -> optuna.Study:
-    """The sweep's Optuna study, read from its journal (also readable by optuna-dashboard)."""
-    import optuna
-
-    path = Path(folder) / JOURNAL
-    if not path.is_file():
-        raise SpecError(str(folder), f"holds no {JOURNAL}; pass a sweep folder")
-    storage = journal_storage(path)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    return optuna.load_study(study_name=names[0], storage=storage)
-
-
 class Searcher(OptunaSearch):
     """Ray's OptunaSearch, made truthful and restart-safe:
 
@@ -172,6 +152,7 @@ class Searcher(OptunaSearch):
         started = set(self._trunk_trials.values())
         if trunk := next((t for t in self.plan.trunks if t.key not in started), None):
             self._trunk_trials[trial_id] = trunk.key
+            self._name_in_study("trunks", trunk.key, trial_id)
             return {ROLE: TRUNK, NUMBER: -1 - trunk.index, KEEP: list(self.plan.fork_epochs), **trunk.params}
         config = self._release_deferred(trial_id)
         if config is None and self._may_ask():
@@ -186,8 +167,17 @@ class Searcher(OptunaSearch):
                 del self._deferred[i]
                 self._ot_trials[trial_id] = ot_trial
                 self._tell_waiting()
+                self._mark_started(trial_id, ready)
                 return ready
         return None
+
+    def _mark_started(self, trial_id: str, config: dict[str, Any]) -> None:
+        """The Optuna trial names the Tune trial it runs as (``hamsweep.study``)."""
+        ot_trial = self._ot_trials[trial_id]
+        ot_trial.set_user_attr("tune_trial", trial_id)
+        ot_trial.set_user_attr("role", "search")
+        if config.get(FORK):
+            ot_trial.set_user_attr("fork", config[FORK])
 
     def _may_ask(self) -> bool:
         """Whether to ask Optuna for another proposal: always, unless proposals wait for a trunk (then
@@ -216,11 +206,18 @@ class Searcher(OptunaSearch):
             ready = self._start(config, self._fork_point(config))
             if ready is not None:
                 del self._confirm[i]  # type: ignore[union-attr]
-                if role(config) == TRUNK:
-                    self._trunk_trials[trial_id] = warmup_key(self.spec.search_trial_config({**trial_params(config), "train.method": "pgd_at"}))
+                if role(config) == TRUNK:  # its forks train their own warm-up if it fails (_trunks_ended)
+                    self._trunk_trials[trial_id] = warmup_key(trunk_config(self.spec, trial_params(config)))  # type: ignore[arg-type]
+                self._name_in_study("confirm", trial_id, {"config": config.get(CONFIG), "seed": config.get("train.seed"),
+                                                          "role": role(config)})
                 self._tell_waiting()
                 return ready
         return None if self._confirm else _Base.FINISHED
+
+    def _name_in_study(self, attr: str, key: str, value: Any) -> None:
+        """A trunk or a confirm trial (no Optuna trials) in the study's user attribute ``attr``."""
+        if self._ot_study is not None:
+            self._ot_study.set_user_attr(attr, {**self._ot_study.user_attrs.get(attr, {}), key: value})
 
     def _plan_confirm(self) -> None:
         from hamsweep.confirm import Chosen, plan_confirm
@@ -242,6 +239,8 @@ class Searcher(OptunaSearch):
         if ready is None:
             self._deferred.append((self._ot_trials.pop(trial_id), config, point))
             self._tell_waiting()
+        else:
+            self._mark_started(trial_id, ready)
         return ready
 
     def _fork_point(self, config: dict[str, Any]) -> tuple[str, int] | None:
@@ -306,13 +305,30 @@ class Searcher(OptunaSearch):
             self.on_trial_result(trial_id, result)  # Tune hands a trial's last result only to this method
         self._completed_trials.add(trial_id)
         state, values = self._outcome(result or {}, error)
+        ot_trial = self._ot_trials[trial_id]
         if state == optuna.trial.TrialState.COMPLETE:  # a candidate for the confirm stage
-            ot_trial = self._ot_trials[trial_id]
             self._complete[trial_id] = (ot_trial.number, dict(ot_trial.params), float((result or {})[BEST]))
+        self._mark_ended(ot_trial, trial_id, state, result or {}, error)
         try:
             self._ot_study.tell(self._ot_trials[trial_id], values, state=state)
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
             pass  # finished in the journal already
+
+    def _mark_ended(self, ot_trial: Any, trial_id: str, state: Any, result: Mapping[str, Any], error: bool) -> None:
+        """Before ``tell`` (a finished Optuna trial takes no more attributes): how it ended, and where its checkpoint is."""
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        epoch = result.get("epoch", 0)
+        reason = ("error: its worker failed" if error else f"failed: {result['failed']}" if result.get("failed")
+                  else f"ran all {epoch} epochs" if state.name == "COMPLETE" else f"stopped at epoch {epoch} (ASHA or the budget)")
+        attrs = {"status": state.name, "status_reason": reason}
+        if result.get("checkpoint_dir_name"):
+            attrs["checkpoint"] = f"ray/trial_{trial_id}/{result['checkpoint_dir_name']}"
+        try:
+            for key, value in attrs.items():
+                ot_trial.set_user_attr(key, value)
+        except (UpdateFinishedTrialError, ValueError, RuntimeError):
+            pass  # finished in the journal already (see the class docstring)
 
     def _outcome(self, result: Mapping[str, Any], error: bool) -> tuple[Any, Any]:
         from optuna.trial import TrialState
@@ -344,6 +360,7 @@ def make_searcher(spec: SweepSpec, folder: Path) -> Searcher:
     always one of the points compared."""
     journal = Path(folder) / JOURNAL
     fresh = not journal.exists()
+    name = study_name(folder) or new_study_name(spec.name)  # a folder keeps its study's name
     metrics = spec.objective.metrics
     multi = len(metrics) > 1
     searcher = Searcher(
@@ -352,7 +369,7 @@ def make_searcher(spec: SweepSpec, folder: Path) -> Searcher:
         mode=["max"] * len(metrics) if multi else "max",
         points_to_evaluate=[spec.defaults()] if fresh and spec.search.start_with_defaults and spec.search.params else None,
         sampler=make_sampler(spec),
-        study_name=spec.name,
+        study_name=name,
         storage=journal_storage(journal),
         full_epochs=full_epochs(spec),
         spec=spec,
@@ -360,6 +377,8 @@ def make_searcher(spec: SweepSpec, folder: Path) -> Searcher:
     )
     if not fresh:  # a driver killed before Tune's first snapshot: nothing it proposed will run
         searcher._fail_orphans()
+    if searcher._ot_study.metric_names is None:  # optuna-dashboard names the objective, not "Objective 0"
+        searcher._ot_study.set_metric_names(list(metrics))
     return searcher
 
 
@@ -370,8 +389,9 @@ def full_epochs(spec: SweepSpec) -> int:
 
 class Asha(ASHAScheduler):
     """ASHA over the search trials only: a trunk is the PGD-AT baseline and runs to its last epoch,
-    never compared at a rung, and so does every trial of the confirm stage. Rungs count epochs of the full schedule (a fork's first result is
-    epoch ``warmup_epochs + 1``), so a fork meets the same rungs as the trial trained from scratch."""
+    never compared at a rung, and so does every trial of the confirm stage. Rungs count epochs of
+    the full schedule (a fork's first result is epoch ``warmup_epochs + 1``), so a fork meets the
+    same rungs as the trial trained from scratch."""
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         if role(trial.config) != TRUNK and stage(trial.config) != CONFIRM:

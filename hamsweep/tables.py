@@ -19,7 +19,7 @@ from hamsweep.results import param_column
 from hamsweep.spec import OBJECTIVES, SweepSpec
 from hamsweep.spec.trial import objective_summary
 
-__all__ = ["FORMATS", "confirmed_table", "formatted", "results_table", "top_trials"]
+__all__ = ["FORMATS", "confirmed_table", "formatted", "paper_rows", "results_table", "top_trials"]
 
 FORMATS = ("table", "csv", "json", "latex")  # hamsweep results --format
 
@@ -92,7 +92,7 @@ def _fmt(x: Any, key: str) -> str:
 _COLUMNS = ("worst", "cvar", "mean")  # robust summaries shown, then clean mean
 
 
-def _paper_rows(out: Path, spec: SweepSpec) -> tuple[str, list[dict[str, Any]]]:
+def paper_rows(out: Path, spec: SweepSpec) -> tuple[str, list[dict[str, Any]]]:
     """(the robust attack shown, one dict per confirmed config and baseline: its knobs, mean and std
     per metric, the difference to PGD-AT in the objective's metric, GPU-hours); raw numbers, baseline first."""
     con = results.connect(out)
@@ -144,7 +144,7 @@ def _short_verdict(row: dict[str, Any]) -> str:
 def confirmed_table(out: Path, spec: SweepSpec) -> Table:
     """The confirm stage's table: each config and the PGD-AT baseline on the test split, mean ± std over
     seeds, the paired difference to PGD-AT with its interval and in words, the search value beside."""
-    robust, rows = _paper_rows(out, spec)
+    robust, rows = paper_rows(out, spec)
     seeds = max((r["seeds"] for r in rows), default=0)
     conf = round(100 * spec.confirm.confidence, 6)
     key = next((r["diff_metric"] for r in rows if r.get("diff_metric")), "worst")
@@ -172,7 +172,7 @@ def formatted(out: Path, spec: SweepSpec, fmt: str, top: int = 10, by: str | Non
     if fmt == "latex" and not confirmed:
         raise SpecError(str(out), "has no confirmed table (confirm.seeds >= 1 makes one); --format latex writes that table, use csv or json for the ranking")
     if confirmed:
-        rows = _paper_rows(out, spec)[1]
+        rows = paper_rows(out, spec)[1]
     else:
         rows = [{k: v for k, v in r.items() if k not in ("started", "ended")} for r in top_trials(out, top, by or spec.objective.primary)]
     if fmt == "json":

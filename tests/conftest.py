@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -158,5 +159,48 @@ def snapshotted_epochs(out: Path) -> int:
 def finished_sweep(spec: Path, out: Path) -> tuple[Path, subprocess.CompletedProcess]:
     """``hamsweep run SPEC --out OUT`` to its end, which must succeed."""
     proc = hamsweep("run", str(spec), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+# ---- a sweep with a confirm stage, killed during it and resumed: test_confirm and test_report read it ----
+CONFIRM_PARAMS = {  # K and lr fixed: one warm-up config, so one trunk per seed
+    "ham.discard_threshold": {"uniform": [0.0, 0.9], "default": 0.0},
+    "ham.temperature": {"choice": [None, 1.0], "default": None},
+    "ham.warmup_epochs": {"int": [2, 4], "default": 3},
+}
+CONFIRM_EPOCHS, CONFIRM_SAMPLES, CONFIRM_TOP_K, CONFIRM_SEEDS, CONFIRM_CLASSES = 8, 3, 2, 2, 4
+CONFIRM_CVAR = 0.5  # cvar = the mean of the 2 weakest of 4 classes
+
+
+def confirm_spec(path: Path, **changes) -> Path:
+    return write_spec(
+        path, data={"train_size": 2048}, train={"epochs": CONFIRM_EPOCHS}, scheduler="none", eval={"cvar_fraction": CONFIRM_CVAR},
+        search={"num_samples": CONFIRM_SAMPLES, "max_concurrent": 2, "params": CONFIRM_PARAMS},
+        confirm={"top_k": CONFIRM_TOP_K, "seeds": CONFIRM_SEEDS},
+        **changes,
+    )
+
+
+def _in_confirm(out: Path) -> bool:
+    """The confirm stage is planned and one of its trials is checkpointed, unfinished, in Tune's snapshot."""
+    return (out / "confirm.json").is_file() and any(
+        config.get("stage") == "confirm" and last.get("checkpoint_dir_name") and last.get("epoch", 0) < CONFIRM_EPOCHS
+        for config, last in snapshotted_trials(out))
+
+
+@pytest.fixture(scope="session")
+def confirmed_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A sweep killed with SIGKILL during its confirm stage, then resumed to its end."""
+    root = tmp_path_factory.mktemp("confirm")
+    out, spec = root / "out", confirm_spec(root / "confirm.yaml")
+    driver = subprocess.Popen([HAMSWEEP, "run", str(spec), "--out", str(out)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: _in_confirm(out), 400, "a confirm trial checkpointed and unfinished in Tune's snapshot")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    proc = hamsweep("resume", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc

@@ -1,13 +1,12 @@
 """The confirm stage end to end: one sweep whose driver is SIGKILLed during the confirm stage and
-resumed, read back straight from its Parquet files (DuckDB, pyarrow) and recomputed here with numpy
-and scipy; the plan, the searcher's hand-out and the spec section on their own."""
+resumed (``conftest.confirmed_sweep``), read back straight from its Parquet files (DuckDB, pyarrow)
+and recomputed here with numpy and scipy; the plan, the searcher's hand-out and the spec section on
+their own."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import subprocess
 from pathlib import Path
 
@@ -15,7 +14,8 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import HAMSWEEP, hamsweep, snapshotted_trials, wait_for, write_spec
+from conftest import (CONFIRM_CLASSES, CONFIRM_CVAR, CONFIRM_EPOCHS, CONFIRM_PARAMS, CONFIRM_SAMPLES, CONFIRM_SEEDS,
+                      CONFIRM_TOP_K, confirm_spec, hamsweep)
 from scipy import stats as scipy_stats
 
 from hamsweep.confirm import FIRST_NUMBER, Chosen, confirm_cost, new_seeds, plan_confirm
@@ -27,45 +27,13 @@ from hamsweep.trunk import epoch_dir, plan, trunk_config
 
 pytestmark = pytest.mark.timeout(600)
 
-PARAMS = {  # K and lr fixed: one warm-up config, so one trunk per seed
-    "ham.discard_threshold": {"uniform": [0.0, 0.9], "default": 0.0},
-    "ham.temperature": {"choice": [None, 1.0], "default": None},
-    "ham.warmup_epochs": {"int": [2, 4], "default": 3},
-}
-EPOCHS, SAMPLES, TOP_K, SEEDS, CLASSES = 8, 3, 2, 2, 4
-CVAR = 0.5  # cvar = the mean of the 2 weakest of 4 classes
-
-
-def _spec_file(path: Path, **changes) -> Path:
-    return write_spec(
-        path, data={"train_size": 2048}, train={"epochs": EPOCHS}, scheduler="none", eval={"cvar_fraction": CVAR},
-        search={"num_samples": SAMPLES, "max_concurrent": 2, "params": PARAMS}, confirm={"top_k": TOP_K, "seeds": SEEDS},
-        **changes,
-    )
-
-
-def _in_confirm(out: Path) -> bool:
-    """The confirm stage is planned and one of its trials is checkpointed, unfinished, in Tune's snapshot."""
-    return (out / "confirm.json").is_file() and any(
-        config.get("stage") == "confirm" and last.get("checkpoint_dir_name") and last.get("epoch", 0) < EPOCHS
-        for config, last in snapshotted_trials(out))
+PARAMS, EPOCHS, SAMPLES, TOP_K, SEEDS, CLASSES, CVAR = (CONFIRM_PARAMS, CONFIRM_EPOCHS, CONFIRM_SAMPLES, CONFIRM_TOP_K,
+                                                      CONFIRM_SEEDS, CONFIRM_CLASSES, CONFIRM_CVAR)
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    """A sweep killed with SIGKILL during its confirm stage, then resumed to its end."""
-    root = tmp_path_factory.mktemp("confirm")
-    out, spec = root / "out", _spec_file(root / "confirm.yaml")
-    driver = subprocess.Popen([HAMSWEEP, "run", str(spec), "--out", str(out)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        wait_for(lambda: _in_confirm(out), 400, "a confirm trial checkpointed and unfinished in Tune's snapshot")
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
-    proc = hamsweep("resume", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc
+def sweep(confirmed_sweep: tuple[Path, subprocess.CompletedProcess]) -> tuple[Path, subprocess.CompletedProcess]:
+    return confirmed_sweep
 
 
 def _sql(out: Path, sql: str) -> list[tuple]:
@@ -254,7 +222,7 @@ def test_the_searcher_hands_out_the_confirm_stage_once_the_search_has_ended(tmp_
 
 
 def test_validate_prints_the_confirm_stage_and_its_cost(tmp_path):
-    spec = _spec_file(tmp_path / "c.yaml")
+    spec = confirm_spec(tmp_path / "c.yaml")
     proc = hamsweep("validate", str(spec))
     assert proc.returncode == 0, proc.stderr
     epochs, trials = confirm_cost(load_spec(spec))

@@ -1,0 +1,91 @@
+"""What a report draws, read once from a sweep folder: its Parquet tables (through DuckDB) and its
+Optuna study. Reading only: a running sweep is read as it is now (a snapshot)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hamsweep import results, rundir
+from hamsweep.errors import SpecError
+from hamsweep.spec import SweepSpec, validate
+from hamsweep.spec.trial import objective_summary
+
+__all__ = ["ReportData", "load"]
+
+
+@dataclass
+class ReportData:
+    """A sweep folder's trials, epochs and per-class numbers, as plain rows."""
+
+    out: Path
+    spec: SweepSpec
+    trials: list[dict[str, Any]]  # trials rows (every stage)
+    epochs: list[dict[str, Any]]  # trial_epochs rows: every epoch of every trial, a fork's inherited ones marked
+    best_classes: list[dict[str, Any]]  # validation per-class robust counts at each search-stage trial's best epoch
+    confirm: list[dict[str, Any]] = field(default_factory=list)  # the confirm table's rows
+    confirm_classes: list[dict[str, Any]] = field(default_factory=list)
+    study: Any = None  # the Optuna study; None without a journal
+    running: bool = False  # some trial has not ended: the report is a snapshot
+    taken: str = ""  # when it was read, UTC
+
+    @property
+    def objective(self) -> str:
+        return self.spec.objective.primary
+
+    @property
+    def column(self) -> str:
+        """The epochs column of the objective, e.g. robust_worst."""
+        return f"robust_{objective_summary(self.objective)}"
+
+    def search(self) -> list[dict[str, Any]]:
+        """The search stage's HAM (or other) trials, trunks apart."""
+        return [t for t in self.trials if (t.get("stage") or "search") == "search" and (t.get("role") or "search") == "search"]
+
+    def baselines(self) -> list[dict[str, Any]]:
+        return [t for t in self.trials if (t.get("stage") or "search") == "search" and t.get("role") == "trunk"]
+
+
+def load(out: Path) -> ReportData:
+    """Read ``out``; a folder without a spec or without any trial is one clear error."""
+    out = Path(out)
+    if not (out / rundir.SPEC).is_file():
+        raise SpecError(str(out), f"holds no {rundir.SPEC}: pass a sweep folder")
+    spec = validate(SweepSpec, rundir.read_spec(out))
+    if results.TRIALS not in results.tables(out):
+        raise SpecError(str(out), "holds no trials yet: nothing to report (start it with hamsweep run, or wait for its first trial)")
+    con = results.connect(out)
+    rows = lambda sql: con.sql(sql).to_arrow_table().to_pylist()  # noqa: E731
+    has_history = "trial_epochs" in {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    epochs = rows("SELECT * FROM trial_epochs ORDER BY trial, epoch" if has_history
+                  else "SELECT *, false AS inherited FROM epochs ORDER BY trial, epoch")
+    best = rows("""SELECT c.trial, c.class_id, c.class_name, c.n, c.correct FROM classes c JOIN trials t
+                   ON c.trial = t.trial AND c.epoch = t.best_epoch WHERE c.split = 'val' AND c.attack <> 'clean'
+                   ORDER BY c.trial, c.class_id""")
+    trials = rows("SELECT * FROM trials ORDER BY started NULLS LAST, trial")
+    present = results.tables(out)
+    data = ReportData(
+        out=out, spec=spec, trials=trials, epochs=epochs, best_classes=best,
+        confirm=rows(f"SELECT * FROM {results.CONFIRM}") if results.CONFIRM in present else [],
+        confirm_classes=rows(f"SELECT * FROM {results.CONFIRM_CLASSES} ORDER BY config, attack, class_id")
+        if results.CONFIRM_CLASSES in present else [],
+        study=_study(out), taken=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+    data.running = _running(out, trials)
+    return data
+
+
+def _study(out: Path) -> Any:
+    from hamsweep.study import open_study
+
+    try:
+        return open_study(out)
+    except SpecError:
+        return None
+
+
+def _running(out: Path, trials: list[dict[str, Any]]) -> bool:
+    """Whether some trial has not ended (still running, or left running by a driver that was killed)."""
+    return any(t["status"] in ("running", "pending") for t in trials)
