@@ -55,13 +55,19 @@ def per_class(d: ReportData) -> Drawn:
     else:
         _per_class_search(d, ax)
         how = "validation split, at each trial's best epoch"
-    ax.set_xlabel("class, sorted by the PGD-AT baseline (weakest left)")
-    ax.set_ylabel("robust accuracy (%)")
-    ax.legend(loc="lower right", fontsize=8)
     title = "Per class: which classes stay weak, and does HAM lift them above PGD-AT?"
+    return _one_axes(fig, ax, "per_class", title, "class, sorted by the PGD-AT baseline (weakest left)", "robust accuracy (%)",
+                     f"Robust accuracy of every class for the best configs and the baseline ({how}).")
+
+
+def _one_axes(fig: Figure, ax: Any, name: str, title: str, xlabel: str, ylabel: str, caption: str) -> Drawn:
+    """A one-panel figure's labels, legend and title."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title, fontsize=11)
     fig.tight_layout()
-    return Drawn("per_class", title, f"Robust accuracy of every class for the best configs and the baseline ({how}).", fig)
+    return Drawn(name, title, caption, fig)
 
 
 def _per_class_search(d: ReportData, ax: Any) -> None:
@@ -180,13 +186,9 @@ def progress(d: ReportData) -> Drawn:
         sel = [i for i, t in enumerate(ended) if t["status"] == status]
         ax.scatter([xs[i] for i in sel], [ys[i] for i in sel], marker=marker, color=color, label=f"{status} ({len(sel)})")
     ax.step(xs, best_line, where="post", color="black", linewidth=1.2, label="best so far")
-    ax.set_xlabel(f"cumulative {unit}, in the order trials ended")
-    ax.set_ylabel(f"best {d.objective} (%)")
-    ax.legend(fontsize=8, loc="lower right")
     title = f"Search progress: how far the search got per {'GPU-hour' if gpu else 'trial-hour'}"
-    ax.set_title(title, fontsize=11)
-    fig.tight_layout()
-    return Drawn("progress", title, "Each search trial's best validation objective when it ended; ASHA-stopped (x) and failed (v) trials are marked.", fig)
+    return _one_axes(fig, ax, "progress", title, f"cumulative {unit}, in the order trials ended", f"best {d.objective} (%)",
+                     "Each search trial's best validation objective when it ended; ASHA-stopped (x) and failed (v) trials are marked.")
 
 
 # ---- 4. which knob matters ----
@@ -270,13 +272,9 @@ def curves(d: ReportData) -> Drawn:
             ax.scatter([own[-1]["epoch"]], [_pct(own[-1][d.column])], marker="x", color="tab:orange", zorder=3)
     ax.scatter([], [], marker="o", color="gray", s=16, label="fork from the trunk")
     ax.scatter([], [], marker="x", color="tab:orange", label="stopped by ASHA")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{d.objective} (%, validation)")
-    ax.legend(fontsize=8, loc="lower right")
     title = f"Learning curves: {d.objective} per epoch; forks leave the PGD-AT trunk at their warm-up"
-    ax.set_title(title, fontsize=11)
-    fig.tight_layout()
-    return Drawn("curves", title, "Every search trial's own epochs (a fork's inherited warm-up is the trunk's line); grey dots: fork points; orange x: ASHA stops.", fig)
+    return _one_axes(fig, ax, "curves", title, "epoch", f"{d.objective} (%, validation)",
+                     "Every search trial's own epochs (a fork's inherited warm-up is the trunk's line); grey dots: fork points; orange x: ASHA stops.")
 
 
 # ---- 6. HAM diagnostics ----
