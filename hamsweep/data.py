@@ -1,7 +1,8 @@
 """Datasets as uint8 tensors, the class-stratified validation split, and the on-device loader.
 
-Registry: ``cifar10``, ``cifar100``, ``svhn`` (torchvision's files, read as whole arrays) and
-``synthetic`` (generated from ``DataConfig.seed``; classes of increasing difficulty, for smoke tests
+Registry: ``cifar10``, ``cifar100``, ``svhn`` (torchvision's files, read as whole arrays),
+``imagenette``, ``stl10`` and ``imagefolder`` (``hamsweep.folders``: image files decoded once into a
+cache, resized to ``data.image_size``) and ``synthetic`` (generated from ``DataConfig.seed``; classes of increasing difficulty, for smoke tests
 and for checking that per-class metrics separate easy from hard classes).
 
 The loader keeps the whole split on the device as uint8 and shuffles and augments it there in
@@ -277,10 +278,24 @@ def _lerp(ends: tuple[float, float], t: torch.Tensor) -> torch.Tensor:
     return ends[0] + (ends[1] - ends[0]) * t
 
 
+def _folders(name: str) -> Callable[[DataConfig], tuple[Split, Split, tuple[str, ...]]]:
+    """``hamsweep.folders``' loader of ``name``, imported when used (it imports this module's Split)."""
+
+    def load_folder(cfg: DataConfig) -> tuple[Split, Split, tuple[str, ...]]:
+        from hamsweep import folders
+
+        return getattr(folders, f"load_{name}")(cfg)
+
+    return load_folder
+
+
 _LOADERS: dict[str, Callable[[DataConfig], tuple[Split, Split, tuple[str, ...]]]] = {
     "cifar10": _load_cifar,
     "cifar100": _load_cifar,
     "svhn": _load_svhn,
+    "imagenette": _folders("imagenette"),
+    "stl10": _folders("stl10"),
+    "imagefolder": _folders("imagefolder"),
     "synthetic": _load_synthetic,
 }
 

@@ -174,7 +174,7 @@ def _asha_segments(spec: SweepSpec) -> list[tuple[int, int, float]]:
     return [(a, b - a, s.reduction_factor ** -i) for i, (a, b) in enumerate(zip(points, points[1:]))]
 
 
-_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10}  # synthetic: data.num_classes
+_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "imagenette": 10, "stl10": 10}  # else data.num_classes (imagefolder: approximate)
 
 
 def checkpoint_bytes(spec: SweepSpec) -> int:

@@ -97,3 +97,55 @@ def _pickle(path: Path, obj: dict[str, Any]) -> str:
 
 def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+# ---- STL-10, Imagenette and image folders ----
+def write_stl10(root: Path, train: Arrays, test: Arrays, classes: list[str]) -> list[Patch]:
+    """``root/stl10_binary/``: {train,test}_{X,y}.bin as torchvision reads them (X: N x 3 x 96 x 96
+    bytes, each plane column-major; y: labels 1..10), an empty unlabeled_X.bin, class_names.txt.
+    Images are passed as (N, 3, 96, 96) uint8."""
+    from torchvision.datasets import STL10
+
+    folder = root / STL10.base_folder
+    folder.mkdir(parents=True, exist_ok=True)
+    md5 = {}
+    for split, (images, labels) in (("train", train), ("test", test)):
+        (folder / f"{split}_X.bin").write_bytes(np.ascontiguousarray(images.transpose(0, 1, 3, 2)).tobytes())
+        (folder / f"{split}_y.bin").write_bytes((np.asarray(labels) + 1).astype(np.uint8).tobytes())
+        md5 |= {f"{split}_X.bin": _md5(folder / f"{split}_X.bin"), f"{split}_y.bin": _md5(folder / f"{split}_y.bin")}
+    (folder / "unlabeled_X.bin").write_bytes(b"")
+    md5["unlabeled_X.bin"] = _md5(folder / "unlabeled_X.bin")
+    (folder / STL10.class_names_file).write_text("\n".join(classes) + "\n")
+    train_list = [[name, md5[name]] for name, _ in STL10.train_list]
+    test_list = [[name, md5[name]] for name, _ in STL10.test_list]
+    return [(STL10, "train_list", train_list), (STL10, "test_list", test_list)]
+
+
+def write_images(folder: Path, n: int, size: tuple[int, int], seed: int, suffixes: tuple[str, ...] = (".png", ".jpg")) -> list[Path]:
+    """n random RGB images of ``size`` (width, height) in ``folder``, alternating the formats of ``suffixes``."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        path = folder / f"img_{i:03d}{suffixes[i % len(suffixes)]}"
+        Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def write_imagenette(root: Path, train_per_class: int, val_per_class: int, size: tuple[int, int] = (24, 18)) -> list[str]:
+    """``root/imagenette2-160/{train,val}/<wnid>/*.JPEG`` for Imagenette's 10 classes, and its
+    ``noisy_imagenette.csv`` (torchvision does not read it); returns the wnids in order."""
+    from torchvision.datasets import Imagenette
+
+    base = root / "imagenette2-160"
+    wnids = sorted(Imagenette._WNID_TO_CLASS)
+    rows = ["path,noisy_labels_0,noisy_labels_1,noisy_labels_5,noisy_labels_25,noisy_labels_50,is_valid"]
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for c, wnid in enumerate(wnids):
+            for path in write_images(base / split / wnid, n, size, seed=100 * c + (split == "val"), suffixes=(".JPEG",)):
+                rows.append(f"{path.relative_to(base)},{wnid},{wnid},{wnid},{wnid},{wnid},{split == 'val'}")
+    (base / "noisy_imagenette.csv").write_text("\n".join(rows) + "\n")
+    return wnids

@@ -58,7 +58,7 @@ def test_cli_import_pulls_in_neither_torch_nor_ray():
 def test_science_core_never_imports_ray_optuna_or_submitit():
     code = (
         "import sys\n"
-        "import hamsweep.attacks, hamsweep.ham, hamsweep.models, hamsweep.data, hamsweep.metrics, hamsweep.train\n"
+        "import hamsweep.attacks, hamsweep.ham, hamsweep.models, hamsweep.data, hamsweep.folders, hamsweep.metrics, hamsweep.train\n"
         "bad = {'ray', 'optuna', 'submitit'} & set(sys.modules); assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -150,7 +150,7 @@ def test_checkpoints_are_selected_by_the_objective():
     assert spec().trial_config().eval.select_by == "worst_robust"
 
 
-@pytest.mark.parametrize("name", ["smoke", "cifar10", "cifar100", "svhn"])
+@pytest.mark.parametrize("name", ["smoke", "cifar10", "cifar100", "svhn", "imagenette"])
 def test_shipped_specs_are_valid_sweeps(name):
     s = load_spec(REPO / "search_spaces" / f"{name}.yaml")
     searched = set(s.search.params)

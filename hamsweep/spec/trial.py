@@ -25,16 +25,20 @@ def objective_summary(objective: str) -> str:
     return objective.removesuffix("_robust")
 
 
+IMAGE_DATASETS = ("imagenette", "stl10", "imagefolder")  # resized to data.image_size when loaded (hamsweep.folders)
+MIN_IMAGE_SIZE = 8  # pixels a side: below it the crop padding and the models' strides leave nothing to learn
+
+
 class DataConfig(_Frozen):
-    name: Literal["cifar10", "cifar100", "svhn", "synthetic"] = "cifar10"
-    root: str = "data"  # folder holding torchvision's files (e.g. data/cifar-10-batches-py)
+    name: Literal["cifar10", "cifar100", "svhn", "imagenette", "stl10", "imagefolder", "synthetic"] = "cifar10"
+    root: str = "data"  # folder holding torchvision's files (e.g. data/cifar-10-batches-py); imagefolder: train/ and test/
     download: bool = False  # let torchvision download missing files
     val_fraction: float = 0.1  # share of each training class held out for validation, in [0, 1)
     seed: int = 0  # seeds the validation split and the synthetic data (not training)
     augment: bool = True  # random crop (pad 4) + horizontal flip (no flip for SVHN)
+    image_size: int = 32  # pixels per side: synthetic data's, and imagenette, stl10, imagefolder are resized to it
     # synthetic data only
     num_classes: int = 10  # classes of increasing difficulty
-    image_size: int = 32  # pixels per side
     train_size: int = 5000  # images before the validation split
     test_size: int = 1000  # images in the test split
     hardest: float = 1.0  # in (0, 1]: how far the hardest class goes toward the hardest setting (1 = classes 0-2 fully robust, the last near 0)
@@ -48,6 +52,8 @@ class DataConfig(_Frozen):
         for key in ("num_classes", "image_size", "train_size", "test_size"):
             if getattr(self, key) < (2 if key == "num_classes" else 1):
                 raise SpecError(key, f"{key} must be positive (num_classes >= 2) but got {getattr(self, key)}")
+        if self.name in IMAGE_DATASETS and self.image_size < MIN_IMAGE_SIZE:
+            raise SpecError("image_size", f"{self.image_size} is too small for {self.name}: image_size must be >= {MIN_IMAGE_SIZE} pixels a side")
         return self
 
 
