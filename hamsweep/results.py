@@ -34,6 +34,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TRIALS",
     "BufferedWriter",
+    "check_schema",
     "PartWriter",
     "class_rows",
     "compact",
@@ -286,6 +287,23 @@ def _dedup_sql(root: Path, table: str) -> str:
         f"SELECT * EXCLUDE (filename) FROM read_parquet('{_parts_glob(root, table)}', filename = true, union_by_name = true) "
         f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY filename DESC) = 1"
     )
+
+
+def check_schema(root: Path) -> None:
+    """A folder written by a newer hamsweep (a schema version above ``SCHEMA_VERSION``) is refused:
+    this version would misread its tables."""
+    from hamsweep.errors import SpecError
+
+    for table in SCHEMAS:
+        for part in sorted((Path(root) / table).glob("part-*.parquet")):
+            try:
+                meta = pq.read_schema(part).metadata or {}
+            except (OSError, ValueError):  # a damaged part: hamsweep.repair sets it aside
+                continue
+            version = int(meta.get(b"hamsweep.schema_version", b"0"))
+            if version > SCHEMA_VERSION:
+                raise SpecError(str(root), f"was written by a newer hamsweep ({table} has schema version {version}; this one "
+                                           f"reads up to {SCHEMA_VERSION}): upgrade hamsweep to resume or read it")
 
 
 def _has_parts(root: Path, table: str) -> bool:

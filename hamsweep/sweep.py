@@ -24,7 +24,7 @@ from hamsweep import rundir
 from hamsweep.errors import Interrupted, SpecError
 from hamsweep.spec import SweepSpec, validate
 
-__all__ = ["RAY_DIR", "TOKEN", "TrialJobs", "drive", "prepare_sweep", "resolve_spec", "run_sweep", "wide_console"]
+__all__ = ["RAY_DIR", "TOKEN", "TrialJobs", "disk_needed", "drive", "prepare_sweep", "resolve_spec", "run_sweep", "size_text", "wide_console"]
 
 RAY_DIR = "ray"  # Tune's experiment folder inside the sweep folder (state, trials, checkpoints)
 TOKEN = "ray_token"  # Ray's auth token for this sweep, mode 0600
@@ -92,9 +92,14 @@ def prepare_sweep(spec: SweepSpec, out: Path | None, *, resume: bool, check_here
     rundir.prepare(out, resume=resume)
     spec = resolve_spec(spec)
     if resume:
+        from hamsweep.results import check_schema
+
+        check_schema(out)  # first: a newer hamsweep's folder is left as it is, never repaired
         _check_same_spec(out, spec)
+        _set_aside_damage(out)
     if check_here:
         _check_fits_here(spec)
+    _check_disk(spec, out, _ray_temp_dir(out) if check_here else None)
     _check_data(spec)
     rundir.write_spec(out, spec.model_dump(mode="json"))
     rundir.write_manifest(out, resumed=resume)
@@ -136,6 +141,16 @@ def _check_same_spec(out: Path, spec: SweepSpec) -> None:
         raise SpecError("--resume", f"the spec differs from {out / rundir.SPEC} in {', '.join(diff)}; resume with the same spec")
 
 
+def _set_aside_damage(out: Path) -> None:
+    """Damaged Parquet parts, journal tail or newest checkpoints are set aside, and said so (``repair``)."""
+    import sys
+
+    from hamsweep.repair import set_aside_damage
+
+    for line in set_aside_damage(out):
+        print(f"hamsweep: {line}", file=sys.stderr)
+
+
 def _check_fits_here(spec: SweepSpec) -> None:
     """A trial that needs more than this machine has would wait forever: say so now."""
     r = spec.resources
@@ -149,6 +164,57 @@ def _check_fits_here(spec: SweepSpec) -> None:
                 "resources.gpu", f"{r.gpu:g} GPU per trial but this machine has {gpus}; add --set resources.gpu=0 "
                 "to train on the CPU, or run where there are GPUs (--address, or a cluster)"
             )
+
+
+RAY_FULL = 0.95  # Ray stops creating objects on a disk fuller than this, and the sweep hangs without a word
+_RAY_TEMP_BYTES = 200 * 1024**2  # Ray's session folder: logs, sockets, spilled objects of a sweep this size
+
+
+def _check_disk(spec: SweepSpec, out: Path, ray_temp: Path | None) -> None:
+    """Enough free space for the sweep's checkpoints and tables in ``out`` (and for Ray's session
+    folder), with the disk still under Ray's 95% after them: else one line naming the path."""
+    need = disk_needed(spec)
+    places = [("--out", out, need)] + ([("Ray's temp folder", ray_temp, _RAY_TEMP_BYTES)] if ray_temp is not None else [])
+    same = ray_temp is not None and _device(out) == _device(ray_temp)
+    for key, path, bytes_ in places:
+        total_need = need + _RAY_TEMP_BYTES if same else bytes_
+        usage = shutil.disk_usage(_existing(path))
+        short = total_need - (usage.free - (1 - RAY_FULL) * usage.total)
+        if short > 0:
+            raise SpecError(key, f"{path}: {size_text(usage.free)} free of {size_text(usage.total)}; the sweep needs about "
+                                 f"{size_text(total_need)} there (checkpoints, tables) and Ray stops working once the disk is "
+                                 f"{RAY_FULL:.0%} full: free {size_text(short)} or choose another folder")
+
+
+def disk_needed(spec: SweepSpec) -> int:
+    """Bytes a sweep writes into its folder: per trial the two checkpoints Ray keeps (``prune_checkpoints``),
+    one more per running trial (its work folder), the trunks' fork checkpoints, and the per-class rows."""
+    from hamsweep.trunk import checkpoint_bytes, plan, predicted_cost
+
+    c = spec.confirm
+    trials = spec.search.num_samples + len(plan(spec).trunks) + (c.seeds * (2 * c.top_k) if c.retrains else 0)
+    ckpt = checkpoint_bytes(spec)
+    classes = spec.data.num_classes if spec.data.name in ("synthetic", "imagefolder") else 100
+    rows = trials * spec.train.epochs * 2 * classes * 64  # epochs x (clean, robust) x classes, bytes a row
+    return (2 * trials + spec.search.max_concurrent + predicted_cost(spec).checkpoints) * ckpt + rows
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _device(path: Path) -> int:
+    return os.stat(_existing(path)).st_dev
+
+
+def size_text(n: float) -> str:
+    """Bytes for a reader: 35.4 GB, 8.4 MB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
 
 
 def _gpu_count() -> int:

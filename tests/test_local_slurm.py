@@ -122,3 +122,13 @@ def test_submitit_sees_a_cancelled_job(slurm: LocalSlurm, tmp_path: Path):
     job._results_timeout_s = 0  # submitit waits 15 s for a result file a cancelled job never writes
     with pytest.raises(UncompletedJobError, match="has not produced any output"):
         job.result()
+
+
+def test_a_cluster_folder_munged_cannot_reach_is_one_line(slurm: LocalSlurm, tmp_path: Path):
+    hidden = tmp_path / "private"
+    hidden.mkdir(mode=0o700)  # as `mktemp -d` makes it: munged (the munge user) cannot enter
+    script = Path(__file__).resolve().parents[1] / "cluster" / "local" / "slurm.sh"
+    proc = subprocess.run([str(script), "up"], env={**os.environ, "HAMSWEEP_SLURM_DIR": str(hidden / "slurm")},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"run chmod o+x {hidden}" in proc.stderr and not (hidden / "slurm").exists()

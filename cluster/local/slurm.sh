@@ -258,6 +258,20 @@ start_slurm() {
 
 node_idle() { [ "$(sinfo -h -n localhost -o %T | head -n 1)" = idle ]; }
 
+# munged runs as the munge user: every folder above $DIR must let it through (a parent made by
+# `mktemp -d` is mode 0700 and does not), or munged fails with "Permission denied" on its seed file
+check_reachable() {
+  local p
+  p=$(dirname "$DIR")
+  while [ "$p" != / ]; do
+    if [ -d "$p" ] && ! setpriv --reuid=munge --regid=munge --clear-groups test -x "$p" 2>/dev/null; then
+      say "error: HAMSWEEP_SLURM_DIR=$DIR is inside $p, which the munge user cannot enter (mode $(stat -c %a "$p")); run chmod o+x $p or choose a folder such as /tmp/hamsweep-slurm"
+      exit 2
+    fi
+    p=$(dirname "$p")
+  done
+}
+
 cmd_up() {
   cmd_install
   local n
@@ -269,6 +283,7 @@ cmd_up() {
   fi
   [ "$n" = 0 ] || { say "only $n of ${#DAEMONS[@]} daemons run: restarting all"; cmd_down; }
   [ "$(id -u)" = 0 ] || die "up needs root (munged runs as the munge user, slurmd as root)"
+  check_reachable
   # a clean start: no job, no job id, no accounting row left from an earlier cluster
   rm -rf "$DIR"
   mkdir -p "$DIR"/{etc,run,log,dev,state/slurmctld,state/slurmd}

@@ -1,0 +1,99 @@
+"""Damaged pieces of a sweep folder, found before a resume and set aside (renamed with a suffix,
+never deleted), so that the sweep continues from its last good state.
+
+Everything hamsweep writes is renamed into place, so a crash alone leaves nothing half-written;
+damage comes from outside: a disk that filled up under another writer, a copy cut short, a file
+system that lost its last blocks. Three pieces are checked:
+
+- **Parquet parts** whose footer does not read (truncated): renamed ``part-….parquet.damaged``.
+  Rows of trials that continue are written again from their checkpoints' histories; rows of a
+  trial that had finished are lost with the part (the message says which table).
+- **The Optuna journal** ending in a line that is not a whole JSON record (half a line): the whole
+  file is kept as ``optuna.journal.damaged-<n>`` and the journal is rewritten, atomically, with its
+  valid lines.
+- **The newest checkpoint** of each trial not ended whose ``last.pt`` does not load: renamed
+  ``last.pt.damaged``; the trial restarts from its previous complete checkpoint
+  (``trial.restore_checkpoint``), whose history holds every epoch until then.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+__all__ = ["DAMAGED", "set_aside_damage"]
+
+DAMAGED = ".damaged"  # suffix of a piece set aside
+
+
+def set_aside_damage(out: Path) -> list[str]:
+    """Check ``out`` (see the module docstring); returns one line per piece set aside."""
+    return [*_parquet(Path(out)), *_journal(Path(out)), *_checkpoints(Path(out))]
+
+
+def _parquet(out: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    from hamsweep.results import SCHEMAS
+
+    lines = []
+    for table in SCHEMAS:
+        for part in sorted((out / table).glob("part-*.parquet")):
+            try:
+                pq.read_metadata(part)
+            except Exception:  # noqa: BLE001 - any failure to read the footer is damage
+                os.replace(part, part.with_name(part.name + DAMAGED))
+                lines.append(f"set aside a damaged Parquet part of {table}: {part} -> {part.name}{DAMAGED} (its rows are not read)")
+    return lines
+
+
+def _journal(out: Path) -> list[str]:
+    from hamsweep.study import JOURNAL
+
+    path = out / JOURNAL
+    if not path.is_file():
+        return []
+    raw = path.read_bytes()
+    good, lines = 0, raw.split(b"\n")
+    for line in lines[:-1]:  # the text after the last newline is never a whole record
+        try:
+            json.loads(line)
+        except ValueError:
+            break
+        good += len(line) + 1
+    if good == len(raw):
+        return []
+    n = 1
+    while (kept := out / f"{JOURNAL}{DAMAGED}-{n}").exists():
+        n += 1
+    os.replace(path, kept)
+    tmp = out / f".{JOURNAL}.tmp-{os.getpid()}"
+    tmp.write_bytes(raw[:good])
+    os.replace(tmp, path)
+    return [f"set aside a damaged Optuna journal: kept as {kept.name}; {path.name} holds its first {good} valid bytes of {len(raw)}"]
+
+
+def _checkpoints(out: Path) -> list[str]:
+    import torch
+
+    from hamsweep.sweep import RAY_DIR
+    from hamsweep.train import LAST
+
+    from hamsweep import results
+
+    ended = {r["trial"] for r in results.read_table(out, results.TRIALS).to_pylist() if r["status"] in ("completed", "stopped", "failed")}
+    lines = []
+    for trial in sorted((out / RAY_DIR).glob("trial_*")):
+        if trial.name.removeprefix("trial_") in ended:
+            continue  # it will not restore from a checkpoint
+        complete = sorted(f for f in trial.glob("checkpoint_*") if (f / LAST).is_file())
+        if not complete:
+            continue
+        newest = complete[-1] / LAST
+        try:
+            torch.load(newest, map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001 - a checkpoint that does not load is damage
+            os.replace(newest, newest.with_name(LAST + DAMAGED))
+            lines.append(f"set aside a damaged checkpoint: {newest} -> {LAST}{DAMAGED}; {trial.name} continues from its previous one")
+    return lines

@@ -1,0 +1,177 @@
+"""Faults at random moments in a running sweep, and the invariants checked after it (issue 13, part 1).
+
+Used by ``tests/test_chaos.py`` (a dozen faults) and ``bench/chaos.py`` (as many as asked). A
+seeded schedule (``random.Random(seed)``) picks each fault and its moment:
+
+- ``driver-kill``: SIGKILL of the driver (then ``hamsweep resume``);
+- ``driver-term``, ``driver-usr2``: SIGTERM or SIGUSR2 of the driver, as SLURM sends them before a
+  time limit or a preemption (then ``hamsweep resume``);
+- ``worker-kill``: SIGKILL of a running trial's worker process (Tune restarts the trial from its
+  checkpoint; the driver goes on);
+- ``raylet-kill``, ``gcs-kill``: SIGKILL of the raylet or the GCS of the sweep's own Ray (then
+  ``hamsweep resume`` once the driver has given up);
+- ``fork-wait``: a SIGKILL of the driver at a moment when a proposal waits for its trunk's epoch.
+
+After every fault that ends the driver, whatever is left of the sweep's processes (its process
+group) is killed before the next ``resume``. The invariants are read straight from the files:
+DuckDB over the Parquet parts, the Optuna journal through optuna, the checkpoints through torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FAULTS = ("driver-kill", "driver-term", "driver-usr2", "worker-kill", "raylet-kill", "gcs-kill", "fork-wait")
+_ENDS_DRIVER = {"driver-kill", "driver-term", "driver-usr2", "raylet-kill", "gcs-kill", "fork-wait"}
+
+
+@dataclass
+class ChaosRun:
+    seed: int
+    injected: list[str] = field(default_factory=list)  # the faults, in order
+    starts: int = 0  # hamsweep run, then each resume
+    finished: bool = False
+    seconds: float = 0.0
+
+
+def _group(pgid: int, needle: str) -> list[int]:
+    """Processes of process group ``pgid`` whose command line contains ``needle``."""
+    out = subprocess.run(["ps", "-eo", "pid=,pgid=,args="], capture_output=True, text=True).stdout
+    pids = []
+    for line in out.splitlines():
+        pid, group, args = line.split(None, 2) if len(line.split(None, 2)) == 3 else (line, "", "")
+        if group.isdigit() and int(group) == pgid and needle in args:
+            pids.append(int(pid))
+    return pids
+
+
+def _workers(out: Path) -> list[int]:
+    """Pids of trial workers that train right now (their worker.pid file, the process alive)."""
+    pids = []
+    for f in (out / "ray" / "work").glob("*/worker.pid"):
+        try:
+            pid = int(f.read_text())
+            os.kill(pid, 0)
+            pids.append(pid)
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def _waiting(out: Path) -> bool:
+    """The dashboard's state file shows a proposal waiting for a trunk epoch."""
+    try:
+        return bool(json.loads((out / "state.json").read_text()).get("waiting"))
+    except (OSError, ValueError):
+        return False
+
+
+def _inject(kind: str, driver: subprocess.Popen, out: Path) -> bool:
+    """Apply one fault; False when its target is not there at this moment (nothing was done)."""
+    if kind in ("driver-kill", "fork-wait"):
+        if kind == "fork-wait" and not _waiting(out):
+            return False
+        driver.send_signal(signal.SIGKILL)
+    elif kind in ("driver-term", "driver-usr2"):
+        driver.send_signal(signal.SIGTERM if kind == "driver-term" else signal.SIGUSR2)
+    elif kind == "worker-kill":
+        workers = _workers(out)
+        if not workers:
+            return False
+        os.kill(workers[0], signal.SIGKILL)
+    else:
+        pids = _group(driver.pid, "raylet" if kind == "raylet-kill" else "gcs_server")
+        if not pids:
+            return False
+        os.kill(pids[0], signal.SIGKILL)
+    return True
+
+
+def _end(driver: subprocess.Popen, timeout: float) -> None:
+    """Wait for the driver to end (killing it past ``timeout``), then kill what is left of its group."""
+    try:
+        driver.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        driver.kill()
+        driver.wait()
+    try:
+        os.killpg(driver.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    time.sleep(0.5)
+
+
+def run_with_faults(hamsweep: str, spec: Path, out: Path, faults: int, seed: int, *, max_starts: int = 60,
+                    env: dict[str, str] | None = None) -> ChaosRun:
+    """Run the sweep of ``spec`` into ``out`` and inject ``faults`` faults on the seeded schedule, then
+    let it finish (resuming as often as needed)."""
+    rng, run = random.Random(seed), ChaosRun(seed)
+    start = time.monotonic()
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **(env or {})}
+    while not run.finished and run.starts < max_starts:
+        if (out / "spec.yaml").is_file():
+            cmd = [hamsweep, "resume", str(out)]
+        else:  # killed before it wrote its folder: start it again
+            shutil.rmtree(out, ignore_errors=True)
+            cmd = [hamsweep, "run", str(spec), "--out", str(out)]
+        driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+        run.starts += 1
+        while driver.poll() is None and len(run.injected) < faults:
+            time.sleep(rng.uniform(2.0, 9.0))  # the moment: anywhere in Ray's start, a trial, the confirm stage, compaction
+            if driver.poll() is not None:
+                break
+            kind = rng.choice(FAULTS)
+            if _inject(kind, driver, out):
+                run.injected.append(kind)
+                if kind in _ENDS_DRIVER:
+                    break
+        _end(driver, timeout=600 if len(run.injected) >= faults else 120)
+        run.finished = driver.returncode == 0
+    run.seconds = time.monotonic() - start
+    return run
+
+
+# ---- the invariants, from the files ----
+def invariants(out: Path, num_samples: int) -> list[str]:
+    """What is wrong with a finished sweep folder (empty: nothing)."""
+    import duckdb
+    import optuna
+    import torch
+
+    con = duckdb.connect()
+    for table in ("trials", "epochs"):
+        con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{out / table}/part-*.parquet', union_by_name = true)")
+    problems = []
+    search = con.execute("SELECT count(*), count(DISTINCT trial) FROM trials WHERE stage = 'search' AND role = 'search'").fetchone()
+    if search != (num_samples, num_samples):
+        problems.append(f"search trials (rows, distinct): {search}, expected {num_samples} once each")
+    trunks = con.execute("SELECT trunk_key, count(*) FROM trials WHERE role = 'trunk' GROUP BY ALL HAVING count(*) > 1").fetchall()
+    if trunks:
+        problems.append(f"trunk rows more than once: {trunks}")
+    gaps = con.execute("""SELECT e.trial, count(*), count(DISTINCT e.epoch), min(e.epoch), max(e.epoch), t.epochs_run, t.forked_at
+                          FROM epochs e JOIN trials t USING (trial) GROUP BY ALL
+                          HAVING count(*) <> count(DISTINCT e.epoch) OR max(e.epoch) - min(e.epoch) + 1 <> count(*)
+                              OR max(e.epoch) <> t.epochs_run OR min(e.epoch) <> coalesce(t.forked_at, 0) + 1""").fetchall()
+    if gaps:
+        problems.append(f"epochs not contiguous from the first to epochs_run, or repeated: {gaps}")
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "optuna.journal")))
+    (summary,) = optuna.get_all_study_summaries(storage)
+    states = {t.number: t.state.name for t in optuna.load_study(study_name=summary.study_name, storage=storage).trials}
+    want = {"completed": "COMPLETE", "stopped": "PRUNED", "failed": "FAIL"}
+    for number, status in con.execute("SELECT number, status FROM trials WHERE stage = 'search' AND role = 'search'").fetchall():
+        if states.get(number) != want.get(status):
+            problems.append(f"Optuna trial {number} is {states.get(number)} but trials says {status}")
+    for trial, checkpoint in con.execute("SELECT trial, checkpoint FROM trials WHERE checkpoint IS NOT NULL").fetchall():
+        try:
+            torch.load(out / checkpoint / "last.pt", map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001 - any failure is the finding
+            problems.append(f"trial {trial}: its checkpoint {checkpoint} does not load ({type(err).__name__}: {err})")
+    return problems
