@@ -13,14 +13,14 @@ from conftest import HAMSWEEP, write_spec
 pytestmark = pytest.mark.timeout(1500)
 
 FAULTS = 12
-SAMPLES = 6
+SAMPLES = 8
 
 
 def test_a_sweep_survives_a_dozen_faults_with_nothing_lost(tmp_path):
     seed = int(os.environ.get("HAMSWEEP_CHAOS_SEED", "20261202"))
     params = {"ham.discard_threshold": {"uniform": [0.0, 0.9], "default": 0.0}, "ham.warmup_epochs": {"int": [1, 3], "default": 2},
               "ham.temperature": {"choice": [None, 1.0], "default": None}}
-    spec = write_spec(tmp_path / "chaos.yaml", data={"train_size": 2048}, train={"epochs": 6},
+    spec = write_spec(tmp_path / "chaos.yaml", data={"train_size": 2048}, train={"epochs": 8},
                       search={"num_samples": SAMPLES, "max_concurrent": 2, "params": params}, confirm={"top_k": 1, "seeds": 1})
     run = run_with_faults(str(HAMSWEEP), spec, tmp_path / "out", FAULTS, seed)
     replay = f"seed {seed} (replay with HAMSWEEP_CHAOS_SEED={seed}); faults {run.injected}"
