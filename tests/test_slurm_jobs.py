@@ -70,8 +70,9 @@ def test_each_trial_ran_in_its_own_job_and_asha_cancelled_the_stopped_ones(jobs_
 
 
 def test_a_killed_trial_job_is_retried_from_its_checkpoint_and_an_interrupted_one_continues(slurm, tmp_path):
-    # long enough (16 epochs of about 1 s here, 3 under load) that each job still trains when it is stopped
-    spec = write_spec(tmp_path / "one.yaml", data={"train_size": 2048}, train={"epochs": 16}, scheduler="none",
+    # long enough (32 epochs of about 1 s here, 3 under load) that each job still trains when it is stopped:
+    # with 16, the second job could end before its USR2 landed on a quiet machine (one job fewer)
+    spec = write_spec(tmp_path / "one.yaml", data={"train_size": 2048}, train={"epochs": 32}, scheduler="none",
                       confirm={"top_k": 0}, search={"num_samples": 1, "max_concurrent": 1})
     out = tmp_path / "out"
     cmd = [HAMSWEEP, "run", str(spec), "--cluster", str(jobs_profile(tmp_path / "prof.yaml")), "--out", str(out)]
@@ -101,7 +102,7 @@ def test_a_killed_trial_job_is_retried_from_its_checkpoint_and_an_interrupted_on
     (row,) = results.read_table(out, results.TRIALS).to_pylist()
     assert row["status"] == "completed" and row["restarts"] == 1 and row["resumed_from"] >= 4, row  # the USR2 is no failure
     con = results.connect(out)
-    assert con.execute("SELECT count(*), count(DISTINCT epoch) FROM epochs").fetchone() == (16, 16)
+    assert con.execute("SELECT count(*), count(DISTINCT epoch) FROM epochs").fetchone() == (32, 32)
 
 
 def test_a_requeued_detached_driver_resumes_its_trials_in_new_jobs_and_cancel_leaves_no_job(slurm, tmp_path):

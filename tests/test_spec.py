@@ -27,7 +27,7 @@ def _spec(tmp_path, text: str):
         ({"train.eps": 8}, r"^train\.eps: eps must be in \(0, 1\] but got 8; did you mean 8/255\?$"),
         ({"train.eps": 0}, r"train\.eps: eps must be in \(0, 1\] but got 0"),
         ({"model.name": "resnet50"}, r"^model\.name: .*'preact_resnet18', 'wrn34_10' or 'small_cnn' \(got 'resnet50'\)$"),
-        ({"data.name": "imagenet"}, r"^data\.name: .*'cifar10', 'cifar100', 'svhn' or 'synthetic'"),
+        ({"data.name": "imagenet"}, r"^data\.name: .*'cifar10', 'cifar100', 'svhn', 'imagenette', 'stl10', 'imagefolder' or 'synthetic'"),
         ({"ham.temperature": 0}, r"^ham\.temperature: temperature must be > 0 \(or null for uniform weights\) but got 0"),
         ({"ham.temperature": -1.0}, r"^ham\.temperature: "),
         ({"ham.keep_easy_fraction": 1.5}, r"^ham\.keep_easy_fraction: keep_easy_fraction must be in \[0, 1\] but got 1\.5$"),
