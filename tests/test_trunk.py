@@ -167,7 +167,9 @@ def _snapshotted(out: Path) -> dict[str, list[int]]:
     """Role -> the epoch of each checkpointed, unfinished trial in Tune's experiment snapshot."""
     found: dict[str, list[int]] = {"trunk": [], "search": []}
     for config, last in snapshotted_trials(out):
-        if last.get("checkpoint_dir_name") and last.get("epoch", 0) < KILL_EPOCHS:
+        folder = out / "ray" / f"trial_{last.get('trial_id')}" / str(last.get("checkpoint_dir_name"))
+        # the snapshot can name a checkpoint whose copy is not complete yet: wait for its files
+        if last.get("checkpoint_dir_name") and last.get("epoch", 0) < KILL_EPOCHS and all((folder / f).is_file() for f in ("last.pt", "history.json")):
             found[config.get("role", "search")].append(last["epoch"])
     return found
 
