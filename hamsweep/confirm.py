@@ -149,13 +149,14 @@ def write_tables(out: Path, spec: SweepSpec) -> int:
     p = read_plan(out)
     if p is None:
         return 0
-    counts = _test_counts(out)
-    hours = _hours(out)
+    con = results.connect(out)  # one set of views for every query below
+    counts = _test_counts(con)
+    hours = _hours(con)
     configs = [c for c in [*p.baselines, *(c.trial for c in p.chosen)] if c in counts]
     rows, class_rows = [], []
     for config in configs:
         baseline = None if config in p.baselines else next(t[BASELINE] for t in p.trials if t.get(CONFIG) == config)
-        rows += _summary_rows(spec, p, config, counts, baseline, _search_value(out, p, config), hours.get(config, (0.0, 0.0)))
+        rows += _summary_rows(spec, p, config, counts, baseline, _search_value(con, p, config), hours.get(config, (0.0, 0.0)))
         class_rows += _class_rows(spec, p, config, counts, baseline)
     results.replace_table(out, results.CONFIRM, rows)
     results.replace_table(out, results.CONFIRM_CLASSES, class_rows)
@@ -166,37 +167,31 @@ def write_tables(out: Path, spec: SweepSpec) -> int:
 _Counts = dict[str, dict[str, dict[int, tuple[list[str], list[int], list[int]]]]]
 
 
-def _test_counts(out: Path) -> _Counts:
-    from hamsweep import results
-
+def _test_counts(con: Any) -> _Counts:
     sql = f"""SELECT t.config, c.attack, t.seed, list(c.class_name ORDER BY c.class_id), list(c.n ORDER BY c.class_id),
                      list(c.correct ORDER BY c.class_id)
               FROM trials t JOIN classes c ON c.trial = t.trial
               WHERE t.stage = '{CONFIRM}' AND t.status = 'completed' AND c.split = 'test'
               GROUP BY ALL ORDER BY t.config, c.attack, t.seed"""
     found: _Counts = {}
-    for config, attack, seed, names, n, correct in results.connect(out).execute(sql).fetchall():
+    for config, attack, seed, names, n, correct in con.execute(sql).fetchall():
         found.setdefault(config, {}).setdefault(attack, {})[int(seed)] = (names, n, correct)
     return found
 
 
-def _hours(out: Path) -> dict[str, tuple[float, float]]:
+def _hours(con: Any) -> dict[str, tuple[float, float]]:
     """config -> (GPU-hours, wall hours) of its confirm trials."""
-    from hamsweep import results
-
     sql = f"SELECT config, sum(gpu_seconds) / 3600, sum(wall_seconds) / 3600 FROM trials WHERE stage = '{CONFIRM}' GROUP BY config"
-    return {c: (g or 0.0, w or 0.0) for c, g, w in results.connect(out).execute(sql).fetchall()}
+    return {c: (g or 0.0, w or 0.0) for c, g, w in con.execute(sql).fetchall()}
 
 
-def _search_value(out: Path, p: ConfirmPlan, config: str) -> float | None:
+def _search_value(con: Any, p: ConfirmPlan, config: str) -> float | None:
     """The validation objective that got ``config`` chosen; for a baseline, its search trunk's best."""
-    from hamsweep import results
-
     chosen = next((c for c in p.chosen if c.trial == config), None)
     if chosen is not None:
         return chosen.value
     key = config.removeprefix(_BASELINE_PREFIX)
-    row = results.connect(out).execute(
+    row = con.execute(
         f"SELECT max(best_objective) FROM trials WHERE role = '{TRUNK}' AND coalesce(stage, 'search') = 'search' AND trunk_key = ?",
         [key]).fetchone()
     return row[0] if row else None

@@ -31,6 +31,11 @@ class EvalCounts:
     n: tuple[int, ...]
     correct: tuple[int, ...]
 
+    @classmethod
+    def from_dict(cls, data: dict) -> EvalCounts:
+        """The inverse of ``dataclasses.asdict`` (JSON gives lists back for the tuples)."""
+        return cls(**{**data, "n": tuple(data["n"]), "correct": tuple(data["correct"])})
+
     def summary(self, cvar_fraction: float) -> dict[str, float]:
         return metrics.summarize(np.array(self.n), np.array(self.correct), cvar_fraction)
 

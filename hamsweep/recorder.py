@@ -262,7 +262,7 @@ class Recorder(tune.Callback, tune.Stopper):
     def _test_rows(self, trial: str, test: dict[str, Any], class_names: list[str]) -> None:
         from hamsweep.evaluation import EvalCounts
 
-        evals = [EvalCounts(**{**e, "n": tuple(e["n"]), "correct": tuple(e["correct"])}) for e in test["evals"]]
+        evals = [EvalCounts.from_dict(e) for e in test["evals"]]
         self.writer.add(CLASSES, results.eval_rows(trial, test["epoch"], evals, class_names))
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:

@@ -19,7 +19,7 @@ from hamsweep.results import param_column
 from hamsweep.spec import OBJECTIVES, SweepSpec
 from hamsweep.spec.trial import objective_summary
 
-__all__ = ["FORMATS", "confirmed_table", "formatted", "paper_rows", "results_table", "top_trials"]
+__all__ = ["FORMATS", "confirmed_table", "formatted", "mean_std", "paper_rows", "results_table", "top_trials"]
 
 FORMATS = ("table", "csv", "json", "latex")  # hamsweep results --format
 
@@ -32,7 +32,7 @@ def top_trials(out: Path, k: int, by: str = "worst_robust", *, completed_only: b
     if results.TRIALS not in results.tables(out):
         raise SpecError(str(out), "holds no trials yet; pass a sweep folder")
     con = results.connect(out)
-    has_role = "role" in {r[0] for r in con.execute("DESCRIBE trials").fetchall()}  # folders from before trunks have none
+    has_role = _has_column(con, "role")  # folders from before trunks have none
     if not has_role and role != SEARCH:
         return []
     conditions = ["t.status = 'completed'"] if completed_only else []
@@ -118,7 +118,8 @@ def paper_rows(out: Path, spec: SweepSpec) -> tuple[str, list[dict[str, Any]]]:
     return robust, list(rows.values())
 
 
-def _pm(mean: float | None, std: float | None) -> str:
+def mean_std(mean: float | None, std: float | None) -> str:
+    """A mean over seeds with its std, in percent: '56.3 ± 2.4' (std absent for one seed)."""
     if mean is None:
         return "—"
     return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
@@ -157,7 +158,7 @@ def confirmed_table(out: Path, spec: SweepSpec) -> Table:
         table.add_column(col, justify="left" if col in ("config", "verdict") else "right")
     for r in rows:
         table.add_row(r["config"], *[_fmt(r.get(k), k) if r["role"] != TRUNK or r.get(k) is not None else "" for k in keys],
-                      str(r["seeds"]), _pct(r["search_value"]), *[_pm(r.get(f"{m}_mean"), r.get(f"{m}_std")) for m in (*_COLUMNS, "clean")],
+                      str(r["seeds"]), _pct(r["search_value"]), *[mean_std(r.get(f"{m}_mean"), r.get(f"{m}_std")) for m in (*_COLUMNS, "clean")],
                       _diff(r), _short_verdict(r), f"{r['gpu_hours']:.2f}",
                       end_section=r["role"] == TRUNK)
     return table
@@ -212,7 +213,7 @@ def _latex(rows: list[dict[str, Any]], spec: SweepSpec) -> str:
     for r in rows:
         cells = [_tex(r["config"]), *[_tex(_fmt(r.get(k), k)) if r.get(k) is not None or r["role"] != TRUNK else "" for k in keys]]
         for m in metrics:
-            text = _pm(r.get(f"{m}_mean"), r.get(f"{m}_std")).replace("±", "$\\pm$").replace("—", "--")
+            text = mean_std(r.get(f"{m}_mean"), r.get(f"{m}_std")).replace("±", "$\\pm$").replace("—", "--")
             cells.append(f"\\textbf{{{text}}}" if r.get(f"{m}_mean") is not None and r[f"{m}_mean"] == best[m] else text)
         cells += [_diff(r).replace("—", "--"), f"{r['gpu_hours']:.2f}"]
         lines.append(" & ".join(cells) + " \\\\")

@@ -71,7 +71,7 @@ class EpochRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EpochRecord:
-        evals = tuple(EvalCounts(**{**e, "n": tuple(e["n"]), "correct": tuple(e["correct"])}) for e in data["evals"])
+        evals = tuple(EvalCounts.from_dict(e) for e in data["evals"])
         return cls(**{**data, "evals": evals})
 
 

@@ -26,20 +26,14 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{cells}</tr>{body}</table>"
 
 
-def _pm(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "—"
-    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
-
-
 def _results(d: ReportData) -> str:
-    from hamsweep.tables import paper_rows, top_trials
+    from hamsweep.tables import mean_std, paper_rows, top_trials
 
     if d.confirm:
         robust, rows = paper_rows(d.out, d.spec)
         head = ["config", "seeds", "search (val)", "worst", "CVaR", "mean", "clean", "Δ vs PGD-AT", "interval", "GPU-h"]
         body = [[r["config"], r["seeds"], f"{100 * r['search_value']:.1f}" if r["search_value"] is not None else "—",
-                 *[_pm(r.get(f"{m}_mean"), r.get(f"{m}_std")) for m in ("worst", "cvar", "mean", "clean")],
+                 *[mean_std(r.get(f"{m}_mean"), r.get(f"{m}_std")) for m in ("worst", "cvar", "mean", "clean")],
                  f"{100 * r['diff']:+.1f} [{100 * r['diff_low']:+.1f}, {100 * r['diff_high']:+.1f}]" if r.get("diff_low") is not None else "—",
                  r.get("verdict") or ("baseline" if r["role"] == "trunk" else "—"), f"{r['gpu_hours']:.2f}"] for r in rows]
         return (f"<h2>Confirmed on the test split ({html.escape(robust)}; mean ± std over seeds)</h2>" + _table(head, body))
