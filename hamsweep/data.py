@@ -279,12 +279,13 @@ def _lerp(ends: tuple[float, float], t: torch.Tensor) -> torch.Tensor:
 
 
 def _folders(name: str) -> Callable[[DataConfig], tuple[Split, Split, tuple[str, ...]]]:
-    """``hamsweep.folders``' loader of ``name``, imported when used (it imports this module's Split)."""
+    """``hamsweep.folders``' loader of ``name``, imported when used (PIL and torchvision's folder code)."""
 
     def load_folder(cfg: DataConfig) -> tuple[Split, Split, tuple[str, ...]]:
         from hamsweep import folders
 
-        return getattr(folders, f"load_{name}")(cfg)
+        train, test, classes = getattr(folders, f"load_{name}")(cfg)
+        return Split(*train), Split(*test), classes
 
     return load_folder
 

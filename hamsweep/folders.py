@@ -1,4 +1,4 @@
-"""Datasets of image files and STL-10: Imagenette (torchvision's ``Imagenette``), a researcher's own
+"""Datasets of image files and STL-10 (each split as (images, labels) tensors; ``data`` makes them ``Split``s): Imagenette (torchvision's ``Imagenette``), a researcher's own
 ``train/<class>/*`` and ``test/<class>/*`` folders (torchvision's ``ImageFolder``), and STL-10
 (torchvision's ``STL10``, its labelled train and test splits), all as uint8 ``Split``s of
 ``data.image_size`` pixels a side.
@@ -103,8 +103,6 @@ def load_imagenette(cfg: Any) -> tuple[Any, Any, tuple[str, ...]]:
     train and test, resized to ``data.image_size`` (32 in the HAM paper); classes by their first name."""
     from torchvision import datasets
 
-    from hamsweep.data import Split
-
     splits = []
     for split in ("train", "val"):
         try:  # the loader returns the path: decoding (and its cache) is ours
@@ -117,7 +115,7 @@ def load_imagenette(cfg: Any) -> tuple[Any, Any, tuple[str, ...]]:
         samples = [ds[i] for i in range(len(ds))]
         if not samples:
             raise DataError(f"imagenette: {Path(cfg.root) / 'imagenette2-160' / split}/ holds no .JPEG images")
-        splits.append(Split(*_cached_split(Path(cfg.root), f"imagenette-{split}", samples, cfg.image_size)))
+        splits.append(_cached_split(Path(cfg.root), f"imagenette-{split}", samples, cfg.image_size))
     return splits[0], splits[1], tuple(names[0] for names in ds.classes)
 
 
@@ -125,8 +123,6 @@ def load_imagenette(cfg: Any) -> tuple[Any, Any, tuple[str, ...]]:
 def load_imagefolder(cfg: Any) -> tuple[Any, Any, tuple[str, ...]]:
     """``data.root/train/<class>/*`` and ``data.root/test/<class>/*`` (any format PIL reads; the
     classes are the folder names in sorted order, the same in both)."""
-    from hamsweep.data import Split
-
     root = Path(cfg.root)
     found = {split: _image_folder(root / split) for split in ("train", "test")}
     (train_classes, train), (test_classes, test) = found["train"], found["test"]
@@ -134,8 +130,8 @@ def load_imagefolder(cfg: Any) -> tuple[Any, Any, tuple[str, ...]]:
         only = sorted(set(train_classes) ^ set(test_classes))
         raise DataError(f"imagefolder: {root}/train/ and {root}/test/ have different classes ({', '.join(only)} in only one); "
                         "both need the same class folders")
-    return (Split(*_cached_split(root, "imagefolder-train", train, cfg.image_size)),
-            Split(*_cached_split(root, "imagefolder-test", test, cfg.image_size)), tuple(train_classes))
+    return (_cached_split(root, "imagefolder-train", train, cfg.image_size),
+            _cached_split(root, "imagefolder-test", test, cfg.image_size), tuple(train_classes))
 
 
 def _image_folder(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
@@ -166,8 +162,6 @@ def load_stl10(cfg: Any) -> tuple[Any, Any, tuple[str, ...]]:
     resized to ``data.image_size`` when it is not 96."""
     from torchvision import datasets
 
-    from hamsweep.data import Split
-
     splits = []
     for split in ("train", "test"):
         try:
@@ -176,7 +170,7 @@ def load_stl10(cfg: Any) -> tuple[Any, Any, tuple[str, ...]]:
             raise DataError(f"stl10: {Path(cfg.root) / 'stl10_binary'}/ not found or corrupted ({err}); copy "
                             "stl10_binary.tar.gz's folder there, or set data.download: true") from None
         images = ds.data if cfg.image_size == 96 else _resize_arrays(ds.data, cfg.image_size)
-        splits.append(Split(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(ds.labels.astype(np.int64))))
+        splits.append((torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(ds.labels.astype(np.int64))))
     return splits[0], splits[1], tuple(ds.classes)
 
 

@@ -27,9 +27,10 @@ __all__ = ["DAMAGED", "set_aside_damage"]
 DAMAGED = ".damaged"  # suffix of a piece set aside
 
 
-def set_aside_damage(out: Path) -> list[str]:
-    """Check ``out`` (see the module docstring); returns one line per piece set aside."""
-    return [*_parquet(Path(out)), *_journal(Path(out)), *_checkpoints(Path(out))]
+def set_aside_damage(out: Path, ray_dir: str) -> list[str]:
+    """Check ``out`` (see the module docstring; ``ray_dir``: Tune's experiment folder in it); returns
+    one line per piece set aside."""
+    return [*_parquet(Path(out)), *_journal(Path(out)), *_checkpoints(Path(out) / ray_dir)]
 
 
 def _parquet(out: Path) -> list[str]:
@@ -74,17 +75,16 @@ def _journal(out: Path) -> list[str]:
     return [f"set aside a damaged Optuna journal: kept as {kept.name}; {path.name} holds its first {good} valid bytes of {len(raw)}"]
 
 
-def _checkpoints(out: Path) -> list[str]:
+def _checkpoints(experiment: Path) -> list[str]:
     import torch
 
-    from hamsweep.sweep import RAY_DIR
     from hamsweep.train import LAST
 
     from hamsweep import results
 
-    ended = {r["trial"] for r in results.read_table(out, results.TRIALS).to_pylist() if r["status"] in ("completed", "stopped", "failed")}
+    ended = {r["trial"] for r in results.read_table(experiment.parent, results.TRIALS).to_pylist() if r["status"] in ("completed", "stopped", "failed")}
     lines = []
-    for trial in sorted((out / RAY_DIR).glob("trial_*")):
+    for trial in sorted(experiment.glob("trial_*")):
         if trial.name.removeprefix("trial_") in ended:
             continue  # it will not restore from a checkpoint
         complete = sorted(f for f in trial.glob("checkpoint_*") if (f / LAST).is_file())

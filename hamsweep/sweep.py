@@ -147,7 +147,7 @@ def _set_aside_damage(out: Path) -> None:
 
     from hamsweep.repair import set_aside_damage
 
-    for line in set_aside_damage(out):
+    for line in set_aside_damage(out, RAY_DIR):
         print(f"hamsweep: {line}", file=sys.stderr)
 
 

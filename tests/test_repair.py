@@ -36,7 +36,7 @@ def _truncated_part(out: Path, table: str) -> Path:
 
 
 def test_a_clean_folder_has_nothing_to_set_aside(folder):
-    assert set_aside_damage(folder) == []
+    assert set_aside_damage(folder, "ray") == []
 
 
 def test_a_truncated_part_is_set_aside_and_the_table_reads(folder):
@@ -44,7 +44,7 @@ def test_a_truncated_part_is_set_aside_and_the_table_reads(folder):
     bad = _truncated_part(folder, results.TRIALS)
     with pytest.raises(Exception):  # noqa: B017 - what a reader meets without the repair
         pq.read_table(bad)
-    (line,) = set_aside_damage(folder)
+    (line,) = set_aside_damage(folder, "ray")
     assert "damaged Parquet part of trials" in line and not bad.exists() and bad.with_name(bad.name + DAMAGED).exists()
     assert results.read_table(folder, results.TRIALS).num_rows == rows
 
@@ -54,7 +54,7 @@ def test_half_a_journal_line_is_cut_and_the_whole_file_kept(folder):
     journal = folder / JOURNAL
     whole = journal.read_bytes()
     journal.write_bytes(whole + b'{"op_code": 5, "worker_id": "cut-sh')
-    (line,) = set_aside_damage(folder)
+    (line,) = set_aside_damage(folder, "ray")
     assert "damaged Optuna journal" in line and (folder / f"{JOURNAL}{DAMAGED}-1").read_bytes().startswith(whole)
     assert journal.read_bytes() == whole and [(t.number, t.state.name) for t in open_study(folder).trials] == before
 
@@ -68,7 +68,7 @@ def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_previous_one_restored(
     (complete[-1] / LAST).write_bytes(b"\x80 half a pickle")
     results.PartWriter(folder, {results.TRIALS: results.read_table(folder, results.TRIALS).schema}).append(
         results.TRIALS, [{**row, "status": "running"}])  # as a killed driver leaves it: not ended
-    (line,) = set_aside_damage(folder)
+    (line,) = set_aside_damage(folder, "ray")
     assert "damaged checkpoint" in line and (complete[-1] / f"{LAST}{DAMAGED}").exists()
     from ray.tune import Checkpoint
 
