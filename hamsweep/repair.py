@@ -11,9 +11,10 @@ system that lost its last blocks. Three pieces are checked:
 - **The Optuna journal** ending in a line that is not a whole JSON record (half a line): the whole
   file is kept as ``optuna.journal.damaged-<n>`` and the journal is rewritten, atomically, with its
   valid lines.
-- **The newest checkpoint** of each trial not ended whose ``last.pt`` does not load: renamed
-  ``last.pt.damaged``; the trial restarts from its previous complete checkpoint
-  (``trial.restore_checkpoint``), whose history holds every epoch until then.
+- **The newest checkpoint** of each trial not ended whose ``last.pt`` does not load, or that has no
+  whole ``history.json`` beside it (``trial.whole_checkpoint``): renamed ``last.pt.damaged``; the
+  trial restarts from its previous whole checkpoint (``trial.restore_checkpoint``), whose history
+  holds every epoch until then, or from the start without one.
 """
 
 from __future__ import annotations
@@ -76,11 +77,9 @@ def _journal(out: Path) -> list[str]:
 
 
 def _checkpoints(experiment: Path) -> list[str]:
-    import torch
-
-    from hamsweep.train import LAST
-
     from hamsweep import results
+    from hamsweep.train import LAST
+    from hamsweep.trial import whole_checkpoint
 
     ended = {r["trial"] for r in results.read_table(experiment.parent, results.TRIALS).to_pylist() if r["status"] in ("completed", "stopped", "failed")}
     lines = []
@@ -91,9 +90,7 @@ def _checkpoints(experiment: Path) -> list[str]:
         if not complete:
             continue
         newest = complete[-1] / LAST
-        try:
-            torch.load(newest, map_location="cpu", weights_only=False)
-        except Exception:  # noqa: BLE001 - a checkpoint that does not load is damage
+        if not whole_checkpoint(complete[-1]):  # a last.pt that does not load, or without its history
             os.replace(newest, newest.with_name(LAST + DAMAGED))
-            lines.append(f"set aside a damaged checkpoint: {newest} -> {LAST}{DAMAGED}; {trial.name} continues from its previous one")
+            lines.append(f"set aside a damaged checkpoint: {newest} -> {LAST}{DAMAGED}; {trial.name} continues from its previous one (or starts over)")
     return lines

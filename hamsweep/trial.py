@@ -243,9 +243,11 @@ def restore_checkpoint(work: Path, checkpoint: Any) -> None:
     work.mkdir(parents=True, exist_ok=True)
     if checkpoint is None:
         return
-    source = _newest_complete(Path(checkpoint.path)) if type(checkpoint.filesystem).__name__ == "LocalFileSystem" else None
-    if source is not None:
-        shutil.copytree(source, work / "checkpoint")
+    if type(checkpoint.filesystem).__name__ == "LocalFileSystem":
+        # none whole (the only one's copy was cut short by a kill): start over. Continuing from a
+        # last.pt without its history.json would lose the epochs' rows the killed driver had not written
+        if (source := _newest_complete(Path(checkpoint.path))) is not None:
+            shutil.copytree(source, work / "checkpoint")
         return
     with checkpoint.as_directory() as folder:
         shutil.copytree(folder, work / "checkpoint")
@@ -258,21 +260,26 @@ def _epochs_in(folder: Path) -> int:
         return -1
 
 
-def _newest_complete(given: Path) -> Path | None:
-    """The checkpoint folder of this trial with the most epochs whose ``last.pt`` loads."""
+def whole_checkpoint(folder: Path) -> bool:
+    """``folder`` is a checkpoint a trial can continue from: its ``history.json`` parses and its
+    ``last.pt`` loads. Ray copies the files one by one, so a kill can leave either one alone."""
     import torch
 
     from hamsweep.train import LAST
 
+    if not (folder / LAST).is_file() or _epochs_in(folder) < 0:
+        return False
+    try:
+        torch.load(folder / LAST, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 - a copy cut short by a crash
+        return False
+    return True
+
+
+def _newest_complete(given: Path) -> Path | None:
+    """The whole checkpoint folder of this trial with the most epochs."""
     folders = sorted({given, *given.parent.glob("checkpoint_*")}, key=_epochs_in, reverse=True)
-    for folder in folders:
-        if (folder / LAST).is_file() and _epochs_in(folder) >= 0:
-            try:
-                torch.load(folder / LAST, map_location="cpu", weights_only=False)
-            except Exception:  # noqa: BLE001 - a copy cut short by a crash: try the next one
-                continue
-            return folder
-    return None
+    return next((f for f in folders if whole_checkpoint(f)), None)
 
 
 def prune_checkpoints(trial_folder: Path, keep: int = 2) -> None:

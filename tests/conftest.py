@@ -151,9 +151,22 @@ def snapshotted_trials(out: Path) -> list[tuple[dict, dict]]:
     return found
 
 
+def checkpoint_whole(out: Path, last: dict) -> bool:
+    """The checkpoint a snapshotted trial's last result names is on disk whole: the snapshot can name
+    one whose copy is not complete yet, and a kill then leaves a damaged checkpoint (set aside on
+    resume, so the trial starts over instead of continuing)."""
+    folder = out / "ray" / f"trial_{last.get('trial_id')}" / str(last.get("checkpoint_dir_name"))
+    if not last.get("checkpoint_dir_name") or not (folder / "last.pt").is_file():
+        return False
+    try:
+        return len(json.loads((folder / "history.json").read_text())) >= 1 and bool(torch.load(folder / "last.pt", weights_only=False))
+    except Exception:  # noqa: BLE001 - a file still being written
+        return False
+
+
 def snapshotted_epochs(out: Path) -> int:
-    """Epochs of checkpointed trials in Tune's experiment snapshot (see ``snapshotted_trials``)."""
-    return sum(last.get("epoch", 0) for _, last in snapshotted_trials(out) if last.get("checkpoint_dir_name"))
+    """Epochs of trials in Tune's experiment snapshot whose checkpoint is whole (see ``snapshotted_trials``)."""
+    return sum(last.get("epoch", 0) for _, last in snapshotted_trials(out) if checkpoint_whole(out, last))
 
 
 def finished_sweep(spec: Path, out: Path) -> tuple[Path, subprocess.CompletedProcess]:
@@ -183,9 +196,9 @@ def confirm_spec(path: Path, **changes) -> Path:
 
 
 def _in_confirm(out: Path) -> bool:
-    """The confirm stage is planned and one of its trials is checkpointed, unfinished, in Tune's snapshot."""
+    """The confirm stage is planned and one of its trials is checkpointed (whole on disk), unfinished, in Tune's snapshot."""
     return (out / "confirm.json").is_file() and any(
-        config.get("stage") == "confirm" and last.get("checkpoint_dir_name") and last.get("epoch", 0) < CONFIRM_EPOCHS
+        config.get("stage") == "confirm" and last.get("epoch", 0) < CONFIRM_EPOCHS and checkpoint_whole(out, last)
         for config, last in snapshotted_trials(out))
 
 

@@ -69,9 +69,9 @@ def test_the_resumed_sweep_has_exactly_the_confirm_trials_expected(sweep):
 
 
 def test_the_kill_landed_in_the_confirm_stage_and_trials_continued(sweep):
-    out, _ = sweep
+    out, proc = sweep
     resumed = _sql(out, "SELECT count(*) FROM trials WHERE stage = 'confirm' AND resumed_from > 0")[0][0]
-    assert resumed >= 1, "a confirm trial continued from its checkpoint"
+    assert resumed >= 1, f"no confirm trial continued from its checkpoint; resume said: {proc.stdout[-2000:]} {proc.stderr[-2000:]}"
     study = json.loads((out / "confirm.json").read_text())
     assert len(study["trials"]) == SEEDS * (TOP_K + 1) and study["seeds"] == [1, 2]
 

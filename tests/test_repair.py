@@ -16,7 +16,7 @@ from conftest import hamsweep
 from hamsweep import results
 from hamsweep.repair import DAMAGED, set_aside_damage
 from hamsweep.study import JOURNAL, open_study
-from hamsweep.trial import restore_checkpoint
+from hamsweep.trial import HISTORY, restore_checkpoint
 from hamsweep.train import LAST
 
 
@@ -75,6 +75,21 @@ def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_previous_one_restored(
     restore_checkpoint(tmp_path / "work", Checkpoint.from_directory(str(complete[-1])))  # Tune hands the damaged newest one
     restored = torch.load(tmp_path / "work" / "checkpoint" / LAST, map_location="cpu", weights_only=False)
     assert restored["epoch"] == torch.load(complete[-2] / LAST, map_location="cpu", weights_only=False)["epoch"]
+
+
+def test_a_checkpoint_without_its_history_is_not_continued_from(tmp_path):
+    """A kill while Ray copies a checkpoint can leave last.pt without history.json: continuing from
+    it would lose the epochs' rows the killed driver had not written, so the trial starts over."""
+    from ray.tune import Checkpoint
+
+    first = tmp_path / "trial_x" / "checkpoint_000000"
+    first.mkdir(parents=True)
+    torch.save({"epoch": 1}, first / LAST)  # no history.json: the copy was cut short
+    restore_checkpoint(tmp_path / "work", Checkpoint.from_directory(str(first)))
+    assert (tmp_path / "work").is_dir() and not (tmp_path / "work" / "checkpoint").exists()
+    (first / HISTORY).write_text('[{"epoch": 1}]')
+    restore_checkpoint(tmp_path / "work", Checkpoint.from_directory(str(first)))
+    assert torch.load(tmp_path / "work" / "checkpoint" / LAST, weights_only=False) == {"epoch": 1}
 
 
 def test_resume_of_a_damaged_folder_says_what_it_set_aside_and_finishes(folder):

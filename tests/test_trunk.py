@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 import torch
-from conftest import HAMSWEEP, finished_sweep, hamsweep, snapshotted_trials, wait_for, write_spec
+from conftest import HAMSWEEP, checkpoint_whole, finished_sweep, hamsweep, snapshotted_trials, wait_for, write_spec
 
 from hamsweep import results
 from hamsweep.search import open_study
@@ -167,9 +167,7 @@ def _snapshotted(out: Path) -> dict[str, list[int]]:
     """Role -> the epoch of each checkpointed, unfinished trial in Tune's experiment snapshot."""
     found: dict[str, list[int]] = {"trunk": [], "search": []}
     for config, last in snapshotted_trials(out):
-        folder = out / "ray" / f"trial_{last.get('trial_id')}" / str(last.get("checkpoint_dir_name"))
-        # the snapshot can name a checkpoint whose copy is not complete yet: wait for its files
-        if last.get("checkpoint_dir_name") and last.get("epoch", 0) < KILL_EPOCHS and all((folder / f).is_file() for f in ("last.pt", "history.json")):
+        if last.get("epoch", 0) < KILL_EPOCHS and checkpoint_whole(out, last):
             found[config.get("role", "search")].append(last["epoch"])
     return found
 
