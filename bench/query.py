@@ -27,6 +27,8 @@ ties go to the lowest class id. Timed, best of ``--repeats``:
   deduplicating views), on the per-trial parts and again after compaction;
 - the same SQL as ``hamsweep query DIR SQL --format csv`` in a subprocess, once per layout, wall time
   including Python start-up;
+- both again over a third layout, a live sweep's: one fresh part per trial, folded into the base by
+  ``compact_live`` as they are written (the fold times are printed);
 - pandas: glob + read_csv + concat of every progress.csv, then the worst class per trial;
 - for reference only, the same SQL over ``read_parquet`` of the compacted part without the
   deduplicating view, to show what the deduplication costs.
@@ -149,7 +151,32 @@ def _run(args: argparse.Namespace, correct: np.ndarray, tmp: Path) -> None:
         ("(reference) same SQL, compacted, no dedup view",
          _best(lambda: _answer(_raw_query(parquet_root)), repeats, expected, "raw read_parquet")),
     ]
+    live_root = tmp / "live"
+    folds, live_s = _write_live(live_root, correct)
+    found = results.parts(live_root, results.CLASSES)
+    print(f"live layout: {args.trials} fresh parts, compacted as written ({len(folds)} folds into the base, "
+          f"{sum(folds):.1f} s in all, the longest {max(folds, default=0):.2f} s; writing took {live_s:.1f} s); "
+          f"the query meets the base + {len(found.recent)} fresh parts")
+    timings += [
+        ("hamsweep query, live sweep, in-process", _best(lambda: _answer(query(live_root, WORST_SQL)), repeats, expected, "live")),
+        ("hamsweep query, live sweep, CLI subprocess", _cli(live_root, expected, "CLI (live)")),
+    ]
     _report(args, pandas_s, timings)
+
+
+def _write_live(root: Path, correct: np.ndarray) -> tuple[list[float], float]:
+    """As a running sweep leaves the folder: one fresh part per flush (here one per trial; new keys,
+    as ``BufferedWriter`` marks them) and ``compact_live`` after each, as the writer calls it; returns
+    the seconds of each fold and of the whole writing."""
+    trials, epochs, classes = correct.shape
+    names = [f"class{c:03d}" for c in range(classes)]
+    folds, start = [], time.perf_counter()
+    for t in range(trials):
+        results._write_part(root / results.CLASSES, _class_table(_trial_name(t), correct[t], names), fresh=True)
+        seconds, folded = _timed(lambda: results.compact_live(root, (results.CLASSES,)))
+        if folded:
+            folds.append(seconds)
+    return folds, time.perf_counter() - start
 
 
 def _report(args: argparse.Namespace, pandas_s: float, timings: list[tuple[str, float]]) -> None:
@@ -158,7 +185,7 @@ def _report(args: argparse.Namespace, pandas_s: float, timings: list[tuple[str, 
     for label, seconds in timings:
         print(f"  {label:<48} {seconds:>8.3f} s   {pandas_s / seconds:>6.1f}x")
     print(f"answers agree: same worst class for every trial, accuracies within {TOLERANCE:g}")
-    for label, seconds in timings[2:4]:  # the compacted folder: what a finished sweep leaves
+    for label, seconds in [*timings[2:4], *timings[5:7]]:  # the compacted folder (a finished sweep) and the live one
         met = pandas_s / seconds >= GOAL_RATIO and seconds < GOAL_SECONDS
         print(f"goal (>= {GOAL_RATIO:.0f}x pandas and < {GOAL_SECONDS:.0f} s), {label}: "
               f"{'met' if met else 'NOT met'} ({pandas_s / seconds:.1f}x, {seconds:.3f} s)")

@@ -1,7 +1,8 @@
 """hamsweep: sweeps of HAM (Hard Adversarial example Mining) adversarial training, per-class results.
 
-The public API. Names that need torch (``train``, ``ham_attack`` ...) are imported on first use,
-so ``import hamsweep`` and the CLI stay fast.
+The public API. Names beyond the errors are imported on first use (torch for ``train``,
+``ham_attack`` ...; pydantic for the spec), so ``import hamsweep`` and the CLI stay fast:
+``hamsweep query`` needs neither.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from hamsweep.errors import DataError as DataError
 from hamsweep.errors import DivergenceError as DivergenceError
 from hamsweep.errors import HamsweepError as HamsweepError
 from hamsweep.errors import SpecError as SpecError
-from hamsweep.spec import SweepSpec as SweepSpec
-from hamsweep.spec import TrialConfig as TrialConfig
-from hamsweep.spec import load_spec as load_spec
-from hamsweep.spec import parse_overrides as parse_overrides
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "SweepSpec": "hamsweep.spec",
+    "TrialConfig": "hamsweep.spec",
+    "load_spec": "hamsweep.spec",
+    "parse_overrides": "hamsweep.spec",
     "run": "hamsweep.train",
     "EpochRecord": "hamsweep.train",
     "ham_attack": "hamsweep.ham",

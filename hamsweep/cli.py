@@ -311,11 +311,9 @@ def query(
     fmt: str = typer.Option("table", "--format", help="table, csv or json"),
 ) -> None:
     """Answer SQL over a run's Parquet tables (DuckDB; views `trials`, `epochs`, `classes`)."""
-    from hamsweep.query import FORMATS, query, render
+    from hamsweep.query import run
 
-    if fmt not in FORMATS:
-        raise SpecError("--format", f"unknown format {fmt!r}; valid formats are {', '.join(FORMATS)}")
-    print(render(query(folder, sql), fmt))
+    run(folder, sql, fmt)  # a plain command line comes here without typer: hamsweep._entry
 
 
 def main() -> None:

@@ -12,11 +12,18 @@ from typing import Any
 import pyarrow as pa
 
 from hamsweep.errors import SpecError
-from hamsweep.results import SCHEMAS, connect, tables
+from hamsweep.results import SCHEMAS, connect, retrying, tables
 
-__all__ = ["FORMATS", "query", "render"]
+__all__ = ["FORMATS", "query", "render", "run"]
 
 FORMATS = ("table", "csv", "json")
+
+
+def run(folder: Path | str, sql: str, fmt: str) -> None:
+    """``hamsweep query``: print ``sql``'s answer over ``folder`` in ``fmt``."""
+    if fmt not in FORMATS:
+        raise SpecError("--format", f"unknown format {fmt!r}; valid formats are {', '.join(FORMATS)}")
+    print(render(query(Path(folder), sql), fmt))
 
 
 def query(root: Path, sql: str) -> pa.Table:
@@ -26,9 +33,8 @@ def query(root: Path, sql: str) -> pa.Table:
     root = Path(root)
     if not tables(root):
         raise SpecError(str(root), f"holds no results tables ({', '.join(SCHEMAS)}); pass a run folder")
-    con = connect(root)
     try:
-        return con.sql(sql).to_arrow_table()
+        return retrying(lambda: connect(root).sql(sql).to_arrow_table())  # a live sweep compacts under us
     except duckdb.Error as err:
         message = " ".join(str(err).split())  # DuckDB's messages span lines
         raise SpecError("SQL", f"{message} (views: {', '.join(sorted(SCHEMAS))})") from None

@@ -44,3 +44,23 @@ def test_query_errors_are_one_line(tmp_path):
     assert empty.returncode == 0 and empty.stdout.split() == ["n,b", "0,"], empty.stderr
     _assert_user_error(hamsweep("query", tmp_path / "empty", "SELECT 1"), r"holds no results tables")
     _assert_user_error(hamsweep("query", folder, "SELECT 1", "--format", "xml"), r"--format: unknown format 'xml'")
+
+
+def test_a_plain_query_starts_without_typer_and_answers_as_the_typer_command(tmp_path):
+    """``hamsweep query DIR SQL [--format F]`` skips typer's start-up (hamsweep._entry); every other
+    form goes through hamsweep.cli, and both print the same."""
+    import subprocess
+    import sys
+
+    folder = _folder(tmp_path)
+    probe = ("import sys; sys.argv = ['hamsweep'] + sys.argv[1:]; from hamsweep._entry import main; main(); "
+             "print('typer' in sys.modules, 'pydantic' in sys.modules, 'torch' in sys.modules)")
+    for fmt in ("csv", "json", "table"):
+        fast = subprocess.run([sys.executable, "-c", probe, "query", str(folder), WORST_PER_EPOCH, f"--format={fmt}"],
+                              capture_output=True, text=True, check=True).stdout
+        assert fast.endswith("False False False\n")
+        typed = subprocess.run([sys.executable, "-m", "hamsweep.cli", "query", str(folder), WORST_PER_EPOCH, "--format", fmt],
+                               capture_output=True, text=True, check=True).stdout
+        assert fast.removesuffix("False False False\n") == typed
+    slow = subprocess.run([sys.executable, "-c", probe, "query", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "Usage: hamsweep query" in slow  # typer's help

@@ -90,3 +90,147 @@ def test_a_sweep_folder_from_before_trunks_has_no_baseline_and_no_history_views(
     assert top_trials(tmp_path, 5, "worst_robust", role="trunk") == []  # no role column: nothing is a baseline
     views = {r[0] for r in connect(tmp_path).execute("SHOW TABLES").fetchall()}
     assert "trial_epochs" not in views and {"trials", "epochs"} <= views
+
+
+# ---- compaction while a sweep runs (issue 13, part 8) ----
+def _expected_and_writes(tmp_path, flushes: int, seed: int, compact_every=None):
+    """Seeded flushes of epochs rows, keys rewritten at random (also twice in one part, the later
+    row winning); returns key -> the newest value, worked out here without the project's readers."""
+    import random
+
+    rng, writer, expected, value = random.Random(seed), PartWriter(tmp_path), {}, 0
+    for i in range(flushes):
+        rows = []
+        for _ in range(rng.randint(1, 20)):
+            key, value = (f"t{rng.randint(0, 30)}", rng.randint(1, 10)), value + 1
+            rows.append({"trial": key[0], "epoch": key[1], "seconds": float(value)})
+            expected[key] = float(value)
+        writer.append(EPOCHS, rows)
+        if compact_every is not None:
+            compact_every(i, expected)
+    return expected
+
+
+def _read(tmp_path) -> dict:
+    return {(r["trial"], r["epoch"]): r["seconds"] for r in read_table(tmp_path, EPOCHS).to_pylist()}
+
+
+def test_live_compaction_keeps_every_answer_and_few_parts(tmp_path):
+    import random
+    import time
+
+    from hamsweep.results import compact_live, parts
+
+    rng, folds = random.Random(1), []
+
+    def maybe_compact(i: int, expected: dict) -> None:
+        limit = rng.randint(1, 6)
+        folds.extend(compact_live(tmp_path, limit=limit, grace_s=0))
+        found = parts(tmp_path, EPOCHS)
+        assert len(found.recent) < limit and not found.covered  # the folded parts are gone
+        assert _read(tmp_path) == expected, f"after flush {i}"
+        assert connect(tmp_path).execute("SELECT count(*) FROM epochs").fetchall() == [(len(expected),)]
+
+    expected = _expected_and_writes(tmp_path, 150, seed=0, compact_every=maybe_compact)
+    assert len(folds) >= 20
+    # with a grace, the folded parts stay until their base is that old: a reader may have listed them
+    _expected_and_writes(tmp_path, 3, seed=9)
+    assert compact_live(tmp_path, limit=1, grace_s=0.5) == [EPOCHS] and len(parts(tmp_path, EPOCHS).covered) == 4
+    time.sleep(0.6)
+    compact_live(tmp_path, limit=1, grace_s=0.5)
+    assert parts(tmp_path, EPOCHS).covered == [] and len(parts(tmp_path, EPOCHS).live) == 1
+
+
+def test_a_compaction_killed_after_its_base_is_renamed_loses_and_doubles_nothing(tmp_path):
+    """A SIGKILL between the base's rename and the deletion of the parts it covers leaves both: the
+    readers skip the covered parts, and the next compaction deletes them."""
+    from hamsweep.results import _stem, _write_part, compact_live, parts
+
+    expected = _expected_and_writes(tmp_path, 12, seed=2)
+    found = parts(tmp_path, EPOCHS)
+    _write_part(tmp_path / EPOCHS, read_table(tmp_path, EPOCHS), stem=_stem(found.recent[-1]))  # the kill: no deletes
+    after = parts(tmp_path, EPOCHS)
+    assert after.base is not None and after.recent == [] and sorted(after.covered) == sorted(found.recent)
+    assert _read(tmp_path) == expected
+    expected.update(_expected_and_writes(tmp_path, 3, seed=3))
+    compact_live(tmp_path, limit=1, grace_s=0)
+    assert _read(tmp_path) == expected and len(list((tmp_path / EPOCHS).glob("part-*"))) == 1
+
+
+def test_a_compaction_sigkilled_at_random_moments_loses_nothing(tmp_path):
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from hamsweep.results import parts
+
+    expected = _expected_and_writes(tmp_path, 40, seed=4)
+    big = [{"trial": f"x{i % 500}", "epoch": i // 500, "seconds": float(i)} for i in range(200_000)]
+    PartWriter(tmp_path).append(EPOCHS, big)
+    expected.update({(r["trial"], r["epoch"]): r["seconds"] for r in big})
+    fold = f"from hamsweep.results import compact; compact({str(tmp_path)!r})"
+    rng = random.Random(5)
+    for round_ in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", fold])
+        time.sleep(rng.uniform(0.3, 2.0))  # import ~0.5 s, then the fold: the kill lands before, during or after
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert _read(tmp_path) == expected, f"round {round_}"
+        expected.update(_expected_and_writes(tmp_path, 3, seed=10 + round_))
+    compact(tmp_path)
+    assert _read(tmp_path) == expected and parts(tmp_path, EPOCHS).covered == []
+
+
+def test_a_reader_never_fails_nor_doubles_a_row_while_the_writer_compacts(tmp_path):
+    """A reader in another process lists parts that a compaction deletes under it: it reads again."""
+    import subprocess
+    import sys
+    import time
+
+    from hamsweep.results import compact_live
+
+    writer = PartWriter(tmp_path)
+    writer.append(EPOCHS, [{"trial": "t", "epoch": 0, "seconds": 0.0}])
+    reader = subprocess.Popen([sys.executable, "-c", f"""
+import time
+from hamsweep.results import EPOCHS, read_table
+deadline, last, reads = time.monotonic() + 6, 0, 0
+while time.monotonic() < deadline:
+    t = read_table({str(tmp_path)!r}, EPOCHS)
+    n, keys = t.num_rows, len(set(zip(t["trial"].to_pylist(), t["epoch"].to_pylist())))
+    assert n == keys and n >= last, (n, keys, last)  # no row twice; only new keys are written
+    last, reads = n, reads + 1
+print(reads)
+"""], stdout=subprocess.PIPE, text=True)
+    epoch, folds = 0, 0
+    while reader.poll() is None:
+        epoch += 1
+        writer.append(EPOCHS, [{"trial": f"t{i}", "epoch": epoch, "seconds": 1.0} for i in range(50)])
+        folds += len(compact_live(tmp_path, limit=3))
+        time.sleep(0.01)
+    out, _ = reader.communicate()
+    assert reader.returncode == 0 and int(out) >= 10 and folds >= 10
+
+
+def test_the_sweeps_writer_marks_fresh_parts_and_never_a_rewrite(tmp_path):
+    """Fresh parts (no key on disk yet) are read without deduplication; a restarted trial's epoch
+    written again, in this driver or after a resume (a new writer), is not fresh and its row wins."""
+    from hamsweep.results import BufferedWriter, parts
+
+    def flush(writer: BufferedWriter, rows: list[tuple[str, int, float]]) -> bool:
+        writer.add(EPOCHS, [{"trial": t, "epoch": e, "seconds": v} for t, e, v in rows])
+        writer.flush()
+        return ".fresh" in parts(tmp_path, EPOCHS).recent[-1].name
+
+    writer = BufferedWriter(PartWriter(tmp_path))
+    assert flush(writer, [("a", 1, 1.0), ("b", 1, 1.0)]) and flush(writer, [("a", 2, 1.0)])
+    assert not flush(writer, [("a", 2, 2.0), ("a", 3, 2.0)])  # epoch 2 again
+    assert not flush(writer, [("c", 1, 1.0), ("c", 1, 3.0)])  # one key twice in a flush
+    resumed = BufferedWriter(PartWriter(tmp_path))  # a new driver: it learns the keys from disk
+    assert not flush(resumed, [("b", 1, 4.0)]) and flush(resumed, [("b", 2, 4.0)])
+    assert _read(tmp_path) == {("a", 1): 1.0, ("a", 2): 2.0, ("a", 3): 2.0, ("b", 1): 4.0, ("b", 2): 4.0, ("c", 1): 3.0}
+    compact(tmp_path)
+    assert flush(resumed, [("d", 1, 1.0)]) and _read(tmp_path)[("d", 1)] == 1.0
