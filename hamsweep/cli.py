@@ -61,10 +61,11 @@ def validate(
     )
     print(_sharing(s))
     print(_confirming(s))
-    from hamsweep.sweep import disk_needed, size_text
+    from hamsweep.disk import disk_needed, reserve, size_text
 
     print(f"disk: about {size_text(disk_needed(s))} in the sweep folder (two checkpoints a trial, the trunks' fork checkpoints, "
-          "the tables); checked before a run starts, with the disk kept under Ray's 95%")
+          f"the tables), and {size_text(reserve(s))} kept free while it runs; checked before a run starts and every second "
+          "while it runs, with the disk kept under Ray's 95%")
     if profile is not None:
         print(f"{cluster}: ok — {profile.describe()}")
 

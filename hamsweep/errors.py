@@ -6,7 +6,7 @@ message on one line and exits with its ``exit_code``, never a traceback.
 
 from __future__ import annotations
 
-__all__ = ["DataError", "DivergenceError", "HamsweepError", "Interrupted", "JobFailed", "SpecError"]
+__all__ = ["DataError", "DiskFull", "DivergenceError", "HamsweepError", "Interrupted", "JobFailed", "SpecError"]
 
 
 class HamsweepError(Exception):
@@ -44,5 +44,11 @@ class Interrupted(HamsweepError):
 
 class JobFailed(HamsweepError):
     """A sweep's cluster job ended without finishing the sweep; the message names its log."""
+
+    exit_code = 1
+
+
+class DiskFull(HamsweepError):
+    """A running sweep stopped cleanly on a disk that filled up; the message names the path and how to continue."""
 
     exit_code = 1

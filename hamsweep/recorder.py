@@ -9,8 +9,10 @@ trial end. A resumed sweep rebuilds its state from the ``trials`` table it finds
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 from ray import tune
 
-from hamsweep import results
+from hamsweep import disk, results
+from hamsweep.errors import DiskFull
 from hamsweep.dashboard import STATE_FILE, SweepState, TrialView, state_to_json
 from hamsweep.rundir import atomic_write_text
 from hamsweep.results import CLASSES, EPOCHS, TRIALS, BufferedWriter, PartWriter, param_column
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["Recorder", "param_types"]
 
 _REFRESH_S = 1.0  # dashboard frames at most once a second between events
+_DISK_S = 1.0  # free space is looked at at most once a second
 
 
 @dataclass
@@ -79,9 +83,13 @@ class Recorder(tune.Callback, tune.Stopper):
     """The sweep's writer, dashboard feed and budget stopper (see the module docstring)."""
 
     def __init__(self, spec: SweepSpec, out: Path, view: Any, *, started: float, restored: bool, flush_s: float = 5.0,
-                 jobs: TrialJobs | None = None) -> None:
+                 jobs: TrialJobs | None = None, ray_temp: Path | None = None) -> None:
         self.spec, self.out, self.view = spec, Path(out), view
         self.jobs = jobs  # trials trained outside Ray (SLURM mode jobs): polled each step, told which trials end early
+        self.ray_temp = ray_temp  # the session folder of the sweep's own Ray (None on a cluster's): its disk is watched
+        self.keep_free = disk.reserve(spec)  # bytes the sweep folder keeps free while running
+        self.disk_full: DiskFull | None = None  # why the sweep stopped early on a full disk
+        self._disk_at = 0.0
         self.full = full_epochs(spec)
         self.types = param_types(spec.search.params)
         writer = PartWriter(self.out, {TRIALS: results.trials_schema(self.types)})
@@ -275,6 +283,7 @@ class Recorder(tune.Callback, tune.Stopper):
             prune_checkpoints(path.parent)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._check_disk(at_once=True)  # a checkpoint the full disk refused crashes the trial first
         self._stop_work(trial)  # Tune restarts it from its checkpoint: whatever still runs of it goes
         clock = self.clocks[self._view(trial).trial]
         clock.stop(time.time())
@@ -293,6 +302,8 @@ class Recorder(tune.Callback, tune.Stopper):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._stop_work(trial)
+        if self._check_disk(at_once=True):  # not the trial's fault: resume restarts it (resume_errored)
+            return
         self._finish(self._view(trial), "failed", f"error: {_last_error_line(trial)}")
 
     def _stop_work(self, trial: Any) -> None:
@@ -307,7 +318,7 @@ class Recorder(tune.Callback, tune.Stopper):
         clock.ended = now
         view.status, view.stop_reason = status, reason
         self._row(view.trial)
-        self.writer.flush()
+        self._flush()
         self._event(view, status)
         self._sampler_best()
         self._tick(force_frame=True)
@@ -316,7 +327,8 @@ class Recorder(tune.Callback, tune.Stopper):
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if self.jobs is not None:
             self.jobs.poll()
-        self._tick()
+        if not self._check_disk():
+            self._tick()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.tune_trials = {t.trial_id for t in trials}
@@ -328,9 +340,9 @@ class Recorder(tune.Callback, tune.Stopper):
                     self._tell_pruned(view)
             elif view.status == "running":
                 self._row(tid)
-        self.writer.flush()
+        self._flush()
         self.view.update(self._now())
-        self._save_state()
+        self._written(self._save_state)
         self.view.close()
 
     def _tick(self, force_frame: bool = False) -> None:
@@ -338,11 +350,48 @@ class Recorder(tune.Callback, tune.Stopper):
             for tid, view in self.state.trials.items():
                 if view.status == "running":
                     self._row(tid)  # wall and GPU seconds move on
-            self.writer.flush()
+            self._flush()
         if force_frame or time.monotonic() - self._frame >= _REFRESH_S:
             self.view.update(self._now())
-            self._save_state()
+            self._written(self._save_state)
             self._frame = time.monotonic()
+
+    def _flush(self) -> None:
+        self._written(self.writer.flush)
+
+    def _written(self, write: Any) -> None:
+        """``write()``; a full disk stops the sweep cleanly instead of crashing the driver. (The rows
+        stay buffered, and a resumed trial sends its epochs again from its checkpoint.)"""
+        if self.disk_full is not None:
+            return  # nothing more is written: the last writes may not fit
+        try:
+            write()
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            self._stop_for(disk.low_now(self.out, self.ray_temp, self.keep_free, self._resume) or DiskFull(
+                f"--out: {self.out}: no space left on its disk (writing {err.filename}); stopped cleanly: free space, "
+                f"then continue with: {self._resume}"))
+
+    # ---- a disk that fills up ----
+    @property
+    def _resume(self) -> str:
+        return f"hamsweep resume {self.out}"
+
+    def _check_disk(self, at_once: bool = False) -> bool:
+        """At most every ``_DISK_S`` (``at_once``: now): is a disk too full to go on? Then the sweep stops."""
+        if self.disk_full is None and (at_once or time.monotonic() - self._disk_at >= _DISK_S):
+            self._disk_at = time.monotonic()
+            if (full := disk.low_now(self.out, self.ray_temp, self.keep_free, self._resume)) is not None:
+                self._stop_for(full)
+        return self.disk_full is not None
+
+    def _stop_for(self, full: DiskFull) -> None:
+        """End the Tune run as Ctrl-C does (SIGUSR1: Tune's own graceful stop, which snapshots its state
+        once more and leaves the unfinished trials to ``resume``); the driver then raises ``full``."""
+        self.disk_full = full
+        if callable(signal.getsignal(signal.SIGUSR1)):  # Tune's handler (it runs fit in the main thread)
+            os.kill(os.getpid(), signal.SIGUSR1)
 
     def _save_state(self) -> None:
         """The frame's state as a file: ``hamsweep status`` draws it from any machine that sees the folder."""
@@ -418,6 +467,8 @@ class Recorder(tune.Callback, tune.Stopper):
         return False
 
     def stop_all(self) -> bool:
+        if self.disk_full is not None and not callable(signal.getsignal(signal.SIGUSR1)):
+            return True  # no handler of Tune's to stop it gracefully
         b, state = self.spec.budget, self._now()
         if b.wall_hours is not None and state.now - state.started >= b.wall_hours * 3600:
             self.budget_hit = f"budget: {b.wall_hours:g} wall-clock hours reached"

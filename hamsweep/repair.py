@@ -5,7 +5,8 @@ Everything hamsweep writes is renamed into place, so a crash alone leaves nothin
 damage comes from outside: a disk that filled up under another writer, a copy cut short, a file
 system that lost its last blocks. Three pieces are checked:
 
-- **Parquet parts** whose footer does not read (truncated): renamed ``part-….parquet.damaged``.
+- **Parquet parts** whose footer does not read (truncated): renamed ``part-….parquet.damaged``;
+  temporary part files a write left unfinished are removed (readers never list them).
   Rows of trials that continue are written again from their checkpoints' histories; rows of a
   trial that had finished are lost with the part (the message says which table).
 - **The Optuna journal** ending in a line that is not a whole JSON record (half a line): the whole
@@ -41,6 +42,10 @@ def _parquet(out: Path) -> list[str]:
 
     lines = []
     for table in SCHEMAS:
+        if unfinished := sorted((out / table).glob(".part-*.tmp")):  # a write a kill or a full disk cut short
+            for tmp in unfinished:
+                tmp.unlink()
+            lines.append(f"removed {len(unfinished)} unfinished temporary part file(s) of {table} (never read as rows)")
         for part in sorted((out / table).glob("part-*.parquet")):
             try:
                 pq.read_metadata(part)

@@ -20,11 +20,11 @@ from typing import Any, Protocol
 
 from rich.console import Console
 
-from hamsweep import rundir
+from hamsweep import disk, rundir
 from hamsweep.errors import Interrupted, SpecError
 from hamsweep.spec import SweepSpec, validate
 
-__all__ = ["RAY_DIR", "TOKEN", "TrialJobs", "disk_needed", "drive", "prepare_sweep", "resolve_spec", "run_sweep", "size_text", "wide_console"]
+__all__ = ["RAY_DIR", "TOKEN", "TrialJobs", "drive", "prepare_sweep", "resolve_spec", "run_sweep", "wide_console"]
 
 RAY_DIR = "ray"  # Tune's experiment folder inside the sweep folder (state, trials, checkpoints)
 TOKEN = "ray_token"  # Ray's auth token for this sweep, mode 0600
@@ -99,7 +99,7 @@ def prepare_sweep(spec: SweepSpec, out: Path | None, *, resume: bool, check_here
         _set_aside_damage(out)
     if check_here:
         _check_fits_here(spec)
-    _check_disk(spec, out, _ray_temp_dir(out) if check_here else None)
+    disk.check_before(spec, out, _ray_temp_dir(out) if check_here else None)
     _check_data(spec)
     rundir.write_spec(out, spec.model_dump(mode="json"))
     rundir.write_manifest(out, resumed=resume)
@@ -118,11 +118,13 @@ def drive(out: Path, *, address: str | None = None, console: Console | None = No
         _start_ray(address, out / TOKEN, temp)
         if jobs is not None:
             jobs.start()
-        recorder = _fit(spec, out, console, jobs)
+        recorder = _fit(spec, out, console, jobs, temp if address is None else None)
     finally:
         if jobs is not None:
             jobs.close()
         _stop_ray(address, temp)
+    if recorder.disk_full is not None:
+        raise recorder.disk_full
     unfinished = recorder.unfinished()
     if unfinished and recorder.budget_hit is None:
         # Tune catches Ctrl-C itself and returns from fit() with trials left: not a finished sweep
@@ -164,57 +166,6 @@ def _check_fits_here(spec: SweepSpec) -> None:
                 "resources.gpu", f"{r.gpu:g} GPU per trial but this machine has {gpus}; add --set resources.gpu=0 "
                 "to train on the CPU, or run where there are GPUs (--address, or a cluster)"
             )
-
-
-RAY_FULL = 0.95  # Ray stops creating objects on a disk fuller than this, and the sweep hangs without a word
-_RAY_TEMP_BYTES = 200 * 1024**2  # Ray's session folder: logs, sockets, spilled objects of a sweep this size
-
-
-def _check_disk(spec: SweepSpec, out: Path, ray_temp: Path | None) -> None:
-    """Enough free space for the sweep's checkpoints and tables in ``out`` (and for Ray's session
-    folder), with the disk still under Ray's 95% after them: else one line naming the path."""
-    need = disk_needed(spec)
-    places = [("--out", out, need)] + ([("Ray's temp folder", ray_temp, _RAY_TEMP_BYTES)] if ray_temp is not None else [])
-    same = ray_temp is not None and _device(out) == _device(ray_temp)
-    for key, path, bytes_ in places:
-        total_need = need + _RAY_TEMP_BYTES if same else bytes_
-        usage = shutil.disk_usage(_existing(path))
-        short = total_need - (usage.free - (1 - RAY_FULL) * usage.total)
-        if short > 0:
-            raise SpecError(key, f"{path}: {size_text(usage.free)} free of {size_text(usage.total)}; the sweep needs about "
-                                 f"{size_text(total_need)} there (checkpoints, tables) and Ray stops working once the disk is "
-                                 f"{RAY_FULL:.0%} full: free {size_text(short)} or choose another folder")
-
-
-def disk_needed(spec: SweepSpec) -> int:
-    """Bytes a sweep writes into its folder: per trial the two checkpoints Ray keeps (``prune_checkpoints``),
-    one more per running trial (its work folder), the trunks' fork checkpoints, and the per-class rows."""
-    from hamsweep.trunk import checkpoint_bytes, plan, predicted_cost
-
-    c = spec.confirm
-    trials = spec.search.num_samples + len(plan(spec).trunks) + (c.seeds * (2 * c.top_k) if c.retrains else 0)
-    ckpt = checkpoint_bytes(spec)
-    classes = spec.data.num_classes if spec.data.name in ("synthetic", "imagefolder") else 100
-    rows = trials * spec.train.epochs * 2 * classes * 64  # epochs x (clean, robust) x classes, bytes a row
-    return (2 * trials + spec.search.max_concurrent + predicted_cost(spec).checkpoints) * ckpt + rows
-
-
-def _existing(path: Path) -> Path:
-    while not path.exists():
-        path = path.parent
-    return path
-
-
-def _device(path: Path) -> int:
-    return os.stat(_existing(path)).st_dev
-
-
-def size_text(n: float) -> str:
-    """Bytes for a reader: 35.4 GB, 8.4 MB."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n:.0f} B"
 
 
 def _gpu_count() -> int:
@@ -271,7 +222,7 @@ def _stop_ray(address: str | None, temp: Path) -> None:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _fit(spec: SweepSpec, out: Path, console: Console, jobs: TrialJobs | None) -> Any:
+def _fit(spec: SweepSpec, out: Path, console: Console, jobs: TrialJobs | None, ray_temp: Path | None) -> Any:
     from ray import tune
 
     from hamsweep import trial
@@ -280,7 +231,8 @@ def _fit(spec: SweepSpec, out: Path, console: Console, jobs: TrialJobs | None) -
 
     path = str(out / RAY_DIR)
     restore = tune.Tuner.can_restore(path)  # a folder with Tune's state continues it
-    recorder = Recorder(spec, out, make_view(console), started=_started(out), restored=restore, jobs=jobs).activate()
+    recorder = Recorder(spec, out, make_view(console), started=_started(out), restored=restore, jobs=jobs,
+                        ray_temp=ray_temp).activate()
     if jobs is None:
         fn = tune.with_parameters(trial.trainable, spec_data=spec.model_dump(mode="json"), experiment=str(out / RAY_DIR))
         trainable = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
@@ -291,7 +243,14 @@ def _fit(spec: SweepSpec, out: Path, console: Console, jobs: TrialJobs | None) -
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = _tuner(spec, out, trainable, recorder)
-    tuner.fit()
+    try:
+        tuner.fit()
+    except Exception:
+        # a write of Tune's own (its state, the Optuna journal) that the full disk refused
+        full = recorder.disk_full or disk.low_now(out, ray_temp, recorder.keep_free, f"hamsweep resume {out}")
+        if full is None:
+            raise
+        raise full from None
     return recorder
 
 

@@ -1,5 +1,7 @@
-"""Disk space before a sweep starts (issue 13, part 2): a folder on a small tmpfs the test mounts
-itself is refused in one line naming the path, its free space and what the sweep needs."""
+"""Disk space (issue 13, part 2): a folder on a small tmpfs the test mounts itself is refused
+before anything starts, in one line naming the path, its free space and what the sweep needs; a
+disk that fills up while the sweep runs stops it cleanly (exit code 1, one line), and once space is
+freed ``resume`` finishes it with nothing lost."""
 
 from __future__ import annotations
 
@@ -7,22 +9,31 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import hamsweep, write_spec
+from chaos import invariants
+from conftest import HAMSWEEP, hamsweep, snapshotted_epochs, wait_for, write_spec
 
 from hamsweep.spec import load_spec
-from hamsweep.sweep import disk_needed
+from hamsweep.disk import disk_needed, reserve
+
+
+def _tmpfs(path: Path, megabytes: int):
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.fail(f"mounting a {megabytes} MB tmpfs failed: the disk tests need root (make test runs as root)", pytrace=False)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
 
 
 @pytest.fixture()
 def small_disk(tmp_path: Path):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.fail("mounting a 4 MB tmpfs failed: the disk tests need root (make test runs as root)", pytrace=False)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
+    yield from _tmpfs(tmp_path / "small", 4)
+
+
+@pytest.fixture()
+def filling_disk(tmp_path: Path):
+    yield from _tmpfs(tmp_path / "filling", 64)
 
 
 def test_a_sweep_that_does_not_fit_its_disk_is_refused_before_anything_starts(small_disk, tmp_path):
@@ -42,3 +53,32 @@ def test_a_sweep_that_fits_runs_there(small_disk, tmp_path):
     assert "disk: about" in hamsweep("validate", str(spec)).stdout
     proc = hamsweep("run", str(spec), "--out", str(small_disk / "out"))
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_disk_that_fills_up_stops_the_sweep_cleanly_and_it_resumes_once_space_is_freed(filling_disk, tmp_path):
+    import os
+
+    samples = 3
+    spec = write_spec(tmp_path / "fill.yaml", data={"train_size": 2048}, train={"epochs": 12}, scheduler="none",
+                      search={"num_samples": samples, "max_concurrent": 2}, confirm={"top_k": 0})
+    out = filling_disk / "out"
+    driver = subprocess.Popen([str(HAMSWEEP), "run", str(spec), "--out", str(out)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    filler = filling_disk / "filler"
+    try:
+        wait_for(lambda: snapshotted_epochs(out) >= 2, 300, "two checkpointed epochs")
+        keep = reserve(load_spec(spec))
+        with open(filler, "wb") as f:  # a colleague's files: less stays free than a running sweep keeps
+            os.posix_fallocate(f.fileno(), 0, os.statvfs(filling_disk).f_bavail * os.statvfs(filling_disk).f_frsize - keep // 2)
+        _, stderr = driver.communicate(timeout=180)
+    finally:
+        driver.kill()
+    assert driver.returncode == 1, stderr[-3000:]
+    line = stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stderr and line.startswith(f"hamsweep: error: --out: {out}: ") and "free of" in line, stderr[-3000:]
+    assert line.endswith(f"stopped cleanly: free space, then continue with: hamsweep resume {out}")
+    assert "hamsweep.errors.DiskFull" not in stderr
+    filler.unlink()
+    proc = hamsweep("resume", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert invariants(out, samples) == []

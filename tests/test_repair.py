@@ -49,6 +49,13 @@ def test_a_truncated_part_is_set_aside_and_the_table_reads(folder):
     assert results.read_table(folder, results.TRIALS).num_rows == rows
 
 
+def test_an_unfinished_temporary_part_is_removed(folder):
+    tmp = folder / results.EPOCHS / ".part-00000000000000000001-1.parquet.tmp"
+    tmp.write_bytes(b"PAR1 cut short by a full disk")
+    (line,) = set_aside_damage(folder, "ray")
+    assert "removed 1 unfinished temporary part file(s) of epochs" in line and not tmp.exists()
+
+
 def test_half_a_journal_line_is_cut_and_the_whole_file_kept(folder):
     before = [(t.number, t.state.name) for t in open_study(folder).trials]
     journal = folder / JOURNAL
