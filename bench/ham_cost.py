@@ -8,7 +8,16 @@ measured wall-time ratio, the measured pass ratio (forward+backward passes of at
 as counted by the trainer), and the ideal (M + (K - M + 1) h) / (K + 1) from the measured h.
 Goal: wall ratio within 1.1x of the pass ratio.
 
+Also the work against the physical limit: the model's FLOPs per example of an attack step (forward
+and the backward to the input), of a training step (forward, backward to weights and activations)
+and of HAM's status forward, counted by ``torch.utils.flop_counter`` on the real model, times the
+counts of the epoch, over its seconds: the achieved TFLOP/s of each phase, and its fraction of the
+GPU's dense tensor-core peak (``--peak-tflops``, or the table below for known GPUs: TF32 for fp32,
+since cuDNN runs fp32 convolutions in TF32 by default, bf16 for bf16).
+
     .venv/bin/python bench/ham_cost.py [--n 1280] [--warm 3] [--eps 8/255] [--device auto] [--model small_cnn]
+                                       [--batch 128] [--classes 10] [--precision fp32|bf16] [--channels-last] [--pad-buckets]
+                                       [--peak-tflops T]
 """
 
 from __future__ import annotations
@@ -25,16 +34,18 @@ from hamsweep.spec import TrialConfig
 from hamsweep.train import Trainer, Tally
 
 PHASES = ("pgd_at", "ham")
+# dense tensor-core peaks, TFLOP/s: (TF32, BF16), from the vendors' data sheets (no sparsity)
+PEAKS = {"H100": (494.7, 989.4), "H200": (494.7, 989.4), "A100": (156.0, 312.0), "L40S": (183.0, 362.0)}
 
 
 def config(args: argparse.Namespace) -> TrialConfig:
     return TrialConfig.model_validate({
-        "data": {"name": "synthetic", "num_classes": 10, "image_size": 32, "train_size": args.n, "val_fraction": 0.1},
+        "data": {"name": "synthetic", "num_classes": args.classes, "image_size": 32, "train_size": args.n, "val_fraction": 0.1},
         "model": {"name": args.model, **({"width": args.width} if args.model == "small_cnn" else {})},
         "train": {"method": "ham", "epochs": args.warm + 1, "batch_size": args.batch, "lr": 0.05, "attack_steps": args.k,
                   "eps": args.eps, "step_size": args.eps / 4, "device": args.device,
                   "precision": args.precision, "channels_last": args.channels_last},
-        "ham": {"warmup_epochs": args.warm, "drop_step": args.m},
+        "ham": {"warmup_epochs": args.warm, "drop_step": args.m, "pad_buckets": args.pad_buckets},
         "eval": {"test": False},
     })
 
@@ -79,8 +90,11 @@ def main() -> None:
     p.add_argument("--model", default="small_cnn", help="small_cnn, preact_resnet18 or wrn34_10")
     p.add_argument("--width", type=int, default=32, help="small_cnn's width")
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--classes", type=int, default=10, help="classes of the synthetic 32x32 data (100: the CIFAR-100 shape)")
     p.add_argument("--precision", default="fp32", help="fp32 or bf16 (autocast)")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--pad-buckets", action="store_true", help="ham.pad_buckets: the kept AEs padded to a power of two")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's peak for this precision (default: PEAKS by name)")
     args = p.parse_args()
     cfg = config(args)
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,7 +102,57 @@ def main() -> None:
         for epoch in range(args.warm):
             trainer.train_epoch(epoch)
         seconds, tallies = paired_epoch(trainer, args.warm)
+        flops = flops_per_example(trainer)
     report(seconds, tallies, args, trainer.device)
+    report_limits(seconds, tallies, flops, args, trainer.device)
+
+
+def flops_per_example(t: Trainer) -> dict[str, float]:
+    """FLOPs of one example's attack step, training step and status forward, counted on the model
+    (a batch of 8, divided by 8) under the trainer's precision and memory format."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, y = next(iter(t.loader.epoch(0)))
+    x, y = x[:8], y[:8]
+    counts = {}
+    with t._autocast():
+        t.model.eval()
+        # what pgd_step computes: the forward and the backward to the input only (FlopCounterMode
+        # cannot follow autograd.grad, so .backward() with the weights frozen)
+        params = [p for p in t.model.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        with FlopCounterMode(display=False) as fc:
+            F.cross_entropy(t.model(x.clone().requires_grad_(True)).float(), y, reduction="sum").backward()
+        for p in params:
+            p.requires_grad_(True)
+        counts["attack"] = fc.get_total_flops() / 8
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            t.model(x)
+        counts["forward"] = fc.get_total_flops() / 8
+        t.model.train()
+        with FlopCounterMode(display=False) as fc:
+            F.cross_entropy(t.model(x).float(), y).backward()
+        counts["train"] = fc.get_total_flops() / 8
+    t.model.zero_grad(set_to_none=True)
+    return counts
+
+
+def report_limits(seconds: dict[str, float], tallies: dict[str, Tally], flops: dict[str, float], args: argparse.Namespace,
+                  device: torch.device) -> None:
+    peak = args.peak_tflops
+    if peak is None and device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = next((p[args.precision == "bf16"] for key, p in PEAKS.items() if key in name), None)
+    print(f"FLOPs per example: attack step {flops['attack'] / 1e6:.1f} M, training step {flops['train'] / 1e6:.1f} M, "
+          f"status forward {flops['forward'] / 1e6:.1f} M")
+    for phase in PHASES:
+        tally = tallies[phase]
+        total = tally.attack_steps * flops["attack"] + tally.train_examples * flops["train"] + tally.decisions * flops["forward"]
+        achieved = total / seconds[phase] / 1e12
+        limit = f", {achieved / peak:.1%} of the {peak:g} TFLOP/s peak" if peak else " (peak unknown: --peak-tflops)"
+        print(f"{phase:<7} {total / 1e12:8.2f} TFLOP in {seconds[phase]:.2f} s = {achieved:.2f} TFLOP/s{limit}")
 
 
 def report(seconds: dict[str, float], tallies: dict[str, Tally], args: argparse.Namespace, device: torch.device) -> None:

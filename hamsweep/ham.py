@@ -54,7 +54,7 @@ from torch import Tensor, nn
 
 from hamsweep.attacks import pgd_step, random_start
 
-__all__ = ["EASY_RULES", "EarlyDrop", "HamBatch", "early_drop", "ham_attack", "ham_loss", "keep_mask", "weights"]
+__all__ = ["EASY_RULES", "EarlyDrop", "HamBatch", "bucket", "early_drop", "ham_attack", "ham_loss", "keep_mask", "weights"]
 
 # what makes an AE easy (see above); the spec's ``ham.easy_rule`` offers the same names
 EasyRule = Literal["correct_at_m", "never_misclassified"]
@@ -170,11 +170,16 @@ def ham_attack(
     temperature: float | None = None,
     easy_rule: EasyRule = "correct_at_m",
     generator: torch.Generator | None = None,
+    pad_buckets: bool = False,
 ) -> HamBatch:
     """HAM's attack on one batch: early drop at step M, then K - M steps on the kept AEs only.
 
     x: (B, C, H, W) in [0, 1]; y: (B,) int64. The model should be in eval mode. Defaults are the
-    official code's (tau = 0, rho = 0, uniform weights, easy = correct at x^M).
+    official code's (tau = 0, rho = 0, uniform weights, easy = correct at x^M). ``pad_buckets``:
+    the K - M steps run on the kept AEs padded to ``bucket(kept, B)`` examples (zeros, label 0,
+    cut off after), so that a GPU sees a few batch shapes instead of one per batch (for CUDA graphs
+    and cuDNN's autotuner). Exact: in eval mode with the summed loss of ``pgd_step`` each example's
+    step depends on itself only; ``attack_steps`` then counts the padded examples' steps too.
     """
     drop = early_drop(
         model, x, y, eps=eps, step_size=step_size, drop_step=drop_step,
@@ -182,8 +187,15 @@ def ham_attack(
     )
     index = keep_mask(drop.easy, keep_easy_fraction, generator).nonzero().squeeze(1)
     x_kept, x_nat, y_kept = drop.x_adv[index], x[index], y[index]  # compaction: a smaller batch
+    kept = index.numel()
+    steps_on = bucket(kept, x.shape[0]) if pad_buckets and kept else kept
+    if steps_on > kept:  # padding: zeros, label 0, never read
+        x_kept, x_nat, y_pad = (torch.cat([t, t.new_zeros((steps_on - kept, *t.shape[1:]))]) for t in (x_kept, x_nat, y_kept))
+    else:
+        y_pad = y_kept
     for _ in range(attack_steps - drop_step):
-        x_kept, _ = pgd_step(model, x_kept, x_nat, y_kept, eps, step_size)
+        x_kept, _ = pgd_step(model, x_kept, x_nat, y_pad, eps, step_size)
+    x_kept = x_kept[:kept]
     return HamBatch(
         x_adv=x_kept,
         y=y_kept,
@@ -192,8 +204,17 @@ def ham_attack(
         easy=drop.easy,
         flipped=drop.flipped,
         weights=weights(drop.kappa[index], temperature),
-        attack_steps=x.shape[0] * drop_step + index.numel() * (attack_steps - drop_step),
+        attack_steps=x.shape[0] * drop_step + steps_on * (attack_steps - drop_step),
     )
+
+
+def bucket(n: int, batch: int, smallest: int = 16) -> int:
+    """The padded size of ``n`` kept AEs out of a batch of ``batch``: the next power of two from
+    ``smallest`` on, at most ``batch`` (log2(batch / 16) + 1 shapes in all)."""
+    size = smallest
+    while size < n:
+        size *= 2
+    return min(size, batch)
 
 
 def ham_loss(logits: Tensor, y: Tensor, w: Tensor, batch_size: int, normalization: str = "kept") -> Tensor:

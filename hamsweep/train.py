@@ -296,7 +296,7 @@ class Trainer:
             self.model, x, y, eps=t.eps, step_size=t.step_size, attack_steps=t.attack_steps,
             drop_step=h.drop_step, discard_threshold=h.discard_threshold,
             keep_easy_fraction=h.keep_easy_fraction, temperature=h.temperature, easy_rule=h.easy_rule,
-            generator=self.generator,
+            generator=self.generator, pad_buckets=h.pad_buckets,
         )
         tally.add_attack(
             len(y), hb.attack_steps, hb.num_kept, hard=int((~hb.easy).sum()), decisions=len(y),

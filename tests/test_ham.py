@@ -270,3 +270,61 @@ def test_keeping_all_easy_with_uniform_weights_is_exactly_pgd_at():
     ham = ham_loss(model(hb.x_adv), hb.y, hb.weights, len(y), "kept")
     assert torch.equal(hb.x_adv, x_pgd)
     assert torch.allclose(ham, pgd_at, rtol=1e-6, atol=0)  # the same mean CE, up to summation order
+
+
+# ---- padding the kept AEs to a few batch shapes (issue 14, part 1) ----
+def test_bucket_sizes_are_powers_of_two_from_16_up_to_the_batch():
+    from hamsweep.ham import bucket
+
+    assert [bucket(n, 128) for n in (1, 16, 17, 33, 64, 65, 128)] == [16, 16, 32, 64, 64, 128, 128]
+    assert bucket(70, 100) == 100 and bucket(3, 8) == 8  # never past the batch
+
+
+@pytest.mark.parametrize("tau, seed", [(0.0, 0), (0.5, 1), (0.9, 2)])
+def test_padded_kept_aes_finish_the_attack_exactly_as_unpadded(tau, seed):
+    """Eval mode and the summed loss make each example's step its own: zeros padded beside the kept
+    AEs change none of them. The K - M steps run on the bucket's shape."""
+    from hamsweep.ham import bucket
+
+    model, x, y = _setup(100)
+    runs = {}
+    for pad in (False, True):
+        sizes: list[int] = []
+        handle = model.register_forward_hook(lambda mod, inp, out: sizes.append(inp[0].shape[0]))
+        try:
+            runs[pad] = ham_attack(model, x, y, eps=EPS, step_size=STEP, attack_steps=K, drop_step=2, discard_threshold=tau,
+                                   keep_easy_fraction=0.3, temperature=1.0, generator=torch.Generator().manual_seed(seed),
+                                   pad_buckets=pad), sizes
+        finally:
+            handle.remove()
+    (plain, plain_sizes), (padded, padded_sizes) = runs[False], runs[True]
+    kept, size = plain.num_kept, bucket(plain.num_kept, len(y))
+    assert 0 < kept < size  # padding took place
+    assert padded_sizes == plain_sizes[:3] + [size] * (K - 2) and plain_sizes[3:] == [kept] * (K - 2)
+    assert torch.equal(padded.index, plain.index) and torch.equal(padded.kappa, plain.kappa)
+    assert torch.equal(padded.weights, plain.weights) and torch.equal(padded.y, plain.y)
+    assert padded.x_adv.shape == plain.x_adv.shape and torch.allclose(padded.x_adv, plain.x_adv, atol=1e-6)
+    assert padded.attack_steps == len(y) * 2 + size * (K - 2)  # the padded examples' steps are computed too
+
+
+def test_ham_pad_buckets_trains_the_same_model():
+    from hamsweep.spec import TrialConfig
+    from hamsweep.train import Trainer
+
+    def trained(pad: bool, tmp: str) -> dict:
+        cfg = TrialConfig.model_validate({
+            "data": {"name": "synthetic", "num_classes": 4, "image_size": 8, "train_size": 320, "val_fraction": 0.2},
+            "model": {"name": "small_cnn", "width": 4},
+            "train": {"method": "ham", "epochs": 2, "batch_size": 64, "attack_steps": 4},
+            "ham": {"warmup_epochs": 1, "drop_step": 1, "pad_buckets": pad}, "eval": {"attack_steps": 2}})
+        t = Trainer(cfg, tmp)
+        records = list(t.epochs())
+        return {"state": t.model.state_dict(), "kept": records[-1].kept_fraction, "steps": records[-1].attack_steps}
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        plain, padded = trained(False, a), trained(True, b)
+    assert plain["kept"] == padded["kept"] and padded["steps"] > plain["steps"]  # the field reached the attack
+    for name, weight in plain["state"].items():
+        assert torch.allclose(weight, padded["state"][name], atol=1e-5), name

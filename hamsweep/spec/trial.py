@@ -115,6 +115,9 @@ class HamConfig(_Frozen):
     # best.pt and the trial's best objective come from HAM epochs only (after the warm-up), so that a
     # HAM trial is never represented by a PGD-AT epoch; false lets a warm-up epoch win
     select_after_warmup: bool = True
+    # the K - M steps on the kept AEs padded to a power of two (16 ... batch): a few batch shapes for
+    # a GPU instead of one per batch; exact (ham.ham_attack). false: the kept AEs as they are
+    pad_buckets: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> HamConfig:
@@ -227,9 +230,15 @@ def flat(cfg: TrialConfig) -> dict[str, Any]:
 
 
 def config_diff(saved: Mapping[str, Any], cfg: TrialConfig) -> list[str]:
-    """The 'section.field' keys where ``saved`` (a dumped config, e.g. from a run folder) differs from ``cfg``."""
-    given = cfg.model_dump(mode="json")
-    return [f"{s}.{k}" for s in given for k in given[s] if (saved.get(s) or {}).get(k) != given[s][k]]
+    """The 'section.field' keys where ``saved`` (a dumped config, e.g. from a run folder) differs from
+    ``cfg``. A key ``saved`` lacks (written before the key existed) counts as its default."""
+    given, keys = cfg.model_dump(mode="json"), config_keys()
+
+    def was(s: str, k: str) -> Any:
+        section = saved.get(s) or {}
+        return section[k] if k in section else keys[f"{s}.{k}"].model_fields[k].default
+
+    return [f"{s}.{k}" for s in given for k in given[s] if was(s, k) != given[s][k]]
 
 
 def assign(data: dict[str, Any], key: str, value: Any) -> None:
