@@ -230,7 +230,9 @@ def _fit(spec: SweepSpec, out: Path, console: Console, jobs: TrialJobs | None, r
     from hamsweep.recorder import Recorder
 
     path = str(out / RAY_DIR)
-    restore = tune.Tuner.can_restore(path)  # a folder with Tune's state continues it
+    # a folder with Tune's state continues it. Not one with tuner.pkl alone (a driver killed before
+    # Tune's first snapshot): Tune would restore it with num_samples 1 and never propose another trial
+    restore = tune.Tuner.can_restore(path) and any((out / RAY_DIR).glob("experiment_state-*.json"))
     recorder = Recorder(spec, out, make_view(console), started=_started(out), restored=restore, jobs=jobs,
                         ray_temp=ray_temp).activate()
     if jobs is None:

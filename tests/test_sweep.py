@@ -199,6 +199,26 @@ def test_sigkilled_driver_resumes_to_exactly_num_samples_trials(tmp_path):
     assert len(finished) == 4 and not [t for t in study.trials if t.state.name == "RUNNING"]
 
 
+def test_a_driver_killed_before_tunes_first_snapshot_resumes_every_trial(tmp_path):
+    """Killed after Tune wrote tuner.pkl but before its first experiment snapshot (found by
+    bench/chaos.py): Tune's restore of such a folder proposes nothing more (num_samples 1)."""
+    out = tmp_path / "out"
+    driver = _driver(_slow_spec(tmp_path / "early.yaml", num_samples=3, max_concurrent=1), out)
+    try:
+        wait_for(lambda: (out / "ray" / "tuner.pkl").is_file(), 300, "Tune's tuner.pkl")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    for snapshot in ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl"):
+        for path in (out / "ray").glob(snapshot):  # as a kill a moment earlier leaves it
+            path.unlink()
+    wait_for(lambda: ray_processes(out) == [], 60, "the killed sweep's Ray processes to exit")
+    proc = hamsweep("resume", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = results.read_table(out, results.TRIALS).to_pylist()
+    assert len([t for t in trials if t["role"] == "search"]) == 3 and all(t["status"] == "completed" for t in trials)
+
+
 def test_killed_worker_restarts_from_its_checkpoint(tmp_path):
     out = tmp_path / "out"
     driver = _driver(_slow_spec(tmp_path / "worker.yaml", num_samples=1), out)
