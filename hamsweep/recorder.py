@@ -366,25 +366,26 @@ class Recorder(tune.Callback, tune.Stopper):
             self.view.update(self._now())
             self._frame = now
         if now >= self._state_due:
+            began = time.monotonic()
             self._written(self._save_state)
-            self._state_due = now + max(_STATE_S, 20 * (time.monotonic() - now))
+            self._state_due = now + max(_STATE_S, 20 * (time.monotonic() - began))
 
     def _flush(self) -> None:
         self._written(self.writer.flush)
 
     def _written(self, write: Any) -> None:
-        """``write()``; a full disk stops the sweep cleanly instead of crashing the driver. (The rows
-        stay buffered, and a resumed trial sends its epochs again from its checkpoint.)"""
-        if self.disk_full is not None:
-            return  # nothing more is written: the last writes may not fit
+        """``write()``; a full disk stops the sweep cleanly instead of crashing the driver. (A write
+        that did not fit is left to the resumed sweep: its trials send their epochs again from their
+        checkpoints, and ``repair`` removes a temporary part cut short.)"""
         try:
             write()
         except OSError as err:
             if err.errno != errno.ENOSPC:
                 raise
-            self._stop_for(disk.low_now(self.out, self.ray_temp, self.keep_free, self._resume) or DiskFull(
-                f"--out: {self.out}: no space left on its disk (writing {err.filename}); stopped cleanly: free space, "
-                f"then continue with: {self._resume}"))
+            if self.disk_full is None:
+                self._stop_for(disk.low_now(self.out, self.ray_temp, self.keep_free, self._resume) or DiskFull(
+                    f"--out: {self.out}: no space left on its disk (writing {err.filename}); stopped cleanly: free space, "
+                    f"then continue with: {self._resume}"))
 
     # ---- a disk that fills up ----
     @property

@@ -14,9 +14,10 @@ next compaction deletes them). A reader deduplicates only the parts newer than t
 the base's rows whose key none of them has: over a 10 M-row table, far cheaper than deduplicating
 every part. Cheaper still, the sweep's writer marks a part *fresh* when none of its keys is on disk
 yet (``BufferedWriter``; a restarted trial's epochs written again are not): when every part
-newer than the base is fresh, a reader scans them and the base as they are, deduplicating nothing. While the sweep runs, a covered part is deleted ``COVERED_GRACE_S`` after its base was
-written, so that a reader that listed it first still finds it; a part deleted under a reader
-anyway (the end's ``compact`` deletes at once) makes the reader list and read again (``retrying``).
+newer than the base is fresh, a reader scans them and the base as they are, deduplicating nothing.
+While the sweep runs, a covered part is deleted ``COVERED_GRACE_S`` after its base was written, so
+that a reader that listed it first still finds it; a part deleted under a reader anyway (the end's
+``compact`` deletes at once) makes the reader list and read again (``retrying``).
 There is one writer per folder (the sweep's driver): a part is named when it is written.
 
 Column names are module constants: the spec's objective is validated against them.
