@@ -228,3 +228,26 @@ def test_sbatch_script_of_the_documented_profile_is_pinned(tmp_path):
     if os.environ.get("HAMSWEEP_GOLDEN") == "update":
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text()
+
+
+def test_two_sweeps_share_one_allocation_node_without_interfering(slurm, tmp_path):
+    """Issue 13, part 4: two mode-ray sweeps of two users' jobs on the same node at the same time,
+    each with its own Ray (temp folder, ports, token): both finish, neither sees the other's trials."""
+    outs, jobs = [tmp_path / f"out{i}" for i in range(2)], []
+    for i, out in enumerate(outs):
+        spec = write_spec(tmp_path / f"twin{i}.yaml", name=f"twin{i}", train={"epochs": 4},
+                          search={"num_samples": 2, "max_concurrent": 1, "seed": i}, confirm={"top_k": 0})
+        jobs.append(_detach(spec, write_profile(tmp_path / f"prof{i}.yaml", cpus_per_task=2), out))
+    wait_for(lambda: all(squeue(j) == "RUNNING" for j in jobs) or any(sacct_state(j) == "COMPLETED" for j in jobs), 300,
+             "both jobs running")
+    assert all(squeue(j) == "RUNNING" for j in jobs), "the two jobs did not run at the same time"
+    wait_for(lambda: all(sacct_state(j) == "COMPLETED" for j in jobs), 600, "both sweeps completed")
+    spans = []
+    for out, job in zip(outs, jobs):
+        trials = results.read_table(out, results.TRIALS).to_pylist()
+        assert len([t for t in trials if t["role"] == "search"]) == 2, trials
+        assert all(t["status"] == "completed" and t["node"] == trials[0]["node"] for t in trials)
+        spans.append((min(t["started"] for t in trials), max(t["ended"] for t in trials)))
+        assert ray_processes(job) == []  # each job stopped its own Ray
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]  # the two sweeps trained at the same time
+    assert (outs[0] / "ray_token").read_text() != (outs[1] / "ray_token").read_text()
