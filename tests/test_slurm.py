@@ -235,7 +235,7 @@ def test_two_sweeps_share_one_allocation_node_without_interfering(slurm, tmp_pat
     each with its own Ray (temp folder, ports, token): both finish, neither sees the other's trials."""
     outs, jobs = [tmp_path / f"out{i}" for i in range(2)], []
     for i, out in enumerate(outs):
-        spec = write_spec(tmp_path / f"twin{i}.yaml", name=f"twin{i}", train={"epochs": 4},
+        spec = write_spec(tmp_path / f"twin{i}.yaml", name=f"twin{i}", train={"epochs": 4}, scheduler="none",
                           search={"num_samples": 2, "max_concurrent": 1, "seed": i}, confirm={"top_k": 0})
         jobs.append(_detach(spec, write_profile(tmp_path / f"prof{i}.yaml", cpus_per_task=2), out))
     wait_for(lambda: all(squeue(j) == "RUNNING" for j in jobs) or any(sacct_state(j) == "COMPLETED" for j in jobs), 300,
