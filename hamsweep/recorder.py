@@ -383,7 +383,7 @@ class Recorder(tune.Callback, tune.Stopper):
             if err.errno != errno.ENOSPC:
                 raise
             if self.disk_full is None:
-                self._stop_for(disk.low_now(self.out, self.ray_temp, self.keep_free, self._resume) or DiskFull(
+                self._stop_for(self.disk_low() or DiskFull(
                     f"--out: {self.out}: no space left on its disk (writing {err.filename}); stopped cleanly: free space, "
                     f"then continue with: {self._resume}"))
 
@@ -392,11 +392,15 @@ class Recorder(tune.Callback, tune.Stopper):
     def _resume(self) -> str:
         return f"hamsweep resume {self.out}"
 
+    def disk_low(self) -> DiskFull | None:
+        """``disk.low_now`` of this sweep's folder and Ray's temp folder: why it cannot go on, or None."""
+        return disk.low_now(self.out, self.ray_temp, self.keep_free, self._resume)
+
     def _check_disk(self, at_once: bool = False) -> bool:
         """At most every ``_DISK_S`` (``at_once``: now): is a disk too full to go on? Then the sweep stops."""
         if self.disk_full is None and (at_once or time.monotonic() - self._disk_at >= _DISK_S):
             self._disk_at = time.monotonic()
-            if (full := disk.low_now(self.out, self.ray_temp, self.keep_free, self._resume)) is not None:
+            if (full := self.disk_low()) is not None:
                 self._stop_for(full)
         return self.disk_full is not None
 

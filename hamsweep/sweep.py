@@ -249,7 +249,7 @@ def _fit(spec: SweepSpec, out: Path, console: Console, jobs: TrialJobs | None, r
         tuner.fit()
     except Exception:
         # a write of Tune's own (its state, the Optuna journal) that the full disk refused
-        full = recorder.disk_full or disk.low_now(out, ray_temp, recorder.keep_free, f"hamsweep resume {out}")
+        full = recorder.disk_full or recorder.disk_low()
         if full is None:
             raise
         raise full from None
