@@ -138,8 +138,12 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def snapshotted_trials(out: Path) -> list[tuple[dict, dict]]:
-    """(config, last result) of each trial in Tune's experiment snapshot: what a restored sweep
-    continues from. The snapshot lags the checkpoint folders on disk by a second or more."""
+    """(config, result of its latest registered checkpoint) of each trial in Tune's experiment
+    snapshot: what a restored sweep continues from. Not the trial's ``last_result``: a snapshot can
+    be taken after a result is recorded but before its checkpoint is registered, and a restored
+    trial then starts without that checkpoint. The snapshot lags the folders on disk by a second or more."""
+    from ray import cloudpickle
+
     found = []
     for state in (out / "ray").glob("experiment_state*.json"):
         try:
@@ -147,7 +151,9 @@ def snapshotted_trials(out: Path) -> list[tuple[dict, dict]]:
         except (OSError, ValueError, KeyError):
             continue
         for data, runtime in trials:
-            found.append((json.loads(data).get("config", {}), json.loads(runtime).get("last_result") or {}))
+            manager = cloudpickle.loads(bytes.fromhex(json.loads(runtime)["checkpoint_manager"]["value"]))
+            latest = manager._latest_checkpoint_result  # noqa: SLF001 - Tune 2.60 keeps no public accessor in its snapshot
+            found.append((json.loads(data).get("config", {}), dict(latest.metrics) if latest is not None else {}))
     return found
 
 

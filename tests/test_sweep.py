@@ -244,7 +244,7 @@ def test_local_sweep_is_watched_and_cancelled_from_another_terminal(tmp_path):
     try:
         wait_for(lambda: snapshotted_epochs(out) >= 1, 300, "a first checkpointed epoch")
         shown = hamsweep("status", str(out))
-        assert shown.returncode == 0 and f"running: driver process {driver.pid}" in shown.stdout
+        assert shown.returncode == 0 and f"running: driver process {driver.pid}" in shown.stdout, shown.stdout + shown.stderr
         # one trial at a time: the first runs, or (on a loaded machine, the snapshot lagging) has just ended
         assert re.search(r"trials: (1 running|0 running, 1 done)", shown.stdout), shown.stdout
         proc = hamsweep("cancel", str(out))
