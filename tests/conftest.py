@@ -158,7 +158,7 @@ def snapshotted_trials(out: Path) -> list[tuple[dict, dict]]:
 
 
 def checkpoint_whole(out: Path, last: dict) -> bool:
-    """The checkpoint a snapshotted trial's last result names is on disk whole: the snapshot can name
+    """The checkpoint a snapshotted trial's result names (``snapshotted_trials``) is on disk whole: the snapshot can name
     one whose copy is not complete yet, and a kill then leaves a damaged checkpoint (set aside on
     resume, so the trial starts over instead of continuing)."""
     folder = out / "ray" / f"trial_{last.get('trial_id')}" / str(last.get("checkpoint_dir_name"))
