@@ -1,4 +1,13 @@
-"""``hamsweep query DIR "SQL"``: DuckDB over a results folder, printed as a table, CSV or JSON."""
+"""``hamsweep query DIR "SQL"``: DuckDB over a results folder, printed as a table, CSV or JSON.
+
+Every format is rendered by column position, never through per-row dicts, so a value always sits
+under its own header. Two result columns can share a name (``SELECT 1 AS a, 2 AS a``, or
+``SELECT config, * FROM confirm_classes``); a JSON object cannot hold two equal keys, so in all three
+formats the names are made unique the way DuckDB names them when such a result becomes a table
+(``SELECT * FROM (...)``, ``CREATE TABLE ... AS``, ``.df()``): the first keeps its name, the next get
+``_1``, ``_2``, ... compared case-insensitively, skipping names already taken (``a, a, A, a_1`` ->
+``a, a_1, A_2, a_1_1``).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +23,7 @@ import pyarrow as pa
 from hamsweep.errors import SpecError
 from hamsweep.results import SCHEMAS, connect, retrying, tables
 
-__all__ = ["FORMATS", "query", "render", "run"]
+__all__ = ["FORMATS", "query", "render", "run", "unique_names"]
 
 FORMATS = ("table", "csv", "json")
 
@@ -42,31 +51,55 @@ def query(root: Path, sql: str) -> pa.Table:
         raise SpecError("SQL", "the statement returns no rows; pass a SELECT") from None
 
 
+def unique_names(names: list[str]) -> list[str]:
+    """``names`` with duplicates renamed as DuckDB renames them (QueryResult::DeduplicateColumns):
+    ``a, a, A, a_1`` -> ``a, a_1, A_2, a_1_1``; DuckDB compares names case-insensitively."""
+    seen: dict[str, int] = {}  # lower-cased name -> how many times its base has been suffixed so far
+    out = []
+    for name in names:
+        low = name.lower()
+        if low in seen:
+            n = seen[low]
+            while f"{low}_{n}" in seen:
+                n += 1
+            seen[low] = n
+            name = f"{name}_{n}"
+        seen.setdefault(name.lower(), 1)
+        out.append(name)
+    return out
+
+
 def render(table: pa.Table, fmt: str) -> str:
-    """``table`` as text in ``fmt`` (one of FORMATS)."""
-    rows = table.to_pylist()
+    """``table`` as text in ``fmt`` (one of FORMATS), its columns by position under unique names."""
+    names = unique_names(table.column_names)
+    columns = [table.column(i).to_pylist() for i in range(table.num_columns)]
+    rows = list(zip(*columns, strict=True)) if columns else []
     if fmt == "json":
-        return json.dumps([{k: _json_value(v) for k, v in r.items()} for r in rows], indent=2)
+        return json.dumps([dict(zip(names, map(_json_value, row), strict=True)) for row in rows], indent=2)
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(table.column_names)
-        writer.writerows([r[c] for c in table.column_names] for r in rows)
+        writer.writerow(names)
+        writer.writerows(rows)
         return out.getvalue().rstrip("\n")
-    return _rich_table(table)
+    return _rich_table(names, rows)
 
 
 def _json_value(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def _rich_table(table: pa.Table) -> str:
+def _cell(v: Any) -> str:
+    return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _rich_table(names: list[str], rows: list[tuple[Any, ...]]) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(*table.column_names)
-    for row in table.to_pylist():
-        t.add_row(*("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
+    t = Table(*names)
+    for row in rows:
+        t.add_row(*map(_cell, row))
     console = Console(width=200, record=True, file=io.StringIO())
     console.print(t)
     return console.export_text().rstrip("\n")

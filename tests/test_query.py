@@ -64,3 +64,42 @@ def test_a_plain_query_starts_without_typer_and_answers_as_the_typer_command(tmp
         assert fast.removesuffix("False False False\n") == typed
     slow = subprocess.run([sys.executable, "-c", probe, "query", "--help"], capture_output=True, text=True, check=True).stdout
     assert "Usage: hamsweep query" in slow  # typer's help
+
+
+def test_duplicate_names_are_renamed_as_duckdb_names_them_in_every_format(tmp_path):
+    """Two columns of one name: each value stays under its own header, in every format, and the names
+    are made unique as DuckDB itself names them (``SELECT * FROM (...)``): a, a_1, A_2, a_1_1."""
+    from hamsweep.query import unique_names
+    from hamsweep.results import connect
+
+    folder = _folder(tmp_path)
+    sql = "SELECT 1 AS a, 2 AS a, 3 AS A, 4 AS a_1"
+    ducks = connect(folder).sql(f"SELECT * FROM ({sql})").columns
+    assert ducks == ["a", "a_1", "A_2", "a_1_1"] == unique_names(["a", "a", "A", "a_1"])
+    as_json = hamsweep("query", folder, sql, "--format", "json")
+    assert json.loads(as_json.stdout) == [{"a": 1, "a_1": 2, "A_2": 3, "a_1_1": 4}], as_json.stderr
+    as_csv = hamsweep("query", folder, sql, "--format", "csv")
+    assert list(csv.reader(io.StringIO(as_csv.stdout))) == [ducks, ["1", "2", "3", "4"]]
+    lines = hamsweep("query", folder, sql).stdout.splitlines()
+    header, row = next(ln for ln in lines if "a_1" in ln), next(ln for ln in lines if "1" in ln and "a" not in ln)
+    assert [c.strip() for c in header.split("┃")[1:-1]] == ducks and [c.strip() for c in row.split("│")[1:-1]] == ["1", "2", "3", "4"]
+
+
+def test_a_column_selected_twice_keeps_every_value_in_its_place(tmp_path):
+    """``SELECT epoch, *``: the issue's case, every value after the duplicate once shifted by one."""
+    folder = _folder(tmp_path)
+    sql = "SELECT attack, correct, * FROM classes ORDER BY epoch, attack, class_id"
+    expected = hamsweep("query", folder, "SELECT * FROM classes ORDER BY epoch, attack, class_id", "--format", "json")
+    rows = json.loads(hamsweep("query", folder, sql, "--format", "json").stdout)
+    for row, plain in zip(rows, json.loads(expected.stdout), strict=True):
+        assert row == {"attack": plain["attack"], "correct": plain["correct"], "attack_1": plain["attack"],
+                       "correct_1": plain["correct"], **{k: v for k, v in plain.items() if k not in ("attack", "correct")}}
+    as_csv = list(csv.reader(io.StringIO(hamsweep("query", folder, sql, "--format", "csv").stdout)))
+    assert [dict(zip(as_csv[0], r, strict=True)) for r in as_csv[1:]] == [{k: "" if v is None else str(v) for k, v in r.items()} for r in rows]
+    table = hamsweep("query", folder, sql).stdout.splitlines()
+    header = next(ln for ln in table if "attack_1" in ln)
+    names = [c.strip() for c in header.split("┃")[1:-1]]
+    cells = [[c.strip() for c in ln.split("│")[1:-1]] for ln in table if ln.startswith("│")]
+    assert names == as_csv[0] and len(cells) == len(rows)
+    for cell, row in zip(cells, rows, strict=True):
+        assert cell[names.index("correct_1")] == str(row["correct"]) and cell[names.index("attack_1")] == row["attack"]
