@@ -42,18 +42,21 @@ def _friendly(fn: F) -> F:
 @_friendly
 def validate(
     spec: Path = typer.Argument(..., help="a spec file, e.g. search_spaces/smoke.yaml"),
-    cluster: Path | None = typer.Option(None, "--cluster", help="also check a cluster profile, e.g. cluster/slurm.yaml"),
+    cluster: Path | None = typer.Option(None, "--cluster", help="also check a cluster profile, e.g. cluster/slurm.yaml, against this machine"),
+    out: Path | None = typer.Option(None, "--out", help="the sweep folder run would write (default runs/<name>-<time>, or the profile's shared_folder)"),
+    overrides: list[str] = typer.Option([], "--set", help="override one fixed key of the spec, as run takes it, e.g. --set train.epochs=3 (repeatable)"),
 ) -> None:
-    """Check a spec file (and a cluster profile); print what it would run."""
-    from hamsweep.spec import load_spec
-    from hamsweep.spec.cluster import check_fits, load_profile
+    """Check a spec file and what `hamsweep run` with the same arguments will need (the data, the
+    cluster profile against this machine, the sweep folder's disk); print what it would run. Nothing
+    is written, started or submitted; what cannot be checked from here is a warning line."""
+    from hamsweep.launch.preflight import preflight
+    from hamsweep.spec.cluster import LocalProfile, load_profile
 
-    s = load_spec(spec)
-    profile = load_profile(cluster) if cluster is not None else None
-    if profile is not None:
-        check_fits(profile, s.resources.cpu, s.resources.gpu)
+    s = _load_with_overrides(spec, overrides)
+    profile = load_profile(cluster) if cluster is not None else LocalProfile()
+    checks = preflight(s, out, profile)
     searched = ", ".join(s.search.params) or "nothing"
-    print(f"{spec}: ok — {s.data.name} / {s.model.name} / {s.train.method}, {s.train.epochs} epochs; searches {searched}")
+    print(f"{spec}: {s.data.name} / {s.model.name} / {s.train.method}, {s.train.epochs} epochs; searches {searched}")
     sched = f"ASHA (grace {s.scheduler.grace_period} epochs)" if s.scheduler.name == "asha" else "no early stopping"
     print(
         f"sweep: {s.search.num_samples} trials by {s.search.sampler}, {s.search.max_concurrent} at once, {sched}; "
@@ -66,8 +69,11 @@ def validate(
     print(f"disk: about {size_text(disk_needed(s))} in the sweep folder (two checkpoints a trial, the trunks' fork checkpoints, "
           f"the tables), and {size_text(reserve(s))} kept free while it runs; checked before a run starts and every second "
           "while it runs, with the disk kept under Ray's 95%")
-    if profile is not None:
-        print(f"{cluster}: ok — {profile.describe()}")
+    if cluster is not None:
+        print(f"{cluster}: {profile.describe()}")
+    for warning in checks.warnings:
+        print(f"warning: {warning}")
+    print(checks.verdict())
 
 
 def _sharing(s: Any) -> str:
@@ -139,9 +145,7 @@ def run(
     overrides: list[str] = typer.Option([], "--set", help="override one fixed key of the spec, e.g. --set train.epochs=3 (repeatable)"),
 ) -> None:
     """Sweep the spec's searched parameters: Ray Tune + Optuna + ASHA; results to Parquet."""
-    from hamsweep.spec import load_spec, parse_overrides
-
-    s = _with_overrides(load_spec(spec), parse_overrides(overrides))
+    s = _load_with_overrides(spec, overrides)
     if resume is not None and out is not None and out.resolve() != resume.resolve():
         raise SpecError("--resume", "names the sweep folder to continue; drop --out (or give the same folder)")
     _launch(s, resume or out, resume=resume is not None, cluster=cluster, detach=detach, address=address)
@@ -193,7 +197,7 @@ def _launched_profile(out: Path | None, resume: bool, address: str | None) -> An
 @_friendly
 def status(
     folder: Path = typer.Argument(..., help="a sweep folder"),
-    watch: bool = typer.Option(False, "--watch", help="redraw every 2 s until the sweep ends (Ctrl-C stops watching only)"),
+    watch: bool = typer.Option(False, "--watch", help="redraw every 2 s until the sweep ends or its driver falls silent (Ctrl-C stops watching only)"),
 ) -> None:
     """Where a sweep runs and its dashboard, from any machine that sees its folder."""
     from hamsweep import launch
@@ -213,7 +217,8 @@ def status(
 @app.command()
 @_friendly
 def cancel(folder: Path = typer.Argument(..., help="a sweep folder")) -> None:
-    """Stop a sweep wherever it runs (scancel on SLURM, Ctrl-C locally); the folder stays resumable."""
+    """Stop a sweep wherever it runs (scancel on SLURM, Ctrl-C locally); the folder stays resumable. A driver
+    that is not running (its PID now another process's included) is never signalled: exit code 1."""
     from hamsweep import launch
     from hamsweep.sweep import wide_console
 
@@ -285,6 +290,13 @@ def _sweep_spec(folder: Path) -> Any:
     if not (folder / rundir.SPEC).is_file():
         raise SpecError(str(folder), f"holds no {rundir.SPEC}: pass a sweep folder")
     return validate(SweepSpec, rundir.read_spec(folder))
+
+
+def _load_with_overrides(path: Path, overrides: list[str]) -> Any:
+    """The spec file with its ``--set`` overrides, as ``run`` reads it and ``validate`` checks it."""
+    from hamsweep.spec import load_spec, parse_overrides
+
+    return _with_overrides(load_spec(path), parse_overrides(overrides))
 
 
 def _with_overrides(spec: Any, overrides: dict[str, Any]) -> Any:

@@ -6,7 +6,7 @@ message on one line and exits with its ``exit_code``, never a traceback.
 
 from __future__ import annotations
 
-__all__ = ["DataError", "DiskFull", "DivergenceError", "HamsweepError", "Interrupted", "JobFailed", "SpecError"]
+__all__ = ["DataError", "DiskFull", "DivergenceError", "HamsweepError", "Interrupted", "JobFailed", "NotRunning", "SpecError"]
 
 
 class HamsweepError(Exception):
@@ -44,6 +44,12 @@ class Interrupted(HamsweepError):
 
 class JobFailed(HamsweepError):
     """A sweep's cluster job ended without finishing the sweep; the message names its log."""
+
+    exit_code = 1
+
+
+class NotRunning(HamsweepError):
+    """``hamsweep cancel`` of a sweep whose recorded driver is not running; the message says how to resume it."""
 
     exit_code = 1
 

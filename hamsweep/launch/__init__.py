@@ -15,8 +15,9 @@ from rich.live import Live
 from rich.text import Text
 
 from hamsweep import rundir
-from hamsweep.errors import JobFailed, SpecError
+from hamsweep.errors import JobFailed, NotRunning, SpecError
 from hamsweep.launch._base import LAUNCH, JobState, Launch, Launcher, read_launch, write_launch
+from hamsweep.launch._driver import carrying
 from hamsweep.spec import SweepSpec
 from hamsweep.spec.cluster import LocalProfile, SlurmProfile
 
@@ -44,8 +45,9 @@ def launch(spec: SweepSpec, out: Path | None, *, profile: LocalProfile | SlurmPr
             raise SpecError("--detach", "needs a SLURM profile (--cluster cluster/slurm.yaml); a local sweep runs in this terminal")
         _refuse_running(out, resume)
         out = prepare_sweep(spec, out, resume=resume, check_here=address is None)
-        write_launch(out, launcher_for("local").start(out, console))
-        return drive(out, address=address, console=console)
+        with carrying(out, launcher_for("local").start(out, console)) as record:
+            write_launch(out, record)
+            return drive(out, address=address, console=console)
     launcher = launcher_for("slurm", profile)
     launcher.check(spec)
     if out is None:
@@ -57,9 +59,10 @@ def launch(spec: SweepSpec, out: Path | None, *, profile: LocalProfile | SlurmPr
     if profile.mode == "jobs" and not detach:  # the driver runs here, as a local one does; each trial is a SLURM job
         record, jobs = launcher.attach(out)
         record.profile = profile.model_dump(mode="json")
-        write_launch(out, record)
-        console.print(f"{spec.name}: each trial a SLURM job ({profile.describe()})\nsweep folder: {out}", highlight=False, soft_wrap=True)
-        return drive(out, console=console, jobs=jobs)
+        with carrying(out, record):
+            write_launch(out, record)
+            console.print(f"{spec.name}: each trial a SLURM job ({profile.describe()})\nsweep folder: {out}", highlight=False, soft_wrap=True)
+            return drive(out, console=console, jobs=jobs)
     try:
         record = launcher.start(out, console)
     except BaseException:
@@ -118,7 +121,8 @@ def status_frame(out: Path) -> tuple[Group, JobState | None]:
 
 
 def watch(out: Path, console: Console, *, detach_hint: bool = False) -> JobState | None:
-    """Redraw the status until the sweep's driver has ended (Ctrl-C stops watching, not the sweep)."""
+    """Redraw the status until the sweep's driver has ended or, on another machine, gone silent
+    (Ctrl-C stops watching, not the sweep)."""
     frame, job = status_frame(out)
     try:
         with Live(frame, console=console, auto_refresh=False) as live:
@@ -134,11 +138,15 @@ def watch(out: Path, console: Console, *, detach_hint: bool = False) -> JobState
 
 
 def cancel(out: Path, console: Console) -> Launch:
-    """Stop the sweep in ``out`` wherever it runs; its folder stays resumable."""
+    """Stop the sweep in ``out`` wherever it runs; its folder stays resumable. A local driver that is not
+    running (ended, its PID another process's now, silent on another machine) is ``NotRunning``."""
     record = read_launch(out)
     if record is None:
         raise SpecError(str(out), f"holds no {LAUNCH}: not a sweep folder started by hamsweep run")
-    launcher_for(record.kind).cancel(record, console)
+    launcher = launcher_for(record.kind)
+    if record.kind == "local" and (job := launcher.state(record)).phase == "ended":
+        raise NotRunning(f"the recorded driver is not running: {job.detail}; resume with: hamsweep resume {out}")
+    launcher.cancel(record, console)
     record.cancelled = True
     write_launch(out, record)
     return record

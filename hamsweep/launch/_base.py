@@ -8,6 +8,7 @@ folder, long after the command that started it has returned.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,9 @@ class Launch:
     launched: float = field(default_factory=time.time)  # when, in seconds since the epoch
     mode: str | None = None  # slurm: "ray" (one allocation) or "jobs" (one job per trial)
     pid: int | None = None  # local: the driver's process id on ``host``
+    boot: str | None = None  # local: the boot id of ``host`` the driver started in (/proc/sys/kernel/random/boot_id)
+    start_ticks: int | None = None  # local: when the driver started, in clock ticks since that boot (/proc/<pid>/stat)
+    token: str | None = None  # local: a random token the driver carries while it runs (hamsweep.launch._driver)
     job: str | None = None  # slurm: the job running the driver (mode ray: the whole allocation)
     trial_jobs: list[str] = field(default_factory=list)  # slurm, mode jobs: every trial job submitted
     cancelled: bool = False  # set by ``hamsweep cancel``
@@ -54,10 +58,21 @@ def write_launch(out: Path, launch: Launch) -> None:
 
 
 def read_launch(out: Path) -> Launch | None:
+    """The launch record of ``out`` (one of an older hamsweep lacks the newer fields: they read as None)."""
     path = out / LAUNCH
     if not path.is_file():
         return None
-    return Launch(**json.loads(path.read_text()))
+    record = Launch(**json.loads(path.read_text()))
+    if record.out is None or not _same_folder(Path(record.out), out):
+        record.out = str(out.resolve())  # a copied or moved folder: the record now speaks of this one
+    return record
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 class Launcher:
