@@ -87,7 +87,7 @@ def not_driver(launch: Launch) -> str | None:
     if not same_process(launch):
         return f"process {launch.pid} is another program now"
     if not carries(launch.pid, str(launch.token)):
-        return f"process {launch.pid} no longer carries the sweep's token"
+        return f"process {launch.pid} does not carry the sweep's token"
     return None
 
 
