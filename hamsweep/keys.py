@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["BASELINE", "BEST", "CONFIG", "CONFIRM", "FORK", "KEEP", "NUMBER", "OBJECTIVE", "ROLE", "SEARCH", "STAGE", "TRUNK",
-           "best_key", "role", "stage", "trial_params"]
+__all__ = ["BASELINE", "BEST", "CONFIG", "CONFIRM", "FORK", "KEEP", "NUMBER", "OBJECTIVE", "ROLE", "ROLES", "SEARCH", "STAGE",
+           "TRUNK", "best_key", "role", "stage", "table_role", "trial_params", "view_role"]
 
 OBJECTIVE = "objective"  # result key: the primary objective of the latest evaluated epoch
 BEST = "best_objective"  # result key: the primary objective at the trial's best epoch
@@ -20,6 +20,15 @@ CONFIG = "config"  # config key of a confirm trial: the config it retrains (a se
 BASELINE = "baseline"  # config key of a confirmed config: the CONFIG of the PGD-AT baseline it is compared with
 SEARCH, TRUNK = "search", "trunk"  # roles: a trial proposed by the sampler; a shared PGD-AT warm-up (the baseline)
 CONFIRM = "confirm"  # the stage after the search: the winners and the baseline on new seeds, on the test split
+# The ``role`` column of the ``trials`` table: what a trial is, one word whatever its stage, so that
+# ``WHERE role = 'search'`` is exactly the sampler's trials (a confirm trial retrains a search config
+# on a new seed: it is not one of them). Inside the driver a trial's config keeps ROLE and STAGE apart.
+ROLES = {
+    SEARCH: "proposed by the sampler in the search stage (an Optuna trial; validation split only)",
+    TRUNK: "the search's shared PGD-AT warm-up, run to the last epoch: the search's PGD-AT baseline",
+    CONFIRM: "a chosen search config retrained on a new train.seed (confirm stage; evaluated on the test split)",
+    BASELINE: "PGD-AT retrained on a new train.seed (confirm stage): the trunk its seed's configs fork from",
+}
 _MARKERS = (NUMBER, ROLE, FORK, KEEP, STAGE, CONFIG, BASELINE)
 
 
@@ -39,3 +48,15 @@ def stage(config: Mapping[str, Any]) -> str:
 def best_key(metric: str) -> str:
     """Result key of ``metric``'s value at the trial's best epoch (multi-objective sweeps)."""
     return f"best_{metric}"
+
+
+def table_role(role: str | None, stage: str | None) -> str:
+    """The ``trials.role`` of a trial with config ``role`` and ``stage`` (see ``ROLES``)."""
+    if (stage or SEARCH) == CONFIRM:
+        return BASELINE if role == TRUNK else CONFIRM
+    return role or SEARCH
+
+
+def view_role(table_role: str | None) -> str:
+    """The driver's role (SEARCH or TRUNK) of a ``trials.role``: the inverse of ``table_role`` given the stage."""
+    return TRUNK if table_role in (TRUNK, BASELINE) else SEARCH

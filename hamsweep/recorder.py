@@ -26,7 +26,7 @@ from hamsweep.errors import DiskFull
 from hamsweep.dashboard import STATE_FILE, SweepState, TrialView, state_to_json
 from hamsweep.rundir import atomic_write_text
 from hamsweep.results import CLASSES, EPOCHS, TRIALS, BufferedWriter, PartWriter, param_column
-from hamsweep.keys import BASELINE, CONFIG, CONFIRM, FORK, SEARCH, TRUNK, role, stage, trial_params
+from hamsweep.keys import BASELINE, CONFIG, CONFIRM, FORK, SEARCH, TRUNK, role, stage, table_role, trial_params, view_role
 from hamsweep.search import BEST, NUMBER, OBJECTIVE, full_epochs
 from hamsweep.spec import Distribution, SweepSpec
 from hamsweep.spec.trial import warmup_key
@@ -100,6 +100,7 @@ class Recorder(tune.Callback, tune.Stopper):
         self.state = SweepState(
             name=spec.name, objective=spec.objective.primary, num_samples=spec.search.num_samples, started=started,
             now=time.time(), gpu_hours_budget=spec.budget.gpu_hours, wall_hours_budget=spec.budget.wall_hours,
+            device=spec.resources.device,
         )
         self.clocks: dict[str, _Clock] = {}
         self._open: set[str] = set()  # trials not ended: the only ones whose clocks move
@@ -142,11 +143,13 @@ class Recorder(tune.Callback, tune.Stopper):
     def _load(self) -> None:
         for row in results.read_table(self.out, TRIALS).to_pylist():
             params = {k: row.get(param_column(k)) for k in self.types}
+            confirm = (row.get("stage") or SEARCH) == CONFIRM  # its row has no number: the chosen config's, as drawn
             view = TrialView(
-                trial=row["trial"], params=params, epochs=row["epochs"], number=row["number"], status=row["status"],
+                trial=row["trial"], params=params, epochs=row["epochs"], status=row["status"],
+                number=self._chosen_number(row.get("config")) if confirm else row["number"],
                 epoch=row["epochs_run"], objective=row["last_objective"], best_objective=row["best_objective"],
                 best_epoch=row["best_epoch"], stop_reason=row["stop_reason"],
-                role=row.get("role") or SEARCH, trunk=row.get("trunk"), forked_at=row.get("forked_at"),
+                role=view_role(row.get("role")), trunk=row.get("trunk"), forked_at=row.get("forked_at"),
                 stage=row.get("stage") or SEARCH, seed=row.get("seed"), config=row.get("config"), baseline=row.get("baseline"),
             )
             view.label = self._label(view.config)
@@ -426,6 +429,7 @@ class Recorder(tune.Callback, tune.Stopper):
         view = self.state.trials[tid]
         view.wall_seconds = self.clocks[tid].seconds(now)
         view.gpu_seconds = view.wall_seconds * self.spec.resources.gpu
+        view.device_seconds = view.wall_seconds * self.spec.resources.devices
 
     def _event(self, view: TrialView, event: str) -> None:
         self.view.event(self._now(), view, event)
@@ -437,14 +441,15 @@ class Recorder(tune.Callback, tune.Stopper):
         if tid in self.fork_keys:
             view.trunk = self.trunk_ids.get(self.fork_keys[tid], view.trunk)
         row = {
-            "role": view.role, "trunk": view.trunk, "forked_at": view.forked_at,
+            "role": table_role(view.role, view.stage), "trunk": view.trunk, "forked_at": view.forked_at,
             "trunk_key": next((k for k, t in self.trunk_ids.items() if t == tid), None),
             "stage": view.stage, "seed": view.seed, "config": view.config, "baseline": view.baseline,
-            "trial": tid, "number": view.number, "status": view.status, "stop_reason": view.stop_reason,
+            "trial": tid, "number": view.number if view.stage == SEARCH else None, "status": view.status, "stop_reason": view.stop_reason,
             "objective": self.spec.objective.primary, "best_objective": view.best_objective, "best_epoch": view.best_epoch,
             "last_objective": view.objective, "epochs_run": view.epoch, "epochs": view.epochs, "restarts": clock.restarts,
             "resumed_from": clock.resumed_from,
             "gpu_seconds": seconds * self.spec.resources.gpu, "wall_seconds": seconds,
+            "device": self.spec.resources.device, "device_seconds": seconds * self.spec.resources.devices,
             "started": _utc(clock.started), "ended": _utc(clock.ended) if clock.ended else None, "checkpoint": clock.checkpoint,
             "node": clock.node, "devices": clock.devices,
             **{param_column(k): view.params.get(k) for k in self.types},
@@ -460,12 +465,10 @@ class Recorder(tune.Callback, tune.Stopper):
         return self.study
 
     def _tell_pruned(self, view: TrialView) -> None:
-        import optuna
+        from hamsweep.study import tell_stopped
 
-        try:
-            self._study().tell(view.number, state=optuna.trial.TrialState.PRUNED)
-        except (ValueError, RuntimeError):
-            pass  # already finished in the journal
+        tell_stopped(self._study(), view.number, {"status": "PRUNED", "status_reason": f"stopped at epoch {view.epoch} ({self.budget_hit})",
+                                                  "best_objective": view.best_objective, "best_epoch": view.best_epoch})
 
     def _sampler_best(self) -> None:
         """Optuna's own view of the best trial, read back from the journal (single objective only)."""

@@ -69,7 +69,9 @@ __all__ = [
     "trials_schema",
 ]
 
-SCHEMA_VERSION = 3  # 2: epochs.flip_backs; 3: trials.stage, seed, config, baseline and the confirm tables
+SCHEMA_VERSION = 4  # 2: epochs.flip_backs; 3: trials.stage, seed, config, baseline and the confirm tables;
+# 4: trials.role names confirm trials ('confirm', 'baseline') and their number is null; trials.device, device_seconds
+#    (own cost); the views add inherited and total cost (COST_COLUMNS); confirm's cost is per seed with a ratio to PGD-AT
 TRIALS, EPOCHS, CLASSES = "trials", "epochs", "classes"
 CONFIRM, CONFIRM_CLASSES = "confirm", "confirm_classes"  # the confirm stage's statistics (hamsweep.confirm)
 ROBUST, CLEAN = "robust", "clean"  # prefixes of the validation summary columns in `epochs`
@@ -117,8 +119,8 @@ CLASS_SCHEMA = pa.schema(
 TRIAL_SCHEMA = pa.schema(
     [
         ("trial", pa.string()),  # Ray Tune's trial id
-        ("number", pa.int32()),  # Optuna's trial number (null for a trunk)
-        ("role", pa.string()),  # search | trunk (a shared PGD-AT warm-up run to the end: the PGD-AT baseline)
+        ("number", pa.int32()),  # Optuna's trial number: search trials only (null for a trunk and the confirm stage)
+        ("role", pa.string()),  # search | trunk | confirm | baseline: hamsweep.keys.ROLES
         ("trunk", pa.string()),  # a fork's trunk: the trial whose epochs 1..forked_at it continues
         ("forked_at", pa.int32()),  # the epoch a fork started from (its warm-up); null: trained from scratch
         ("trunk_key", pa.string()),  # a trunk's warm-up key: its checkpoints are in trunks/<trunk_key>/
@@ -137,6 +139,8 @@ TRIAL_SCHEMA = pa.schema(
         ("restarts", pa.int32()),  # restarts from a checkpoint after a crash
         ("resumed_from", pa.int32()),  # epoch of the checkpoint the trial last continued from
         ("gpu_seconds", pa.float64()),  # wall seconds x GPUs reserved
+        ("device", pa.string()),  # what device_seconds counts: gpu (resources.gpu > 0) | cpu
+        ("device_seconds", pa.float64()),  # the trial's own cost: wall seconds x the GPUs (else CPUs) it reserved
         ("wall_seconds", pa.float64()),
         ("started", pa.timestamp("ms", tz="UTC")),
         ("ended", pa.timestamp("ms", tz="UTC")),
@@ -170,8 +174,13 @@ CONFIRM_SCHEMA = pa.schema(
         ("confidence", pa.float64()),  # two-sided coverage of the intervals
         ("search_objective", pa.string()),  # the validation metric the search ranked by
         ("search_value", pa.float64()),  # its value at the search trial's best epoch: what got the config chosen
-        ("gpu_hours", pa.float64()),  # GPU-hours of its confirm trials (a fork's from its warm-up on)
+        ("gpu_hours", pa.float64()),  # GPU-hours of its confirm trials, summed (a fork's from its warm-up on: own cost)
         ("wall_hours", pa.float64()),  # wall-clock hours of its confirm trials, summed
+        ("device", pa.string()),  # what the device-hours count: gpu | cpu (resources: GPUs, else CPU cores, x wall time)
+        ("own_device_hours", pa.float64()),  # mean over its seeds of a confirm trial's own device-hours
+        ("inherited_device_hours", pa.float64()),  # mean over seeds of its trunk's epochs up to its fork point (COST_COLUMNS)
+        ("device_hours", pa.float64()),  # own + inherited: what one seed of the config costs, mean over seeds
+        ("cost_ratio", pa.float64()),  # mean over paired seeds of device_hours / the baseline's of the same seed; null for it
     ],
     metadata=_META,
 )
@@ -440,6 +449,50 @@ _HISTORY_SQL = """SELECT t.trial, x.* EXCLUDE (trial), x.trial <> t.trial AS inh
 FROM trials t JOIN {table} x ON x.trial = t.trial OR (x.trial = t.trunk AND x.epoch <= t.forked_at)"""
 
 
+# trials rows before schema 4: a confirm trial's role said 'search' (or 'trunk', the new seed's PGD-AT)
+# and it carried its config's Optuna number; readers see every folder as schema 4 (keys.table_role)
+_TRIALS_UPGRADE = """SELECT * REPLACE (
+  CASE WHEN stage = 'confirm' AND role = 'trunk' THEN 'baseline' WHEN stage = 'confirm' AND role = 'search' THEN 'confirm'
+       ELSE coalesce(role, 'search') END AS role,
+  CASE WHEN stage = 'confirm' THEN NULL ELSE number END AS number) FROM ({sql})"""
+_OWN_COST = "SELECT *, 'gpu' AS device, gpu_seconds AS device_seconds FROM ({sql})"  # schema < 4: only GPU time was kept
+# The cost of a trial, in device-seconds (``device``: GPU-seconds, else CPU-seconds; wall time x what it reserved):
+# ``device_seconds`` is what it spent itself. A fork did not train its warm-up: it inherits the share of its
+# trunk's measured cost that the trunk's epochs up to the fork point took, the trunk's own cost x
+# forked_at / epochs_run (its epochs are PGD-AT epochs of the same work each). Own costs add up to the
+# sweep's; own + inherited is what the config would have cost alone, the figure to compare configs by.
+COST_COLUMNS = {
+    "inherited_device_seconds": "a fork's share of its trunk's cost: trunk device_seconds x forked_at / trunk epochs_run; 0 otherwise",
+    "total_device_seconds": "device_seconds + inherited_device_seconds: what the trial's config cost to train",
+}
+_COST_SQL = """WITH s AS ({sql}), c AS (
+  SELECT s.trial, coalesce(k.device_seconds * least(s.forked_at, k.epochs_run) / k.epochs_run, 0.0) AS inherited
+  FROM s LEFT JOIN s AS k ON k.trial = s.trunk AND s.forked_at IS NOT NULL AND k.epochs_run > 0)
+SELECT s.*, c.inherited AS inherited_device_seconds, s.device_seconds + c.inherited AS total_device_seconds
+FROM s JOIN c USING (trial)"""
+
+
+def _trials_sql(sql: str, columns: set[str], costs: bool) -> str:
+    """``trials``' rows ``sql`` as this version reads them: the schema-4 roles and, with ``costs``, the
+    columns of ``COST_COLUMNS`` (a reader's, never stored: compaction writes what ``read_table`` gives)."""
+    if {"stage", "role", "number"} <= columns:
+        sql = _TRIALS_UPGRADE.format(sql=sql)
+    if not costs:
+        return sql
+    if "device_seconds" not in columns:
+        sql = _OWN_COST.format(sql=sql)
+    return _COST_SQL.format(sql=sql) if {"trunk", "forked_at", "epochs_run"} <= columns else sql
+
+
+def _table_sql(con: duckdb.DuckDBPyConnection, root: Path, table: str, costs: bool = False) -> str:
+    """The rows of ``table`` under ``root``, one per key (``_dedup_sql``); ``trials`` as ``_trials_sql`` reads it."""
+    sql = _dedup_sql(root, table)
+    if table != TRIALS:
+        return sql
+    columns = {r[0] for r in con.execute(f"DESCRIBE {sql}").fetchall()}
+    return _trials_sql(sql, columns, costs)
+
+
 def connect(root: Path) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with one deduplicated view per table under ``root`` and the views of
     ``TRIAL_VIEWS``; a table with no rows yet (a sweep whose trials all failed at once) is an empty
@@ -450,9 +503,10 @@ def connect(root: Path) -> duckdb.DuckDBPyConnection:
     present = tables(root)
     for table in SCHEMAS:
         if table in present:
-            con.execute(f"CREATE VIEW {table} AS {_dedup_sql(root, table)}")
+            con.execute(f"CREATE VIEW {table} AS {_table_sql(con, root, table, costs=True)}")
         else:  # DDL, not con.register: registering an Arrow table makes DuckDB import pandas (0.3 s)
-            con.execute(f"CREATE TABLE {table} ({', '.join(f'{f.name} {_duckdb_type(f.type)}' for f in SCHEMAS[table])})")
+            extra = [f"{c} DOUBLE" for c in COST_COLUMNS] if table == TRIALS else []
+            con.execute(f"CREATE TABLE {table} ({', '.join([*(f'{f.name} {_duckdb_type(f.type)}' for f in SCHEMAS[table]), *extra])})")
     columns = {r[0] for r in con.execute("DESCRIBE trials").fetchall()}
     if {"trunk", "forked_at"} <= columns:  # a folder from before shared warm-ups has no forks
         for view, table in TRIAL_VIEWS.items():
@@ -479,7 +533,8 @@ def _read(root: Path, table: str) -> pa.Table:
 
     order = ", ".join(KEYS[table])
     first = parts(root, table).live[0]
-    data = duckdb.connect().sql(f"SELECT * FROM ({_dedup_sql(root, table)}) ORDER BY {order}").to_arrow_table()
+    con = duckdb.connect()
+    data = con.sql(f"SELECT * FROM ({_table_sql(con, root, table)}) ORDER BY {order}").to_arrow_table()
     written = pq.read_schema(first)
     schema = pa.schema([written.field(n) if n in written.names else pa.field(n, data.schema.field(n).type) for n in data.column_names])
     return data.cast(schema.with_metadata(SCHEMAS[table].metadata))

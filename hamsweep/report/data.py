@@ -40,6 +40,10 @@ class ReportData:
         """The epochs column of the objective, e.g. robust_worst."""
         return f"robust_{objective_summary(self.objective)}"
 
+    def device(self) -> str:
+        """'GPU' or 'CPU': what the trials' device-seconds count (``trials.device``; GPU in folders from before it)."""
+        return "CPU" if self.trials and all(t.get("device") == "cpu" for t in self.trials) else "GPU"
+
     def search(self) -> list[dict[str, Any]]:
         """The search stage's HAM (or other) trials, trunks apart."""
         return [t for t in self.trials if (t.get("stage") or "search") == "search" and (t.get("role") or "search") == "search"]

@@ -169,11 +169,11 @@ def progress(d: ReportData) -> Drawn:
     fig, ax = plt.subplots(figsize=(10, 4.2))
     # the spend counts every trial of the search stage (its trunks too) in the order they ended
     stage = sorted((t for t in d.trials if (t.get("stage") or "search") == "search" and t.get("ended") is not None), key=lambda t: t["ended"])
-    gpu = sum(t["gpu_seconds"] or 0 for t in d.trials) > 0
-    unit = "GPU-hours" if gpu else "trial-hours (wall time: no GPU was used)"
+    device = d.device()
+    unit = f"{device}-hours"
     spent, xs, ys, best, best_line, ended = 0.0, [], [], -math.inf, [], []
     for t in stage:
-        spent += (t["gpu_seconds"] if gpu else t["wall_seconds"]) or 0.0
+        spent += t["device_seconds"] or 0.0  # own costs: the trunk's warm-up counts once, when it ends
         if t.get("role") == "trunk":
             continue
         ended.append(t)
@@ -186,7 +186,7 @@ def progress(d: ReportData) -> Drawn:
         sel = [i for i, t in enumerate(ended) if t["status"] == status]
         ax.scatter([xs[i] for i in sel], [ys[i] for i in sel], marker=marker, color=color, label=f"{status} ({len(sel)})")
     ax.step(xs, best_line, where="post", color="black", linewidth=1.2, label="best so far")
-    title = f"Search progress: how far the search got per {'GPU-hour' if gpu else 'trial-hour'}"
+    title = f"Search progress: how far the search got per {device}-hour"
     return _one_axes(fig, ax, "progress", title, f"cumulative {unit}, in the order trials ended", f"best {d.objective} (%)",
                      "Each search trial's best validation objective when it ended; ASHA-stopped (x) and failed (v) trials are marked.")
 

@@ -46,7 +46,7 @@ def _results(d: ReportData) -> str:
 def _header(d: ReportData) -> str:
     s = d.spec
     counts = Counter(t["status"] for t in d.search())
-    gpu = sum(t["gpu_seconds"] or 0 for t in d.trials) / 3600
+    spent = sum(t["device_seconds"] or 0 for t in d.trials) / 3600  # own costs: each trunk's warm-up once
     searched = ", ".join(s.search.params) or "nothing"
     status = (f'<p class="snapshot">running: a snapshot of what is there at {html.escape(d.taken)}</p>' if d.running
               else f"<p>finished; read at {html.escape(d.taken)}</p>")
@@ -55,7 +55,7 @@ def _header(d: ReportData) -> str:
         f"<p>{html.escape(s.data.name)} / {html.escape(s.model.name)} / {html.escape(s.train.method)}, {s.train.epochs} epochs; "
         f"searches {html.escape(searched)}; objective: validation {html.escape(d.objective)}; "
         f"{s.search.num_samples} trials by {html.escape(s.search.sampler)}</p>"
-        f"<p>trials: {', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}; GPU-hours {gpu:.2f}</p>{_results(d)}"
+        f"<p>trials: {', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}; {d.device()}-hours {spent:.2f}</p>{_results(d)}"
     )
 
 

@@ -152,6 +152,16 @@ class ResourcesConfig(_Frozen):
     cpu: float = 1.0  # CPU cores per trial (also torch's thread count in the trial)
     gpu: float = 0.0  # GPUs per trial; 0.5 = two trials share one GPU
 
+    @property
+    def device(self) -> str:
+        """What a trial's cost is counted in: 'gpu' when it reserves GPUs, else 'cpu'."""
+        return "gpu" if self.gpu > 0 else "cpu"
+
+    @property
+    def devices(self) -> float:
+        """How many of ``device`` a trial reserves: its device-seconds are wall seconds x this."""
+        return self.gpu if self.gpu > 0 else self.cpu
+
     @model_validator(mode="after")
     def _check(self) -> ResourcesConfig:
         if self.cpu <= 0:
