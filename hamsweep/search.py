@@ -4,7 +4,9 @@
 Optuna runs with a no-op pruner here: early stopping is ASHA's job. Optuna is still told the truth
 about every trial: one intermediate value per epoch, COMPLETE only for trials that ran all their
 epochs, PRUNED for trials ASHA (or the budget) stopped, FAIL for crashed or diverged ones, so that
-TPE never takes an epoch-3 number for a final one.
+TPE never takes an epoch-3 number for a final one. Every finished trial also carries the number
+hamsweep ranks it by, its best epoch's objective, as the user attribute ``best_objective`` (a PRUNED
+trial's value is Optuna's: its last intermediate value; see ``hamsweep.study``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from hamsweep.errors import SpecError
 from hamsweep.keys import BEST, CONFIG, CONFIRM, FORK, KEEP, NUMBER, OBJECTIVE, ROLE, TRUNK, best_key, role, stage, trial_params
 from hamsweep.spec import Distribution, SweepSpec, flat
 from hamsweep.spec.trial import warmup_key
-from hamsweep.study import JOURNAL, journal_storage, new_study_name, open_study, study_name
+from hamsweep.study import JOURNAL, journal_storage, new_study_name, open_study, record_baseline, study_name
 from hamsweep.trunk import Plan, plan, ready_epochs, trunk_config
 
 if TYPE_CHECKING:
@@ -110,6 +112,9 @@ class Searcher(OptunaSearch):
     - per-epoch intermediate values (``objective`` at step ``epoch``);
     - a trial that ended before ``full_epochs`` without error is PRUNED (ASHA or the budget
       stopped it), a diverged one (result key ``failed``) is FAIL, only a full one COMPLETE;
+    - each finished trial carries its best epoch's objective (user attribute ``best_objective``,
+      what hamsweep ranks by), a search trunk that ended goes into the baseline study
+      (``study.record_baseline``): neither is anything TPE reads;
     - an update to an Optuna trial that already finished is ignored: after a driver crash,
       Tune's snapshot can be older than the journal, and Tune re-runs such a trial;
     - on restore, Optuna trials left RUNNING by the crashed driver that Tune does not know are
@@ -283,6 +288,8 @@ class Searcher(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         from optuna.exceptions import UpdateFinishedTrialError
 
+        if BEST in result and not result.get("failed"):  # as the driver's trials table keeps it (recorder)
+            self._best_seen()[trial_id] = (result[BEST], result.get("best_epoch"))
         if isinstance(self.metric, list) or trial_id not in self._ot_trials or OBJECTIVE not in result or result.get("failed"):
             return  # Optuna keeps no intermediate values for several objectives
         if result["epoch"] <= self._last_step.get(trial_id, 0):
@@ -298,6 +305,7 @@ class Searcher(OptunaSearch):
 
         if trial_id in self._trunk_trials:
             self._trunks_ended.add(self._trunk_trials[trial_id])  # proposals still waiting for it train their own warm-up
+            self._record_baseline(trial_id, result or {}, error)
             return
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
@@ -318,10 +326,8 @@ class Searcher(OptunaSearch):
         """Before ``tell`` (a finished Optuna trial takes no more attributes): how it ended, and where its checkpoint is."""
         from optuna.exceptions import UpdateFinishedTrialError
 
-        epoch = result.get("epoch", 0)
-        reason = ("error: its worker failed" if error else f"failed: {result['failed']}" if result.get("failed")
-                  else f"ran all {epoch} epochs" if state.name == "COMPLETE" else f"stopped at epoch {epoch} (ASHA or the budget)")
-        attrs = {"status": state.name, "status_reason": reason}
+        reason = _reason(result, error, complete=state.name == "COMPLETE")
+        attrs: dict[str, Any] = {"status": state.name, "status_reason": reason, **self._best_attrs(trial_id)}
         if result.get("checkpoint_dir_name"):
             attrs["checkpoint"] = f"ray/trial_{trial_id}/{result['checkpoint_dir_name']}"
         try:
@@ -330,16 +336,46 @@ class Searcher(OptunaSearch):
         except (UpdateFinishedTrialError, ValueError, RuntimeError):
             pass  # finished in the journal already (see the class docstring)
 
+    def _best_seen(self) -> dict[str, tuple[float, int | None]]:
+        """Tune trial id -> (best objective, its epoch) of its last result that did not fail. Created
+        here, not in ``__init__``: a searcher pickled by an older hamsweep comes back without it."""
+        return self.__dict__.setdefault("_best", {})
+
+    def _best_attrs(self, trial_id: str) -> dict[str, Any]:
+        """The user attributes ``best_objective`` and ``best_epoch``: the number hamsweep ranks by
+        (``trials.best_objective``); none for a trial that reported no result."""
+        if trial_id not in self._best_seen():
+            return {}
+        best, epoch = self._best_seen()[trial_id]
+        return {"best_objective": float(best), "best_epoch": epoch}
+
+    def _record_baseline(self, trial_id: str, result: Mapping[str, Any], error: bool) -> None:
+        """A search trunk (the PGD-AT baseline) that ended, in the baseline study; not confirm trunks."""
+        if self._ot_study is None or trial_id not in self._ot_study.user_attrs.get("trunks", {}).values():
+            return
+        failed = error or bool(result.get("failed")) or BEST not in result
+        attrs = {"tune_trial": trial_id, "status_reason": _reason(result, error, complete=True),
+                 **({} if failed else {"best_objective": float(result[BEST]), "best_epoch": result.get("best_epoch")})}
+        try:
+            record_baseline(self._ot_study, self._trunk_trials[trial_id], attrs, None if failed else self._values(result))
+        except (ValueError, RuntimeError):  # a value Optuna refuses (NaN): the sweep goes on without it
+            logging.getLogger(__name__).warning("the PGD-AT baseline %s is not in the baseline study", trial_id, exc_info=True)
+
+    def _values(self, result: Mapping[str, Any]) -> list[float]:
+        """The objective values Optuna is told for a trial that ran all its epochs: each at its best epoch."""
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        return [float(result[m]) for m in metrics]
+
     def _outcome(self, result: Mapping[str, Any], error: bool) -> tuple[Any, Any]:
         from optuna.trial import TrialState
 
         if error or result.get("failed") or BEST not in result:
             return TrialState.FAIL, None
         if result.get("epoch", 0) < self.full_epochs:
-            return TrialState.PRUNED, None  # Optuna keeps the last intermediate value
-        if isinstance(self.metric, list):
-            return TrialState.COMPLETE, [result[m] for m in self.metric]
-        return TrialState.COMPLETE, result[self.metric]
+            # Optuna takes no value with PRUNED: it keeps the last intermediate value (the objective
+            # at the epoch it stopped); the best epoch's is the user attribute best_objective
+            return TrialState.PRUNED, None
+        return TrialState.COMPLETE, self._values(result)
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
@@ -352,6 +388,13 @@ class Searcher(OptunaSearch):
         for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.number not in known:
                 self._ot_study.tell(t.number, state=TrialState.FAIL)
+
+
+def _reason(result: Mapping[str, Any], error: bool, complete: bool) -> str:
+    """Why a trial ended, in words (user attribute ``status_reason``)."""
+    epoch = result.get("epoch", 0)
+    return ("error: its worker failed" if error else f"failed: {result['failed']}" if result.get("failed")
+            else f"ran all {epoch} epochs" if complete else f"stopped at epoch {epoch} (ASHA or the budget)")
 
 
 def make_searcher(spec: SweepSpec, folder: Path) -> Searcher:
