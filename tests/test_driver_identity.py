@@ -59,7 +59,7 @@ def _copy(src: Path, dst: Path, *, heard_ago: float | None = None, **fields: obj
         record.pop(key, None)
     if heard_ago is not None:
         then = time.time() - heard_ago
-        record["launched"] = then - 60
+        record["launched"] = then - HOUR_AGO  # long before: the files are the last word
         for name in (STATE_FILE, HEARTBEAT):
             if (dst / name).exists():
                 os.utime(dst / name, (then, then))
