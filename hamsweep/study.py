@@ -19,9 +19,9 @@ never by its value or user attributes, so what the sampler learns is what it lea
 The PGD-AT baseline (the search's trunks) is in the journal twice, and TPE sees neither: the study's
 user attributes ``baseline_objective`` (the highest ``best_objective`` of its trunks: what a search
 trial has to beat) and ``baselines`` (trunk key -> Tune trial, ``best_objective``, ``best_epoch``),
-and a second study, ``<study>-baseline``, with each trunk as a trial (COMPLETE with its best objective as
-value, FAIL if it failed), so that optuna-dashboard lists the baseline's best value next to the
-search's. A journal written before the baseline study has only the search's study; both open.
+and a second study, ``<study>-baseline``, with each trunk as a trial (COMPLETE with its best
+objective as value, FAIL if it failed), so that optuna-dashboard lists the baseline beside the
+search. A journal written before the baseline study has only the search's study; both open.
 """
 
 from __future__ import annotations
@@ -93,8 +93,9 @@ def open_baseline_study(folder: Path) -> optuna.Study | None:
     if name is None:
         return None
     storage = journal_storage(Path(folder) / JOURNAL)
-    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    return optuna.load_study(study_name=baseline_study_name(name), storage=storage) if baseline_study_name(name) in names else None
+    if baseline_study_name(name) not in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+        return None
+    return optuna.load_study(study_name=baseline_study_name(name), storage=storage)
 
 
 def record_baseline(study: optuna.Study, key: str, attrs: dict[str, Any], values: list[float] | None) -> None:

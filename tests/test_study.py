@@ -22,7 +22,7 @@ from conftest import REPO
 from hamsweep import results
 from hamsweep.search import BEST, OBJECTIVE, make_searcher
 from hamsweep.spec import SweepSpec, validate
-from hamsweep.study import BASELINE_SUFFIX, JOURNAL, journal_storage, open_baseline_study, open_study, study_name
+from hamsweep.study import BASELINE_SUFFIX, JOURNAL, journal_storage, open_baseline_study, open_study, study_name, tell_stopped
 from hamsweep.trunk import epoch_dir, plan
 
 PARAMS = {
@@ -138,6 +138,18 @@ def test_a_trunk_told_twice_is_one_baseline_trial_and_a_failed_one_fails(tmp_pat
     (t,) = open_baseline_study(other).trials
     assert (t.state.name, t.value, t.user_attrs["status_reason"]) == ("FAIL", None, "error: its worker failed")
     assert "baselines" not in open_study(other).user_attrs and "baseline_objective" not in open_study(other).user_attrs
+
+
+def test_a_trial_the_budget_stopped_carries_its_best_objective_too(tmp_path):
+    s = searcher(tmp_path, start_with_defaults=False)
+    s.suggest("t0")
+    epochs(s, "t0", [0.4, 0.2])  # Tune ends it without telling the searcher: the recorder tells Optuna
+    tell_stopped(open_study(tmp_path), 0, {"status": "PRUNED", "best_objective": 0.4, "best_epoch": 1, "checkpoint": None})
+    (t,) = open_study(tmp_path).trials
+    assert (t.state.name, t.value, t.user_attrs["best_objective"], t.user_attrs["best_epoch"]) == ("PRUNED", 0.2, 0.4, 1)
+    assert "checkpoint" not in t.user_attrs
+    tell_stopped(open_study(tmp_path), 0, {"best_objective": 0.9})  # finished: it stays as it is
+    assert open_study(tmp_path).trials[0].user_attrs["best_objective"] == 0.4
 
 
 def test_a_journal_from_before_the_baseline_study_opens(tmp_path):
