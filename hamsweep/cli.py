@@ -50,10 +50,10 @@ def validate(
     cluster profile against this machine, the sweep folder's disk); print what it would run. Nothing
     is written, started or submitted; what cannot be checked from here is a warning line."""
     from hamsweep.launch.preflight import preflight
-    from hamsweep.spec.cluster import LocalProfile, load_profile
+    from hamsweep.spec.cluster import load_profile
 
     s = _load_with_overrides(spec, overrides)
-    profile = load_profile(cluster) if cluster is not None else LocalProfile()
+    profile = load_profile(cluster) if cluster is not None else None
     checks = preflight(s, out, profile)
     searched = ", ".join(s.search.params) or "nothing"
     print(f"{spec}: {s.data.name} / {s.model.name} / {s.train.method}, {s.train.epochs} epochs; searches {searched}")
@@ -69,7 +69,7 @@ def validate(
     print(f"disk: about {size_text(disk_needed(s))} in the sweep folder (two checkpoints a trial, the trunks' fork checkpoints, "
           f"the tables), and {size_text(reserve(s))} kept free while it runs; checked before a run starts and every second "
           "while it runs, with the disk kept under Ray's 95%")
-    if cluster is not None:
+    if profile is not None:
         print(f"{cluster}: {profile.describe()}")
     for warning in checks.warnings:
         print(f"warning: {warning}")

@@ -26,16 +26,19 @@ import torch.nn.functional as F
 from hamsweep.errors import DataError
 from hamsweep.spec import DataConfig
 
-__all__ = ["Dataset", "DeviceLoader", "Split", "load", "stratified_split", "subsample"]
+__all__ = ["Dataset", "DeviceLoader", "Split", "check_files", "load", "stratified_split", "subsample"]
 
 PAD = 4  # pixels of zero padding around the random crop (the standard CIFAR recipe)
 
-# per dataset: the folder torchvision reads under DataConfig.root, its files, and the archive that
-# torchvision extracts without downloading when it is already in root (handy on offline clusters)
+# per dataset: the folder torchvision reads under DataConfig.root, the files (or folders) there that
+# ``load`` reads, and the archive that torchvision extracts without downloading when it is already in
+# root (handy on offline clusters)
 _FILES = {
-    "cifar10": ("cifar-10-batches-py", "data_batch_1..5, test_batch, batches.meta", "cifar-10-python.tar.gz"),
-    "cifar100": ("cifar-100-python", "train, test, meta", "cifar-100-python.tar.gz"),
-    "svhn": ("", "train_32x32.mat, test_32x32.mat", None),
+    "cifar10": ("cifar-10-batches-py", (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"), "cifar-10-python.tar.gz"),
+    "cifar100": ("cifar-100-python", ("train", "test", "meta"), "cifar-100-python.tar.gz"),
+    "svhn": ("", ("train_32x32.mat", "test_32x32.mat"), None),
+    "stl10": ("stl10_binary", ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin"), "stl10_binary.tar.gz"),
+    "imagenette": ("imagenette2-160", ("train/", "val/"), "imagenette2-160.tgz"),
 }
 
 
@@ -181,21 +184,46 @@ def _torchvision(cfg: DataConfig, cls: Callable[..., Any], **kwargs: Any) -> Any
         raise _missing(cfg, err) from None
 
 
-def _missing(cfg: DataConfig, err: Exception) -> DataError:
-    """One line: which files, the folder they must be in, and the ways to put them there."""
-    folder, files, archive = _FILES[cfg.name]
-    where = f"{Path(cfg.root) / folder}/"
+def _missing(cfg: DataConfig, err: Exception, files: tuple[str, ...] = ()) -> DataError:
+    """One line: which files (``files``, else all of them), the folder they must be in, and the ways
+    to put them there."""
+    folder, every, archive = _FILES[cfg.name]
+    where, listed = f"{Path(cfg.root) / folder}/", ", ".join(files or every)
     if cfg.download:
         cause = " ".join(f"{type(err).__name__}: {err}".split())  # one line, whatever the cause
         return DataError(
-            f"{cfg.name}: download into {cfg.root}/ failed ({cause}); without internet, copy {files} "
+            f"{cfg.name}: download into {cfg.root}/ failed ({cause}); without internet, copy {listed} "
             f"into {where} and set data.download: false"
         )
     tarball = f" (or {archive} into {cfg.root}/ and set data.download: true)" if archive else ""
     return DataError(
-        f"{cfg.name}: {files} not found or corrupted in {where}; set data.download: true on a machine "
-        f"with internet, or copy the files there{tarball}"
+        f"{cfg.name}: {listed} not found{'' if files else ' or corrupted'} in {where} (data.root: {cfg.root}); set data.download: true "
+        f"on a machine with internet, or copy the files there{tarball}, or set data.root to the folder that holds them"
     )
+
+
+def check_files(cfg: DataConfig) -> str | None:
+    """Whether ``load`` will find its files, looked for without reading, downloading or writing
+    anything (``hamsweep validate``; a run loads the data before it starts). None: they are there (or
+    the data is generated). A warning line: some are missing and ``data.download`` will fetch them,
+    which needs the network and the server, neither checked from here. Missing with the download off:
+    the ``DataError`` that ``load`` raises. Whether present files are intact is left to ``load``."""
+    if cfg.name == "synthetic":
+        return None
+    if cfg.name == "imagefolder":  # no download: the listing ``load`` starts from, checked as it checks it
+        from hamsweep.folders import list_imagefolder
+
+        list_imagefolder(Path(cfg.root))
+        return None
+    folder, files, archive = _FILES[cfg.name]
+    missing = tuple(f for f in files if not (Path(cfg.root) / folder / f).exists())
+    if not missing:
+        return None
+    if not cfg.download:
+        raise _missing(cfg, FileNotFoundError(missing[0]), missing)
+    fetch = f"extracts them from {Path(cfg.root) / archive}" if archive and (Path(cfg.root) / archive).is_file() else "downloads them"
+    return (f"data: {cfg.name}'s {', '.join(missing)} not in {Path(cfg.root) / folder}/ yet; the run {fetch} "
+            "(data.download: true), which cannot be checked from here")
 
 
 # ------------------------------------------------------------------ synthetic data

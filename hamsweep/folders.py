@@ -30,7 +30,7 @@ import torch
 
 from hamsweep.errors import DataError
 
-__all__ = ["CACHE_DIR", "RESAMPLE", "decode", "load_imagefolder", "load_imagenette", "load_stl10"]
+__all__ = ["CACHE_DIR", "RESAMPLE", "decode", "list_imagefolder", "load_imagefolder", "load_imagenette", "load_stl10"]
 
 CACHE_DIR = ".hamsweep-cache"  # in data.root: decoded folder splits
 RESAMPLE = "pil-bicubic-shorter-side-center-crop-v1"  # part of the cache key: change it when the resize changes
@@ -124,14 +124,22 @@ def load_imagefolder(cfg: Any) -> tuple[Any, Any, tuple[str, ...]]:
     """``data.root/train/<class>/*`` and ``data.root/test/<class>/*`` (any format PIL reads; the
     classes are the folder names in sorted order, the same in both)."""
     root = Path(cfg.root)
+    train, test, classes = list_imagefolder(root)
+    return (_cached_split(root, "imagefolder-train", train, cfg.image_size),
+            _cached_split(root, "imagefolder-test", test, cfg.image_size), classes)
+
+
+def list_imagefolder(root: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int]], tuple[str, ...]]:
+    """The (path, label) samples of ``root/train/`` and ``root/test/`` and the class names, checked
+    (both folders there, no class folder without images, the same classes in both) without opening
+    an image or writing anything: what ``hamsweep validate`` checks of an image folder."""
     found = {split: _image_folder(root / split) for split in ("train", "test")}
     (train_classes, train), (test_classes, test) = found["train"], found["test"]
     if train_classes != test_classes:
         only = sorted(set(train_classes) ^ set(test_classes))
         raise DataError(f"imagefolder: {root}/train/ and {root}/test/ have different classes ({', '.join(only)} in only one); "
                         "both need the same class folders")
-    return (_cached_split(root, "imagefolder-train", train, cfg.image_size),
-            _cached_split(root, "imagefolder-test", test, cfg.image_size), tuple(train_classes))
+    return train, test, tuple(train_classes)
 
 
 def _image_folder(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:

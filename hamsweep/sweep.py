@@ -24,7 +24,7 @@ from hamsweep import disk, rundir
 from hamsweep.errors import Interrupted, SpecError
 from hamsweep.spec import SweepSpec, validate
 
-__all__ = ["RAY_DIR", "TOKEN", "TrialJobs", "drive", "prepare_sweep", "resolve_spec", "run_sweep", "wide_console"]
+__all__ = ["RAY_DIR", "TOKEN", "TrialJobs", "check_fits_here", "check_room", "drive", "prepare_sweep", "resolve_spec", "run_sweep", "wide_console"]
 
 RAY_DIR = "ray"  # Tune's experiment folder inside the sweep folder (state, trials, checkpoints)
 TOKEN = "ray_token"  # Ray's auth token for this sweep, mode 0600
@@ -97,14 +97,21 @@ def prepare_sweep(spec: SweepSpec, out: Path | None, *, resume: bool, check_here
         check_schema(out)  # first: a newer hamsweep's folder is left as it is, never repaired
         _check_same_spec(out, spec)
         _set_aside_damage(out)
-    if check_here:
-        _check_fits_here(spec)
-    disk.check_before(spec, out, _ray_temp_dir(out) if check_here else None)
+    check_room(spec, out, check_here=check_here)
     _check_data(spec)
     rundir.write_spec(out, spec.model_dump(mode="json"))
     rundir.write_manifest(out, resumed=resume)
     _token(out)
     return out
+
+
+def check_room(spec: SweepSpec, out: Path, *, check_here: bool) -> None:
+    """Room for the sweep, checked before anything is written (``prepare_sweep``, ``hamsweep validate``):
+    ``check_here`` (its Ray runs on this machine): trials that fit this machine, and the disk of Ray's
+    session folder; always: the disk of ``out``."""
+    if check_here:
+        check_fits_here(spec)
+    disk.check_before(spec, out, _ray_temp_dir(out) if check_here else None)
 
 
 def drive(out: Path, *, address: str | None = None, console: Console | None = None, jobs: TrialJobs | None = None) -> Path:
@@ -153,7 +160,7 @@ def _set_aside_damage(out: Path) -> None:
         print(f"hamsweep: {line}", file=sys.stderr)
 
 
-def _check_fits_here(spec: SweepSpec) -> None:
+def check_fits_here(spec: SweepSpec) -> None:
     """A trial that needs more than this machine has would wait forever: say so now."""
     r = spec.resources
     cpus = os.cpu_count() or 1

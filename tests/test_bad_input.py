@@ -102,6 +102,11 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("profile with an unknown key", lambda t: ["validate", SMOKE, "--cluster", _profile(t, partitoin="gpu")], "partitoin"),
     ("profile of an unknown kind", lambda t: ["validate", SMOKE, "--cluster", _profile(t, kind="pbs")], "kind"),
     ("trials asking more GPUs than a node has", lambda t: ["validate", _spec(t, resources={"gpu": 2}), "--cluster", _profile(t, gpus_per_node=0)], "gpus_per_node"),
+    ("validate: missing CIFAR files", lambda t: ["validate", _spec(t, data={"name": "cifar10", "root": str(t / "data")})], "data.root"),
+    ("validate: missing image folder", lambda t: ["validate", _spec(t, data={"name": "imagefolder", "root": str(t / "data")})], "train/ not found"),
+    ("validate --set a searched key", lambda t: ["validate", SMOKE, "--set", "ham.drop_step=2"], "is searched"),
+    ("validate --out that is not empty", lambda t: ["validate", SMOKE, "--out", _folder(t, "other tool")], "already exists and is not empty"),
+    ("validate: more CPUs than this machine, run here", lambda t: ["validate", _spec(t, resources={"cpu": 4096}), "--cluster", str(REPO / "cluster" / "local.yaml")], "resources.cpu"),
 ]
 
 

@@ -50,7 +50,8 @@ def test_a_trial_must_fit_one_node():
     check_fits(LocalProfile(), 64, 8)  # the local launcher checks the machine itself when it starts
 
 
-def test_validate_checks_spec_and_profile_together(tmp_path):
+def test_validate_checks_spec_and_profile_together(slurm, tmp_path):
+    # validate asks this machine's SLURM (sbatch, the partition gpu): the project's local cluster has one
     ok = subprocess.run([HAMSWEEP, "validate", str(REPO / "search_spaces" / "cifar100.yaml"), "--cluster", str(REPO / "cluster" / "slurm.yaml")],
                         capture_output=True, text=True, check=False)
     assert ok.returncode == 0 and "SLURM, mode ray: 2 node(s)" in ok.stdout, ok.stderr

@@ -40,6 +40,9 @@ def _slurm(*cmd: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
 
 def partitions() -> list[str]:
     """The partitions this cluster has (the default one first), from ``sinfo``."""
+    if shutil.which("sinfo") is None:
+        raise SpecError("--cluster", "sinfo is not on PATH, so the profile's partition cannot be checked: "
+                                     "run this on a SLURM login node, or run locally without --cluster")
     proc = _slurm("sinfo", "-h", "-o", "%P")
     if proc.returncode != 0:
         raise SpecError("cluster", f"sinfo failed: {proc.stderr.strip() or proc.returncode}; is SLURM reachable from here?")
@@ -97,10 +100,13 @@ class SlurmLauncher(Launcher):
         self.profile = profile  # None when only state/cancel are asked for
 
     def check(self, spec: SweepSpec) -> None:
+        """What submitting needs, nothing written (``hamsweep run`` and ``hamsweep validate`` both
+        check it): a trial that fits a node of the profile, then of this machine ``sbatch``, and a
+        partition that ``sinfo`` knows."""
         p = self._profile()
+        check_fits(p, spec.resources.cpu, spec.resources.gpu)  # the files' own error first: it holds wherever this runs
         if shutil.which("sbatch") is None:
             raise SpecError("--cluster", "sbatch is not on PATH: submit from a SLURM login node, or run locally without --cluster")
-        check_fits(p, spec.resources.cpu, spec.resources.gpu)
         if p.partition is not None:
             known = partitions()
             if p.partition not in known:
