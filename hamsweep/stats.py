@@ -10,10 +10,12 @@ of the per-seed summaries taken from them. Accuracies are fractions in [0, 1].
 - A config against PGD-AT gets the t-interval of the **paired** per-seed differences
   (``paired_difference``): seed i of the config minus seed i of the baseline, so the variation the
   two share through the seed (data order, initialisation) cancels.
-- A single class gets a two-stage parametric bootstrap over seeds and test images
-  (``class_intervals``; its docstring says why).
+- A single class gets a Jeffreys interval on an effective number of test images, the seeds' spread
+  estimated over all the classes (``class_intervals``), and its paired difference to PGD-AT an
+  interval from the same model (``class_differences``); their docstrings say why and what coverage
+  was measured.
 
-scipy is imported inside the one function that needs it: importing it costs a second or more.
+scipy is imported inside the functions that need it: importing it costs a second or more.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from hamsweep.metrics import class_accuracy, summarize
 __all__ = [
     "CONFIRM_KEYS",
     "Interval",
+    "class_differences",
     "class_intervals",
     "paired_difference",
     "seed_summaries",
@@ -110,46 +113,137 @@ def seed_summaries(n: np.ndarray, correct: np.ndarray, cvar_fraction: float) -> 
 
 
 def class_intervals(
-    n: np.ndarray, correct: np.ndarray, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+    n: np.ndarray, correct: np.ndarray, confidence: float = 0.95
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-class mean accuracy over seeds, with a two-stage (hierarchical) parametric bootstrap
-    percentile interval.
+    """Per-class mean accuracy over seeds with a Jeffreys interval on an effective number of test
+    images: a quasi-binomial model whose over-dispersion (the seeds' spread) is shared by the classes.
 
-    n, correct: (seeds, classes) per-class counts, one row per seed. Returns (mean, low, high),
-    each (classes,) in [0, 1]: the mean over seeds of correct / n, and the percentile interval of
-    ``resamples`` bootstrap means; nan for a class without examples in any seed. Deterministic for
-    a given ``seed`` (numpy's default generator).
+    n, correct: (seeds, classes) per-class counts of one config and attack, one row per seed.
+    Returns (mean, low, high), each (classes,) in [0, 1]: the mean over seeds of correct / n and its
+    interval; nan for a class without examples in any seed. Closed form: deterministic, no resampling.
 
-    Each resample draws the seeds with replacement, then each drawn seed's correct counts from
-    Binomial(n_sc, correct_sc / n_sc): the counts are all that is stored, so this is the parametric
-    form of resampling the test images. Why both stages: per class the test split is small (100
-    images a class on CIFAR-100, a binomial standard deviation of up to 5 points), so test-image
-    noise is as large as seed noise. A t-interval over seeds ignores the first and is undefined
-    for one seed; a pooled Wilson interval ignores the second. With one seed this still gives an
-    interval (the binomial part); it is degenerate at an accuracy of exactly 0 or 1.
+    Model (the data-generating model of the coverage simulation, ``bench/class_coverage.py``): class c
+    of seed s has a true accuracy p_cs with mean mu_c over seeds (the target) and variance
+    rho * mu_c * (1 - mu_c) (a beta-binomial with one intra-seed correlation rho for all classes of
+    the config: the seed spread shrinks towards the bounds, as it must), and correct_cs ~
+    Binomial(n_cs, p_cs). Then each seed's accuracy has variance phi * mu_c(1 - mu_c) / n_cs, phi =
+    1 + (n - 1) rho: the test images' binomial noise times a dispersion the seeds add. phi is
+    estimated once from all classes (Pearson: sum of (acc_cs - mean_c)^2 / (mean_c(1 - mean_c) /
+    n_cs) over sum of (seeds_c - 1), classes with 0 < mean < 1), so a class at 0 that says nothing
+    about the spread still gets it from the others, with classes*(seeds-1) degrees of freedom
+    rather than seeds-1. Each class's interval is then Jeffreys' (the Beta(x + 1/2, m - x + 1/2)
+    quantiles) on m = N_c / max(1, phi * (t_df / z)^2) effective images, x = mean_c * m, N_c its
+    test images over the seeds: the t / z factor widens for the estimated phi (Korn and Graubard's
+    effective sample size, 1998). At x = 0 the low end is 0 and at x = m the high end is 1 (Brown,
+    Cai and DasGupta 2001): a class with 0/100 on every seed gets [0, about 1.2%] on 2 seeds, not
+    [0, 0]. With one seed phi cannot be estimated and is 1: the interval is the test images' only.
 
-    Coverage: the binomial stage adds test-image noise on top of a seed spread that already holds
-    it, conservative when test-image noise dominates; resampling a few seeds understates seed
-    noise (a percentile interval has no t correction), which undercovers when seed noise
-    dominates. Measured for a 95% interval, 100 images a class, 3 seeds: 0.98 without seed noise,
-    0.93 with a seed standard deviation of 5 points, 0.84 with 10 (with 5 seeds: 0.99, 0.94, 0.90);
-    ``tests/test_stats.py`` checks the CIFAR-100-like case. A class with no examples in a drawn seed
-    is left out of that seed's mean.
+    Why not the two-stage bootstrap it replaces (seeds with replacement, then Binomial(n, k/n)):
+    it collapsed to [0, 0] and [1, 1] at the bounds, it counted the binomial noise twice (the seeds'
+    spread already holds it: 0.98-0.99 with no seed spread) and resampling 2 or 3 seeds misses the
+    seed spread (0.79 at p = 0.5 with 2 seeds and a seed sd of 10 points). Measured for a 95%
+    interval, 100 images a class, 10 classes (``python bench/class_coverage.py``; the README has the
+    table): 0.94-0.98 at p = 0.02, 0.5, 0.98 with 2, 3 and 5 seeds, with and without a seed spread
+    (sd at p = 0.5 of 0, 3, 5, 10 points); above 0.97 only at p = 0.02 and 0.98 with 2-3 seeds and
+    no spread (Jeffreys on a few hits). At p = 0 or 1 every interval that contains the bound covers.
+    What it assumes: one dispersion for all the classes of a config and attack; a class whose seeds
+    disagree much more than the others' is under-covered.
     """
     acc = np.stack(_each_seed(class_accuracy, n, correct))  # (seeds, classes), nan where n == 0; checks the counts
     _check_confidence(confidence)
-    if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 1:
-        raise ValueError(f"resamples must be a positive integer but got {resamples!r}")
-    n = np.asarray(n).astype(np.int64)
-    rng = np.random.default_rng(seed)
-    drawn = rng.integers(0, n.shape[0], size=(resamples, n.shape[0]))  # (resamples, seeds): seeds with replacement
-    hits = rng.binomial(n[drawn], np.nan_to_num(acc)[drawn])  # (resamples, seeds, classes): test images, parametric
-    with np.errstate(invalid="ignore", divide="ignore"):  # n == 0 is left out by _mean_present
-        boot = _mean_present(hits / n[drawn], n[drawn] > 0)  # (resamples, classes)
-    mean, ok = _mean_present(acc, n > 0), (n > 0).any(0)
-    low, high = np.full_like(mean, np.nan), np.full_like(mean, np.nan)
-    low[ok], high[ok] = np.nanpercentile(boot[:, ok], (50 * (1 - confidence), 50 * (1 + confidence)), axis=0)
+    n = np.asarray(n).astype(float)
+    present = n > 0
+    mean = _mean_present(acc, present)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a class without examples or at a bound: left out of phi
+        resid = np.where(present, (acc - mean) ** 2 / (mean * (1 - mean) / n), 0.0)
+    spread = (mean > 0) & (mean < 1)
+    deff = _design_effect(resid[:, spread].sum(), (present.sum(0)[spread] - 1).clip(0).sum(), confidence)
+    images = n.sum(0) / deff
+    low, high = _jeffreys(mean * images, images, confidence)
     return mean, low, high
+
+
+def class_differences(
+    n: np.ndarray, correct: np.ndarray, base_n: np.ndarray, base_correct: np.ndarray, confidence: float = 0.95
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class paired difference config - baseline over seeds, with its interval: which classes a
+    config lifts.
+
+    n, correct: the config's (seeds, classes) counts; base_n, base_correct: the baseline's, row i the
+    same ``train.seed`` as the config's row i (pass only the seeds both have). Returns (mean, low,
+    high), each (classes,) in [-1, 1]: the mean over seeds of acc_config - acc_baseline (fractions of
+    the class's test images) and its interval; nan for a class without examples in any paired seed.
+
+    The same model as ``class_intervals``, on the per-seed differences d_cs: their variance is
+    phi_d * v_c, v_c = a(1 - a) / n + b(1 - b) / n the two arms' binomial variance taken as
+    independent, a and b the class's pooled accuracies shrunk as Jeffreys does ((k + 1/2) / (N + 1)),
+    so that a class at 0 in both arms has a small variance, not none. phi_d, pooled over the classes
+    (Pearson, sum of (seeds_c - 1) degrees of freedom, classes at the same bound in both arms on every
+    seed left out), holds the seed spread of the difference and also what pairing removes (the same
+    seed's trunk, the same test images): it is not floored at 1. The interval is mean +- t_df *
+    sqrt(phi_d * sum_s v_cs) / seeds_c, clipped to [-1, 1]; with one paired seed phi_d is 1 and the
+    quantile z. Measured as ``class_intervals`` (true difference 0, config and baseline seeds
+    correlated 0 or 0.7): 0.94-0.98; above 0.97 at p = 0.02 and 0.98 with 2 seeds and a seed spread.
+    """
+    acc, base = (np.stack(_each_seed(class_accuracy, a, c)) for a, c in ((n, correct), (base_n, base_correct)))
+    _check_confidence(confidence)
+    if acc.shape != base.shape:
+        raise ValueError(f"config and baseline counts must be paired by seed (equal shapes) but got {acc.shape} and {base.shape}")
+    n, m = np.asarray(n).astype(float), np.asarray(base_n).astype(float)
+    present = (n > 0) & (m > 0)
+    diff = _mean_present(acc - base, present)
+    var = _shrunk_variance(np.asarray(correct), n, present) + _shrunk_variance(np.asarray(base_correct), m, present)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        resid = np.where(present, (acc - base - diff) ** 2 / var, 0.0)
+    seeds = present.sum(0)
+    live = ~(_all_at(acc, base, present, 0.0) | _all_at(acc, base, present, 1.0)) & (seeds > 1)
+    df = int((seeds[live] - 1).sum())
+    phi, q = (resid[:, live].sum() / df, _t(confidence, df)) if df else (1.0, _t(confidence, math.inf))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = q * np.sqrt(phi * np.where(present, var, 0.0).sum(0)) / seeds
+    return diff, (diff - half).clip(-1, 1), (diff + half).clip(-1, 1)
+
+
+def _design_effect(chi2: float, df: int, confidence: float) -> float:
+    """max(1, phi * (t_df / z)^2), phi = chi2 / df: how many test images one effective image is worth;
+    1 without degrees of freedom (one seed) or below binomial spread (the seeds cannot reduce it)."""
+    if df == 0:
+        return 1.0
+    return max(1.0, chi2 / df * (_t(confidence, df) / _t(confidence, math.inf)) ** 2)
+
+
+def _jeffreys(x: np.ndarray, m: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Jeffreys interval of x hits in m (possibly fractional) trials, low 0 at x = 0 and high 1 at x = m."""
+    from scipy import stats
+
+    tail = (1 - confidence) / 2
+    with np.errstate(invalid="ignore"):  # m == 0 (a class without examples): nan, as wanted
+        low = np.where(x <= 0, 0.0, stats.beta.ppf(tail, x + 0.5, m - x + 0.5))
+        high = np.where(x >= m, 1.0, stats.beta.ppf(1 - tail, x + 0.5, m - x + 0.5))
+    nan = np.isnan(x) | (m == 0)
+    return np.where(nan, np.nan, low), np.where(nan, np.nan, high)
+
+
+def _shrunk_variance(correct: np.ndarray, n: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """(seeds, classes) binomial variance of each seed's accuracy, a(1 - a) / n, with the class's pooled
+    accuracy over the present seeds shrunk as Jeffreys does: a = (k + 1/2) / (N + 1), never 0 or 1."""
+    k, total = np.where(present, correct, 0).sum(0), np.where(present, n, 0).sum(0)
+    a = (k + 0.5) / (total + 1)
+    with np.errstate(divide="ignore"):
+        return a * (1 - a) / n
+
+
+def _all_at(acc: np.ndarray, base: np.ndarray, present: np.ndarray, bound: float) -> np.ndarray:
+    """(classes,) whether both arms sit at ``bound`` on every present seed (their difference is 0 by
+    construction: it says nothing about the spread)."""
+    return (~present | ((acc == bound) & (base == bound))).all(0)
+
+
+def _t(confidence: float, df: float) -> float:
+    """The two-sided quantile of Student's t with ``df`` degrees of freedom (the normal's for inf)."""
+    from scipy import stats
+
+    return float(stats.norm.ppf((1 + confidence) / 2) if math.isinf(df) else stats.t.ppf((1 + confidence) / 2, df))
 
 
 def _mean_present(acc: np.ndarray, present: np.ndarray) -> np.ndarray:
