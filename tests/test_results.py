@@ -92,6 +92,32 @@ def test_a_sweep_folder_from_before_trunks_has_no_baseline_and_no_history_views(
     assert "trial_epochs" not in views and {"trials", "epochs"} <= views
 
 
+def test_a_schema_3_folder_reads_with_schema_4_roles_numbers_and_costs(tmp_path):
+    """Before schema 4 a confirm trial said role 'search' (or 'trunk') and carried its config's Optuna
+    number, and only GPU-seconds were kept: readers give every folder schema 4's answers."""
+    from hamsweep.results import TRIAL_SCHEMA, TRIALS
+
+    v3 = pa.schema([f for f in TRIAL_SCHEMA if f.name not in ("device", "device_seconds")], metadata={"hamsweep.schema_version": "3"})
+    base = {f.name: None for f in v3} | {"status": "completed", "epochs": 4, "epochs_run": 4}
+    rows = [
+        base | {"trial": "s", "number": 3, "role": "search", "stage": "search", "trunk": "k", "forked_at": 1, "gpu_seconds": 30.0},
+        base | {"trial": "k", "role": "trunk", "stage": "search", "gpu_seconds": 40.0},
+        base | {"trial": "c", "number": 3, "role": "search", "stage": "confirm", "config": "s", "gpu_seconds": 5.0},
+        base | {"trial": "b", "role": "trunk", "stage": "confirm", "gpu_seconds": 8.0},
+    ]
+    (tmp_path / TRIALS).mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=v3), tmp_path / TRIALS / "part-00000000000000000001-1.parquet")
+    want = {"s": ("search", 3), "k": ("trunk", None), "c": ("confirm", None), "b": ("baseline", None)}
+    assert {r["trial"]: (r["role"], r["number"]) for r in read_table(tmp_path, TRIALS).to_pylist()} == want
+    con = connect(tmp_path)
+    got = con.execute("SELECT trial, role, number, device, device_seconds, inherited_device_seconds, total_device_seconds FROM trials").fetchall()
+    assert {t: (r, n) for t, r, n, *_ in got} == want
+    assert {t: (d, own, inh, tot) for t, _, _, d, own, inh, tot in got}["s"] == ("gpu", 30.0, 10.0, 40.0)  # 40 x 1/4 inherited
+    assert con.execute("SELECT count(*) FROM trials WHERE role = 'search'").fetchone()[0] == 1
+    compact(tmp_path)  # a resumed old folder: its compacted part holds the schema-4 roles
+    assert {r["trial"]: (r["role"], r["number"]) for r in pq.read_table(tmp_path / TRIALS).to_pylist()} == want
+
+
 # ---- compaction while a sweep runs (issue 13, part 8) ----
 def _expected_and_writes(tmp_path, flushes: int, seed: int, compact_every=None):
     """Seeded flushes of epochs rows, keys rewritten at random (also twice in one part, the later
