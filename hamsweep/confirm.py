@@ -15,7 +15,7 @@ post-warm-up part of each config.
 
 ``write_tables`` turns the stored per-class test counts into the ``confirm`` and ``confirm_classes``
 tables (``hamsweep.stats``: t-intervals over seeds, paired differences against PGD-AT of the same
-seed, per-class two-stage bootstrap intervals).
+seed, per-class intervals and paired per-class differences that keep their coverage at 0 and 100%).
 
 With ``confirm.seeds: 0`` nothing is retrained: ``evaluate_top`` (also ``hamsweep evaluate``) evaluates
 the top-k completed search trials' own ``best.pt`` and the PGD-AT baselines' in the driver, one seed,
@@ -26,6 +26,7 @@ no interval. Every test-split evaluation goes through ``evaluation.evaluate_chec
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -239,27 +240,47 @@ def _class_rows(spec: SweepSpec, p: ConfirmPlan, config: str, counts: _Counts, b
 
     from hamsweep import stats
 
-    rows = []
+    conf, rows = spec.confirm.confidence, []
     for attack, by_seed in counts[config].items():
         seeds, n, correct = _per_seed(counts, config, attack)
-        mean, low, high = stats.class_intervals(n, correct, spec.confirm.confidence)
-        base_mean = None
+        mean, low, high = stats.class_intervals(n, correct, conf)
+        base_mean, paired, diff = None, [], None
         if baseline and counts.get(baseline, {}).get(attack):
-            _, bn, bc = _per_seed(counts, baseline, attack)
+            base_seeds, bn, bc = _per_seed(counts, baseline, attack)
             with np.errstate(invalid="ignore", divide="ignore"):  # a class without examples: nan, left out
                 base_mean = np.nanmean(bc / bn, axis=0)
+            paired = [s for s in seeds if s in base_seeds]
+            diff = _class_diff(seeds, n, correct, base_seeds, bn, bc, paired, conf) if paired else None
         names = next(iter(by_seed.values()))[0]
         for c, name in enumerate(names):
             rows.append({"config": config, "label": p.label(config), "attack": attack, "class_id": c, "class_name": name,
                          "seeds": len(seeds), "mean": _null(mean[c]), "ci_low": _null(low[c]), "ci_high": _null(high[c]),
-                         "baseline_mean": None if base_mean is None else _null(base_mean[c]), "confidence": spec.confirm.confidence})
+                         "baseline_mean": None if base_mean is None else _null(base_mean[c]), "confidence": conf,
+                         "paired_seeds": len(paired) if baseline else None, **_diff_cells(diff, c, len(paired), conf)})
     return rows
+
+
+def _class_diff(seeds: list[int], n: Any, correct: Any, base_seeds: list[int], bn: Any, bc: Any, paired: list[int],
+                conf: float) -> tuple[Any, Any, Any]:
+    """stats.class_differences of the config against its baseline over the seeds both have."""
+    from hamsweep import stats
+
+    mine, theirs = [seeds.index(s) for s in paired], [base_seeds.index(s) for s in paired]
+    return stats.class_differences(n[mine], correct[mine], bn[theirs], bc[theirs], conf)
+
+
+def _diff_cells(diff: tuple[Any, Any, Any] | None, c: int, paired: int, conf: float) -> dict[str, Any]:
+    """A class's difference columns: null without a paired seed (and for the baseline itself)."""
+    from hamsweep import stats
+
+    if diff is None or math.isnan(diff[0][c]):
+        return {"diff_mean": None, "diff_low": None, "diff_high": None, "verdict": None}
+    d = stats.Interval(float(diff[0][c]), math.nan, float(diff[1][c]), float(diff[2][c]), paired, conf)
+    return {"diff_mean": d.mean, "diff_low": d.low, "diff_high": d.high, "verdict": d.verdict()}
 
 
 def _null(x: float) -> float | None:
     """nan (no interval from one seed, a class without examples) is stored as null."""
-    import math
-
     return None if x is None or math.isnan(x) else float(x)
 
 

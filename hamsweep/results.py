@@ -192,11 +192,16 @@ CONFIRM_CLASS_SCHEMA = pa.schema(
         ("class_id", pa.int32()),
         ("class_name", pa.string()),
         ("seeds", pa.int32()),
-        ("mean", pa.float64()),  # mean over seeds of the class's test accuracy
-        ("ci_low", pa.float64()),  # two-stage bootstrap (seeds, then test images): stats.class_intervals
+        ("mean", pa.float64()),  # mean over seeds of the class's test accuracy, a fraction in [0, 1]
+        ("ci_low", pa.float64()),  # its interval, fractions in [0, 1] (stats.class_intervals: 0 and 1 stay inside)
         ("ci_high", pa.float64()),
-        ("baseline_mean", pa.float64()),  # the baseline's mean for the same class; null for the baseline
-        ("confidence", pa.float64()),
+        ("baseline_mean", pa.float64()),  # the baseline's mean for the same class, in [0, 1]; null for the baseline
+        ("confidence", pa.float64()),  # two-sided coverage of both intervals, in (0, 1)
+        ("paired_seeds", pa.int32()),  # seeds the config and its baseline both have; null for the baseline
+        ("diff_mean", pa.float64()),  # mean over paired seeds of accuracy - the baseline's, a fraction in [-1, 1]
+        ("diff_low", pa.float64()),  # its interval, fractions in [-1, 1] (stats.class_differences);
+        ("diff_high", pa.float64()),  # the diff columns are null for the baseline and without a paired seed
+        ("verdict", pa.string()),  # the difference in words, e.g. 'higher (95% CI excludes 0)'
     ],
     metadata=_META,
 )
