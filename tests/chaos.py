@@ -143,8 +143,9 @@ def run_with_faults(hamsweep: str, spec: Path, out: Path, faults: int, seed: int
 def invariants(out: Path, num_samples: int) -> list[str]:
     """What is wrong with a finished sweep folder (empty: nothing)."""
     import duckdb
-    import optuna
     import torch
+
+    from hamsweep.study import open_baseline_study, open_study
 
     con = duckdb.connect()
     for table in ("trials", "epochs"):
@@ -162,9 +163,11 @@ def invariants(out: Path, num_samples: int) -> list[str]:
                               OR max(e.epoch) <> t.epochs_run OR min(e.epoch) <> coalesce(t.forked_at, 0) + 1""").fetchall()
     if gaps:
         problems.append(f"epochs not contiguous from the first to epochs_run, or repeated: {gaps}")
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "optuna.journal")))
-    (summary,) = optuna.get_all_study_summaries(storage)
-    states = {t.number: t.state.name for t in optuna.load_study(study_name=summary.study_name, storage=storage).trials}
+    states = {t.number: t.state.name for t in open_study(out).trials}  # the search's study, not its baseline study
+    baseline = open_baseline_study(out)
+    told = [t.user_attrs.get("tune_trial") for t in baseline.trials] if baseline is not None else []
+    if len(told) != len(set(told)):
+        problems.append(f"a trunk is in the baseline study more than once: {told}")
     want = {"completed": "COMPLETE", "stopped": "PRUNED", "failed": "FAIL"}
     for number, status in con.execute("SELECT number, status FROM trials WHERE stage = 'search' AND role = 'search'").fetchall():
         if states.get(number) != want.get(status):
