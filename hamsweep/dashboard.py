@@ -4,6 +4,12 @@
 frame's time), so a frame can be pinned in a test. The driver owns the state and hands it to a view
 from ``make_view``: a ``LiveView`` redraws the frame in a terminal, a ``LineView`` prints one plain
 line per trial event for logs. Only rich and the standard library here: no Ray, Optuna or torch.
+
+Its tables, and ``hamsweep results``' (``tables.py`` builds them with the helpers here), fit 120
+columns without cutting a number: accuracies in percent with one decimal, the searched knobs in one
+column by their paper symbols (``τ=.49 ρ=.36 T=u M=5 w=60``, a legend line under the table), and
+every number column unwrapped and at least as wide as its widest cell (``numeric_column``): only text
+(status words, stop reasons) shrinks. ``tests/test_widths.py`` draws them at 80, 120 and 160 columns.
 """
 
 from __future__ import annotations
@@ -14,13 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.bar import Bar
+from rich.cells import cell_len
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["EVENTS", "STATE_FILE", "STATUSES", "LineView", "LiveView", "SweepState", "TrialView", "event_line", "make_view", "render", "state_from_json", "state_to_json"]
+__all__ = ["EVENTS", "STATE_FILE", "STATUSES", "LineView", "LiveView", "SweepState", "TrialView", "event_line", "knob_legend", "knob_names", "knobs_text", "make_view", "pct", "render", "state_from_json", "state_to_json"]
 
 STATUSES = ("pending", "running", "completed", "stopped", "failed")  # stopped = ended early by ASHA (or the budget)
 EVENTS = ("start", "epoch", "completed", "stopped", "failed")  # what event_line and the views' event() accept
@@ -135,6 +142,71 @@ def _num(x: float | None, digits: int = 3) -> str:
     return _DASH if x is None else f"{x:.{digits}f}"
 
 
+def pct(x: float | None) -> str:
+    """An accuracy in [0, 1] as percent with one decimal, as every table shows it: 0.494 -> '49.4'."""
+    return _DASH if x is None or math.isnan(x) else f"{100 * x:.1f}"
+
+
+def numeric_column(table: Table, header: str, cells: list[str], **kw: Any) -> None:
+    """A column of numbers that are never cut: no wrapping, and at least as wide as its widest cell or
+    header line (rich shrinks the text columns first; a table still too wide for the terminal runs
+    past its right edge, where the terminal crops it, rather than showing '0.4…')."""
+    widest = max((cell_len(line) for c in [*cells, header] for line in c.splitlines()), default=1)  # a cut header hides what they are
+    table.add_column(header, justify=kw.pop("justify", "right"), no_wrap=True, min_width=widest, **kw)
+
+
+# HAM's searched knobs by the paper's symbols, so that a row's knobs fit one short column:
+# "τ=.49 ρ=.36 T=2 M=5 w=60", explained by a legend line under the table
+_SYMBOLS = {
+    "ham.discard_threshold": "τ",
+    "ham.keep_easy_fraction": "ρ",
+    "ham.temperature": "T",
+    "ham.drop_step": "M",
+    "ham.warmup_epochs": "w",
+    "ham.loss_normalization": "norm",
+}
+
+
+def knob_names(keys: list[str]) -> dict[str, str]:
+    """key -> its short name: a HAM knob's symbol, else its field name (the whole key where that is
+    ambiguous: two sections share the field, or it is one of the symbols)."""
+    others = _short_names([k for k in keys if k not in _SYMBOLS])
+    taken = set(_SYMBOLS.values())
+    return {k: _SYMBOLS.get(k) or (others[k] if others[k] not in taken else k) for k in keys}
+
+
+def _knob_value(key: str, value: Any) -> str:
+    """Two significant digits without the leading zero of a fraction (0.494 -> '.49'); 'u' for a
+    temperature of None (uniform weights); three digits from 1 on."""
+    if value is None:
+        return "u" if key.endswith("temperature") else _DASH
+    if isinstance(value, bool) or not isinstance(value, float):
+        return str(value)
+    if value == 0 or abs(value) >= 1:
+        text = f"{value:.3g}"
+        return text if "e" not in text else f"{value:.0f}"
+    text = f"{value:.2g}" if abs(value) >= 1e-3 else f"{value:.1e}".replace("e-0", "e-")
+    return text.replace("0.", ".", 1) if text.startswith(("0.", "-0.")) else text
+
+
+def knobs_text(params: dict[str, Any], names: dict[str, str]) -> str:
+    """A row's knobs in one cell, 'τ=.49 ρ=.36 T=u' ('=' binds each pair: text that wraps breaks
+    between pairs, never inside one)."""
+    return " ".join(f"{names[k]}={_knob_value(k, params[k])}" for k in names if k in params)
+
+
+def knob_legend(names: dict[str, str]) -> str:
+    """The legend line under a table with a knobs column."""
+    parts = [f"{short} = {key}" + (" (u: uniform weights)" if key.endswith("temperature") else "") for key, short in names.items() if short != key]
+    return "knobs: " + ", ".join(parts) if parts else ""
+
+
+def knobs_column(table: Table, cells: list[str], header: str = "knobs") -> None:
+    """The knobs column, numbers: never cut, never wrapped (a wrapped one doubles every row's height,
+    so the text columns shrink instead)."""
+    numeric_column(table, header, cells, justify="left")
+
+
 def _param(key: str, value: Any) -> str:
     """A sampled value, compactly: floats to 3 significant digits; None means uniform for a temperature."""
     if value is None:
@@ -200,12 +272,14 @@ def _confirm_panel(state: SweepState) -> Panel:
     seeds = ", ".join(map(str, state.confirm_seeds))
     head = f"confirm stage: {done} of {state.confirm_trials} trials done (train.seed {seeds}); each is evaluated on the test split at its end"
     table = Table(box=None, padding=(0, 1), show_header=True)
-    for name in ("config", "seed", "epoch", "best (val)", "status", ""):
-        table.add_column(name, justify="left" if name in ("config", "status", "") else "right", no_wrap=name != "")
-    for v in views:
+    cells = [[v.label or _DASH, _DASH if v.seed is None else str(v.seed), f"{v.epoch}/{v.epochs}", pct(v.best_objective)] for v in views]
+    for i, name in enumerate(("config", "seed", "epoch", "best val %")):
+        numeric_column(table, name, [c[i] for c in cells], justify="left" if name == "config" else "right")
+    table.add_column("status", overflow="ellipsis")
+    table.add_column("", overflow="fold")
+    for v, cell in zip(views, cells, strict=True):
         fork = f"forks {v.trunk} after epoch {v.forked_at}" if v.forked_at else ""
-        table.add_row(v.label or _DASH, _DASH if v.seed is None else str(v.seed), f"{v.epoch}/{v.epochs}", _num(v.best_objective),
-                      Text(v.status, style=_STATUS_STYLE.get(v.status, "")), Text(v.stop_reason or fork))
+        table.add_row(*cell, Text(v.status, style=_STATUS_STYLE.get(v.status, "")), Text(v.stop_reason or fork))
     trunks = {v.trial for v in views if v.role == TRUNK}
     waiting = sum(tid in trunks for tid, _ in state.waiting)
     parts: list[RenderableType] = [Text(head), table]
@@ -225,20 +299,24 @@ def _ordered(state: SweepState, max_rows: int) -> tuple[list[TrialView], int]:
 
 
 def _trial_table(state: SweepState, rows: list[TrialView]) -> Table:
-    keys = _param_keys(state)
-    short = _short_names(keys)
-    table = Table(title="trials", title_justify="left", expand=False)
-    for name in ["#", "trial", *(short[k] for k in keys), "epoch", state.objective, "best", "mean rob", "clean"]:
-        table.add_column(name, justify="left" if name == "trial" else "right", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("reason", overflow="fold")
-    for v in rows:
-        cells = [_number(v), v.trial]
-        cells += [_param(k, v.params.get(k)) if k in v.params else "" for k in keys]
-        cells += [f"{v.epoch}/{v.epochs}", _num(v.objective), _num(v.best_objective)]
-        cells += [_num(v.mean_robust), _num(v.clean_mean)]
-        status = Text(v.status, style=_STATUS_STYLE.get(v.status, ""))
-        table.add_row(*map(Text, cells), status, Text(v.stop_reason or ""))
+    names = knob_names(_param_keys(state))
+    title = f"trials, validation %: {state.objective} now and best so far; mean robust and clean now"
+    table = Table(title=title, title_justify="left", caption=knob_legend(names) or None, caption_justify="left", expand=False)
+    numbers = [[_number(v), v.trial] for v in rows]
+    knobs = [knobs_text(v.params, names) for v in rows]
+    scores = [[f"{v.epoch}/{v.epochs}", pct(v.objective), pct(v.best_objective), pct(v.mean_robust), pct(v.clean_mean)] for v in rows]
+    for i, name in enumerate(["#", "trial"]):
+        numeric_column(table, name, [r[i] for r in numbers], justify="left" if name == "trial" else "right")
+    if names:
+        knobs_column(table, knobs)
+    for i, name in enumerate(["epoch", "now", "best", "mean", "clean"]):
+        numeric_column(table, name, [r[i] for r in scores])
+    table.add_column("status", overflow="fold")  # the one column that shrinks: its words wrap
+    for v, number, knob, score in zip(rows, numbers, knobs, scores, strict=True):
+        # a completed trial's reason only repeats its epoch column ("ran all 8 epochs")
+        reason = f": {v.stop_reason}" if v.stop_reason and v.status != "completed" else ""
+        status = Text.assemble((v.status, _STATUS_STYLE.get(v.status, "")), reason)
+        table.add_row(*map(Text, number), *([Text(knob)] if names else []), *map(Text, score), status)
     return table
 
 
@@ -266,7 +344,7 @@ def _weakest(view: TrialView) -> Table:
 
 def _best_panel(state: SweepState, view: TrialView) -> Panel:
     number = "" if view.number is None else f" (#{view.number})"
-    head = f"{view.trial}{number}: {state.objective} {_num(view.best_objective)} at epoch {view.best_epoch}"
+    head = f"{view.trial}{number}: {state.objective} {pct(view.best_objective)}% at epoch {view.best_epoch} (validation)"
     parts: list[RenderableType] = [Text(head), Text(_params_text(view.params))]
     if view.class_robust:
         parts += [Text(f"weakest classes, robust accuracy (validation, epoch {view.best_epoch}):"), _weakest(view)]
@@ -275,7 +353,7 @@ def _best_panel(state: SweepState, view: TrialView) -> Panel:
 
 def _sampler_panel(objective: str, best: tuple[int, float, dict[str, Any]]) -> Panel:
     number, value, params = best
-    line = f"trial #{number}: {objective} {value:.3f}   {_params_text(params)}"
+    line = f"trial #{number}: {objective} {pct(value)}%   {_params_text(params)}"
     return Panel(Text(line), title="sampler's best (Optuna)", title_align="left")
 
 

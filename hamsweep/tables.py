@@ -3,6 +3,9 @@ stage's table (``confirmed_table``, from the ``confirm`` Parquet table of ``hams
 
 ``confirmed_table`` is the paper's table (mean ± std over seeds, the paired difference to PGD-AT);
 ``formatted`` writes it (or the ranking, when there is no confirm table) as csv, json or LaTeX.
+In the terminal both fit 120 columns without cutting a number (see ``hamsweep.dashboard``): numbers in
+%, the knobs in one column with a legend, no vertical rules; the confirmed table lists its configs'
+knobs under it, and leaves room at 120 columns for two more short number columns.
 """
 
 from __future__ import annotations
@@ -10,9 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from hamsweep import results
+from hamsweep.dashboard import knob_legend, knob_names, knobs_column, knobs_text, numeric_column
 from hamsweep.errors import SpecError
 from hamsweep.keys import SEARCH, TRUNK
 from hamsweep.results import param_column
@@ -57,25 +63,53 @@ def _has_column(con: Any, column: str, table: str = "trials") -> bool:
     return column in {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
 
 
+def _terminal_table(title: str, caption: str) -> Table:
+    """A table for a terminal of 120 columns: no vertical rules (two spaces between columns instead of
+    three characters), the knobs' legend under it."""
+    return Table(title=title, title_justify="left", caption=caption or None, caption_justify="left",
+                 box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+
+
+def _add_columns(table: Table, columns: list[tuple[str, str, list[str]]]) -> None:
+    """(header, kind, cells) in order: kind 'number' and 'knobs' are never cut, 'text' (labels,
+    words) shrinks."""
+    for header, kind, cells in columns:
+        if kind == "number":
+            numeric_column(table, header, cells)
+        elif kind == "knobs":
+            knobs_column(table, cells)
+        else:
+            table.add_column(header, justify="left", overflow="ellipsis")
+
+
 def results_table(out: Path, spec: SweepSpec, top: int = 10, by: str | None = None) -> Table:
-    """The best trials with their parameters and summary metrics (validation; test where evaluated)."""
+    """The best trials with their parameters and summary metrics (validation; test where evaluated), in %."""
     by = by or spec.objective.primary
     rows = top_trials(out, top, by)
     baselines = top_trials(out, top, by, role=TRUNK)
-    title = f"{spec.name}: best {len(rows)} trials by validation {by}" + (", and the PGD-AT baseline" if baselines else "")
-    table = Table(title=title, title_justify="left")
-    keys = list(spec.search.params)
-    for col in ("#", "trial", "status", "epochs", *[k.split(".")[-1] for k in keys], by, "worst", "mean", "clean", "test worst", "test mean"):
-        table.add_column(col, justify="left" if col in ("trial", "status") else "right")
-    for r in rows + baselines:
-        # a trunk has only its warm-up keys: the HAM knobs do not apply to PGD-AT
-        params = [_fmt(r.get(param_column(k)), k) if r.get("role") != TRUNK or r.get(param_column(k)) is not None else "" for k in keys]
-        table.add_row(
-            "PGD-AT" if r.get("role") == TRUNK else str(r["number"]), r["trial"], r["status"], f"{r['epochs_run']}/{r['epochs']}",
-            *params, _pct(r["value"]), _pct(r["robust_worst"]), _pct(r["robust_mean"]), _pct(r["clean_mean"]),
-            _pct(r["test_worst"]), _pct(r["test_mean"]), end_section=r is (rows[-1] if rows else None) and bool(baselines),
-        )
+    names = knob_names(list(spec.search.params))
+    title = (f"{spec.name}: best {len(rows)} trials by validation {by}" + (", and the PGD-AT baseline" if baselines else "")
+             + f"; in %: the highest validation {by}, then worst, mean and clean at its best epoch; test where evaluated")
+    table = _terminal_table(title, knob_legend(names))
+    cells = [_ranking_cells(r, names) for r in rows + baselines]
+    headers = [("#", "number"), ("trial", "number"), ("status", "text"), ("epochs", "number"), ("knobs", "knobs"),
+               (by.replace("_", "\n"), "number"), ("worst", "number"), ("mean", "number"), ("clean", "number"),
+               ("test\nworst", "number"), ("test\nmean", "number")]
+    if not names:
+        headers.remove(("knobs", "knobs"))
+    _add_columns(table, [(h, kind, [c[i] for c in cells]) for i, (h, kind) in enumerate(headers)])
+    table.columns[1].justify = "left"  # the trial id
+    for r, row in zip(rows + baselines, cells, strict=True):
+        table.add_row(*map(Text, row), end_section=r is (rows[-1] if rows else None) and bool(baselines))
     return table
+
+
+def _ranking_cells(r: dict[str, Any], names: dict[str, str]) -> list[str]:
+    # a trunk has only its warm-up keys: the HAM knobs do not apply to PGD-AT
+    params = {k: r.get(param_column(k)) for k in names if r.get("role") != TRUNK or r.get(param_column(k)) is not None}
+    return ["PGD-AT" if r.get("role") == TRUNK else str(r["number"]), r["trial"], r["status"], f"{r['epochs_run']}/{r['epochs']}",
+            *([knobs_text(params, names)] if names else []), _pct(r["value"]), _pct(r["robust_worst"]), _pct(r["robust_mean"]),
+            _pct(r["clean_mean"]), _pct(r["test_worst"]), _pct(r["test_mean"])]
 
 
 def _pct(x: float | None) -> str:
@@ -118,11 +152,12 @@ def paper_rows(out: Path, spec: SweepSpec) -> tuple[str, list[dict[str, Any]]]:
     return robust, list(rows.values())
 
 
-def mean_std(mean: float | None, std: float | None) -> str:
-    """A mean over seeds with its std, in percent: '56.3 ± 2.4' (std absent for one seed)."""
+def mean_std(mean: float | None, std: float | None, sep: str = " ± ") -> str:
+    """A mean over seeds with its std, in percent: '56.3 ± 2.4' (std absent for one seed); the
+    terminal's table passes sep='±' to save two columns per metric."""
     if mean is None:
         return "—"
-    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+    return f"{100 * mean:.1f}" + (f"{sep}{100 * std:.1f}" if std is not None else "")
 
 
 def _diff(row: dict[str, Any]) -> str:
@@ -144,24 +179,31 @@ def _short_verdict(row: dict[str, Any]) -> str:
 
 def confirmed_table(out: Path, spec: SweepSpec) -> Table:
     """The confirm stage's table: each config and the PGD-AT baseline on the test split, mean ± std over
-    seeds, the paired difference to PGD-AT with its interval and in words, the search value beside."""
+    seeds, the paired difference to PGD-AT with its interval and in words, the search value beside; in %.
+    The configs' knobs are listed under it, so that at 120 columns it leaves room for two more short
+    number columns."""
     robust, rows = paper_rows(out, spec)
     seeds = max((r["seeds"] for r in rows), default=0)
     conf = round(100 * spec.confirm.confidence, 6)
     key = next((r["diff_metric"] for r in rows if r.get("diff_metric")), "worst")
-    title = (f"{spec.name}: confirmed on the test split, {seeds} seeds, robust = {robust}; mean ± std over seeds; search (val): "
+    names = knob_names(list(spec.search.params))
+    title = (f"{spec.name}: confirmed on the test split, {seeds} seeds, robust = {robust}; in %, mean±std over seeds; val: "
              f"the validation {spec.objective.primary} that chose it; Δ {key} vs PGD-AT paired by seed, {conf:g}% t-interval")
-    table = Table(title=title, title_justify="left")
-    keys = list(spec.search.params)
-    for col in ("config", *[k.split(".")[-1] for k in keys], "n", "search (val)",
-                "worst", "CVaR", "mean", "clean", f"Δ {key} vs PGD-AT", "interval", "GPU-h"):
-        table.add_column(col, justify="left" if col in ("config", "verdict") else "right")
-    for r in rows:
-        table.add_row(r["config"], *[_fmt(r.get(k), k) if r["role"] != TRUNK or r.get(k) is not None else "" for k in keys],
-                      str(r["seeds"]), _pct(r["search_value"]), *[mean_std(r.get(f"{m}_mean"), r.get(f"{m}_std")) for m in (*_COLUMNS, "clean")],
-                      _diff(r), _short_verdict(r), f"{r['gpu_hours']:.2f}",
-                      end_section=r["role"] == TRUNK)
+    knobs = [f"{r['config']} {text}" for r in rows if r["role"] != TRUNK and (text := knobs_text({k: r.get(k) for k in names}, names))]
+    table = _terminal_table(title, "\n".join(filter(None, ["configs: " + "; ".join(knobs) if knobs else "", knob_legend(names)])))
+    cells = [_confirmed_cells(r) for r in rows]
+    headers = ["config", "n", "val", "worst", "CVaR", "mean", "clean", f"Δ {key} vs PGD-AT", "verdict", "GPU-h"]
+    _add_columns(table, [(h, "text" if h == "verdict" else "number", [c[i] for c in cells]) for i, h in enumerate(headers)])
+    table.columns[0].justify = "left"  # the config's label
+    for r, row in zip(rows, cells, strict=True):
+        table.add_row(*map(Text, row), end_section=r["role"] == TRUNK)
     return table
+
+
+def _confirmed_cells(r: dict[str, Any]) -> list[str]:
+    return [r["config"], str(r["seeds"]), _pct(r["search_value"]),
+            *[mean_std(r.get(f"{m}_mean"), r.get(f"{m}_std"), sep="±") for m in (*_COLUMNS, "clean")],
+            _diff(r), _short_verdict(r), f"{r['gpu_hours']:.2f}"]
 
 
 def formatted(out: Path, spec: SweepSpec, fmt: str, top: int = 10, by: str | None = None) -> str:

@@ -73,9 +73,25 @@ def test_header_without_budget_shows_only_use():
 def test_params_are_compact_and_a_missing_temperature_is_uniform():
     state = _add(_state(), _trial("aaaa0000", params={"train.lr": 0.05123, "ham.temperature": None, "ham.beta": None}))
     text = _text(state)
-    assert "lr" in text and "temperature" in text and "beta" in text and "train.lr" not in text
     row = next(line for line in text.splitlines() if "aaaa0000" in line)
-    assert "0.0512" in row and "uniform" in row and "—" in row
+    assert "lr=.051 T=u beta=—" in row  # one knobs column: short names, two significant digits
+    assert "knobs: lr = train.lr, T = ham.temperature (u: uniform weights), beta = ham.beta" in text  # the legend
+
+
+def test_knob_names_are_the_papers_symbols_else_the_field():
+    from hamsweep.dashboard import knob_names
+
+    keys = ["ham.discard_threshold", "ham.keep_easy_fraction", "ham.temperature", "ham.drop_step", "ham.warmup_epochs",
+            "ham.loss_normalization", "train.lr", "model.width", "data.width", "x.norm"]
+    assert list(knob_names(keys).values()) == ["τ", "ρ", "T", "M", "w", "norm", "lr", "model.width", "data.width", "x.norm"]
+
+
+@pytest.mark.parametrize(("value", "shown"), [(0.494, ".49"), (0.0094, ".0094"), (1e-4, "1.0e-4"), (0.0, "0"), (-0.3, "-.3"),
+                                              (2.0, "2"), (12.5, "12.5"), (1234.5, "1234"), (10, "10"), ("batch", "batch"), (None, "—")])
+def test_knob_values_are_short(value, shown):
+    from hamsweep.dashboard import knob_names, knobs_text
+
+    assert knobs_text({"train.lr": value}, knob_names(["train.lr"])) == f"lr={shown}"
 
 
 def test_rows_are_limited_and_the_rest_counted():
@@ -101,9 +117,9 @@ def test_best_trial_shows_its_weakest_classes_lowest_first():
     best = _trial("best0000", number=7, best_objective=0.5, best_epoch=4, class_names=names, class_robust=robust)
     text = _text(_add(_state(), _trial("other000", best_objective=0.2), best))
     panel = text[text.index("best trial so far") :]
-    assert "best0000 (#7): worst_robust 0.500 at epoch 4" in panel
+    assert "best0000 (#7): worst_robust 50.0% at epoch 4 (validation)" in panel  # percent, as in every table
     assert "lr=0.0512 temperature=uniform" in panel
-    lines = [line for line in panel.splitlines() if "%" in line]
+    lines = [line for line in panel.splitlines() if "%" in line and "worst_robust" not in line]
     expected = [("cat", "10.0%"), ("automobile", "20.0%"), ("airplane", "30.0%"), ("dog", "40.0%"), ("bird", "50.0%")]
     assert len(lines) == 5
     for line, (name, pct) in zip(lines, expected, strict=True):
@@ -120,7 +136,7 @@ def test_failed_trial_shows_its_reason():
 def test_sampler_best_is_shown_when_set():
     assert "sampler" not in _text(_sweep())
     text = _text(_add(_state(sampler_best=(4, 0.4321, {"train.lr": 0.1, "ham.temperature": None})), _trial("aaaa0000")))
-    assert "trial #4: worst_robust 0.432" in text and "lr=0.1 temperature=uniform" in text
+    assert "trial #4: worst_robust 43.2%" in text and "lr=0.1 temperature=uniform" in text
 
 
 def test_empty_state_renders():
@@ -258,11 +274,12 @@ def test_the_confirm_stage_is_a_phase_of_its_own():
     assert "confirm stage: 1 of 3 trials done (train.seed 1)" in text
     assert "1 waiting for their seed's warm-up epoch" in text
     rows = [ln for ln in text.splitlines() if ln.strip().startswith(("│ #4", "#4", "PGD-AT")) or " #4 " in ln]
-    assert any("#4" in r and "6/6" in r and "0.450" in r and "completed" in r for r in rows), rows
+    assert any("#4" in r and "6/6" in r and "45.0" in r and "completed" in r for r in rows), rows
     assert "trials: 0 running, 1 done" in text and "9 pending, of 10" in text  # the confirm stage is not one of the samples
     assert "shared warm-up cccc0000" not in text  # a seed's trunk is drawn in the confirm panel, not as the search's
     header = next(ln for ln in text.splitlines() if "trial" in ln and "epoch" in ln and "status" in ln)  # the search's table
-    assert "seed" not in header and "lr" in header
+    legend = next(ln for ln in text.splitlines() if ln.startswith("knobs:"))
+    assert "seed" not in header + legend and "lr = train.lr" in legend  # the search's knobs, not the confirm stage's seed
     line = event_line(state, state.trials["eeee0000"], "completed")
     assert line.startswith("[0:01:23] confirm trial #4 seed 2 eeee0000 epoch 6/6")
     from hamsweep.dashboard import state_from_json, state_to_json
