@@ -232,14 +232,18 @@ def test_optuna_dashboard_shows_the_baseline_next_to_the_search(dashboard, confi
     attrs = {a["key"]: a["value"] for a in studies[name]["user_attrs"]}
     assert json.loads(attrs["baselines"])[trunk["trunk_key"]]["best_objective"] == trunk["best_objective"]
     assert all(any(a["key"] == "best_objective" for a in t["user_attrs"]) for t in search["trials"])
-    # the page, rendered by a real browser with the network off but for the dashboard on 127.0.0.1
+    # the pages, rendered by a real browser with the network off but for the dashboard on 127.0.0.1:
+    # the baseline study's trial (its value) and the search study (baseline_objective beside Best Trial)
     chromium = subprocess.run([str(REPO / "scripts" / "chromium.sh")], capture_output=True, text=True, check=True).stdout.strip()
-    offline = ["--headless", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=127.0.0.1"]
-    page = f"{dashboard}/dashboard/studies/{studies[name + BASELINE_SUFFIX]['study_id']}"
-    dom = subprocess.run([chromium, *offline, "--virtual-time-budget=15000", "--dump-dom", page],
-                         capture_output=True, text=True, timeout=180).stdout
-    assert name + BASELINE_SUFFIX in dom and f"{trunk['best_objective']}" in dom
-    shot = tmp_path / "baseline.png"
-    subprocess.run([chromium, *offline, "--virtual-time-budget=15000", f"--screenshot={shot}", "--window-size=1400,1000", page],
-                   capture_output=True, timeout=180, check=True)
-    assert shot.read_bytes()[:4] == b"\x89PNG"
+    offline = ["--headless", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=127.0.0.1",
+               "--virtual-time-budget=20000"]
+    pages = {"baseline": (f"studies/{studies[name + BASELINE_SUFFIX]['study_id']}/trials", ["Value", "best_objective"]),
+             "search": (f"studies/{studies[name]['study_id']}", ["Best Trial", "Study User Attributes", "baseline_objective"])}
+    for label, (page, words) in pages.items():
+        dom = subprocess.run([chromium, *offline, "--dump-dom", f"{dashboard}/dashboard/{page}"],
+                             capture_output=True, text=True, timeout=180).stdout
+        assert all(w in dom for w in words) and str(trunk["best_objective"]) in dom, (label, dom[-2000:])
+        shot = tmp_path / f"{label}.png"  # for a person to look at: pytest --basetemp=DIR keeps it
+        subprocess.run([chromium, *offline, f"--screenshot={shot}", "--window-size=1400,1600", f"{dashboard}/dashboard/{page}"],
+                       capture_output=True, timeout=180, check=True)
+        assert shot.read_bytes()[:4] == b"\x89PNG"
