@@ -11,7 +11,7 @@ import json
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from rich.console import Console
 
@@ -62,7 +62,9 @@ def read_launch(out: Path) -> Launch | None:
     path = out / LAUNCH
     if not path.is_file():
         return None
-    record = Launch(**json.loads(path.read_text()))
+    data = json.loads(path.read_text())
+    known = {f.name for f in fields(Launch)}  # a newer hamsweep's record: the fields this one knows
+    record = Launch(**{k: v for k, v in data.items() if k in known})
     if record.out is None or not _same_folder(Path(record.out), out):
         record.out = str(out.resolve())  # a copied or moved folder: the record now speaks of this one
     return record
