@@ -60,6 +60,7 @@ class TrialView:
     class_names: tuple[str, ...] = ()  # one per entry of class_robust
     stop_reason: str | None = None  # e.g. "ASHA at epoch 2", "diverged: train loss is nan at epoch 3, batch 4"
     gpu_seconds: float = 0.0  # GPU time spent, in seconds (GPUs held x wall time)
+    device_seconds: float = 0.0  # own cost in device-seconds: wall time x the GPUs (else CPU cores) held
     wall_seconds: float = 0.0  # wall time since the trial started, in seconds
     role: str = "search"  # search | trunk (a shared PGD-AT warm-up, run to the end: the PGD-AT baseline)
     trunk: str | None = None  # a fork's trunk (its trial id)
@@ -82,6 +83,7 @@ class SweepState:
     now: float  # time.time() of this frame, in seconds (render is pure: it never reads the clock)
     trials: dict[str, TrialView] = field(default_factory=dict)  # trial id -> view; insertion order = start order
     gpu_hours_budget: float | None = None  # in GPU-hours; None = no budget
+    device: str = "gpu"  # what TrialView.device_seconds counts: gpu | cpu (resources.gpu == 0)
     wall_hours_budget: float | None = None  # in hours of wall time; None = no budget
     sampler_best: tuple[int, float, dict[str, Any]] | None = None  # Optuna's current best: (number, value, params)
     waiting: list[tuple[str, int]] = field(default_factory=list)  # proposals waiting for a trunk epoch: (trunk, epoch)
@@ -101,6 +103,10 @@ class SweepState:
 
     def gpu_hours(self) -> float:
         return sum(v.gpu_seconds for v in self.trials.values()) / 3600
+
+    def device_hours(self) -> float:
+        """The sweep's cost so far: its trials' own device-hours (a trunk's warm-up counted once)."""
+        return sum(v.device_seconds for v in self.trials.values()) / 3600
 
     def best(self) -> TrialView | None:
         """The trial with the highest best_objective (the first started on a tie); None if none has one."""
@@ -243,9 +249,10 @@ def _header(state: SweepState) -> Panel:
         f"trials: {n['running']} running, {n['completed']} done, {n['stopped']} stopped by ASHA, "
         f"{n['failed']} failed, {pending} pending, of {state.num_samples}"
     )
-    cost = f"GPU-hours used {state.gpu_hours():.2f}"
-    if state.gpu_hours_budget is not None:
-        cost += f" of budget {state.gpu_hours_budget:g}"
+    cost = f"{state.device.upper()}-hours used {state.device_hours():.2f}"
+    if state.gpu_hours_budget is not None:  # the budget is in GPU-hours (budget.gpu_hours)
+        b = state.gpu_hours_budget
+        cost += f" of budget {b:g}" if state.device == "gpu" else f"; GPU-hours {state.gpu_hours():.2f} of budget {b:g}"
     if state.wall_hours_budget is not None:
         cost += f"; wall-clock {_hms(state.now - state.started)} of budget {_hms(state.wall_hours_budget * 3600)}"
     top = Text.assemble(("sweep ", "bold"), (state.name, "bold"), f"   elapsed {_hms(state.now - state.started)}")

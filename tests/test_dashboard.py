@@ -49,8 +49,8 @@ def _sweep() -> SweepState:
     """One trial in each status but pending, two of them scored."""
     return _add(
         _state(gpu_hours_budget=10, wall_hours_budget=2),
-        _trial("aaaa0000", number=0, epoch=2, objective=0.41, best_objective=0.412, best_epoch=2, gpu_seconds=1800),
-        _trial("bbbb1111", "completed", number=1, epoch=6, best_objective=0.3, gpu_seconds=1800),
+        _trial("aaaa0000", number=0, epoch=2, objective=0.41, best_objective=0.412, best_epoch=2, gpu_seconds=1800, device_seconds=1800),
+        _trial("bbbb1111", "completed", number=1, epoch=6, best_objective=0.3, gpu_seconds=1800, device_seconds=1800),
         _trial("cccc2222", "stopped", number=2, epoch=2, best_objective=0.2, stop_reason="ASHA at epoch 2"),
         _trial("dddd3333", "failed", number=3, epoch=3, stop_reason="diverged: loss is nan"),
     )
@@ -66,8 +66,14 @@ def test_header_counts_elapsed_and_budgets():
 
 
 def test_header_without_budget_shows_only_use():
-    text = _text(_add(_state(), _trial("aaaa0000", gpu_seconds=900)))
+    text = _text(_add(_state(), _trial("aaaa0000", gpu_seconds=900, device_seconds=900)))
     assert "GPU-hours used 0.25" in text and "budget" not in text
+
+
+def test_a_sweep_without_gpus_counts_cpu_hours_and_shows_a_gpu_budget_apart():
+    state = _add(_state(gpu_hours_budget=2, device="cpu"), _trial("aaaa0000", device_seconds=1800))
+    text = _text(state)
+    assert "CPU-hours used 0.50; GPU-hours 0.00 of budget 2" in text
 
 
 def test_params_are_compact_and_a_missing_temperature_is_uniform():
