@@ -76,9 +76,9 @@ def _ranks(out: Path, spec: SweepSpec) -> dict[str, object]:
     key = key if key in ("worst", "cvar", "mean") else "worst"
     attack = con.execute("SELECT attack FROM confirm WHERE attack <> 'clean' ORDER BY attack = 'autoattack' DESC LIMIT 1").fetchone()[0]
     rows = con.execute(
-        "SELECT label, search_value, mean, diff_low, diff_high FROM confirm WHERE role = 'search' AND attack = ? AND metric = ?",
+        "SELECT label, search_value, mean, diff_low, diff_high FROM confirm WHERE role = 'confirm' AND attack = ? AND metric = ?",
         [attack, key]).fetchall()
-    base = con.execute("SELECT mean FROM confirm WHERE role = 'trunk' AND attack = ? AND metric = ?", [attack, key]).fetchone()
+    base = con.execute("SELECT mean FROM confirm WHERE role = 'baseline' AND attack = ? AND metric = ?", [attack, key]).fetchone()
     by_search = [r[0] for r in sorted(rows, key=lambda r: -r[1])]
     by_test = [r[0] for r in sorted(rows, key=lambda r: -r[2])]
     includes = sum(1 for r in rows if r[3] is not None and r[3] <= 0 <= r[4])

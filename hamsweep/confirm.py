@@ -152,12 +152,14 @@ def write_tables(out: Path, spec: SweepSpec) -> int:
         return 0
     con = results.connect(out)  # one set of views for every query below
     counts = _test_counts(con)
-    hours = _hours(con)
+    hours, costs = _hours(con), _costs(con)
     configs = [c for c in [*p.baselines, *(c.trial for c in p.chosen)] if c in counts]
     rows, class_rows = [], []
     for config in configs:
         baseline = None if config in p.baselines else next(t[BASELINE] for t in p.trials if t.get(CONFIG) == config)
-        rows += _summary_rows(spec, p, config, counts, baseline, _search_value(con, p, config), hours.get(config, (0.0, 0.0)))
+        cost = _cost_cells(spec, costs, config, baseline, counts)
+        rows += [{**r, **cost} for r in _summary_rows(spec, p, config, counts, baseline, _search_value(con, p, config),
+                                                      hours.get(config, (0.0, 0.0)))]
         class_rows += _class_rows(spec, p, config, counts, baseline)
     results.replace_table(out, results.CONFIRM, rows)
     results.replace_table(out, results.CONFIRM_CLASSES, class_rows)
@@ -184,6 +186,38 @@ def _hours(con: Any) -> dict[str, tuple[float, float]]:
     """config -> (GPU-hours, wall hours) of its confirm trials."""
     sql = f"SELECT config, sum(gpu_seconds) / 3600, sum(wall_seconds) / 3600 FROM trials WHERE stage = '{CONFIRM}' GROUP BY config"
     return {c: (g or 0.0, w or 0.0) for c, g, w in con.execute(sql).fetchall()}
+
+
+def _costs(con: Any) -> dict[str, dict[int, tuple[float, float]]]:
+    """config -> seed -> (own, inherited) device-seconds of its confirm trial of that seed (``results.COST_COLUMNS``)."""
+    sql = f"""SELECT config, seed, sum(device_seconds), sum(inherited_device_seconds) FROM trials
+              WHERE stage = '{CONFIRM}' GROUP BY config, seed"""
+    found: dict[str, dict[int, tuple[float, float]]] = {}
+    for config, seed, own, inherited in con.execute(sql).fetchall():
+        found.setdefault(config, {})[int(seed)] = (own or 0.0, inherited or 0.0)
+    return found
+
+
+def _cost_cells(spec: SweepSpec, costs: dict[str, dict[int, tuple[float, float]]], config: str, baseline: str | None,
+                counts: _Counts) -> dict[str, Any]:
+    """The confirm table's cost columns of ``config``: means over its evaluated seeds of its own, inherited and
+    total device-hours, and the mean over the seeds both have of its total / the baseline's total (paired)."""
+    import numpy as np
+
+    seeds = sorted({s for by_seed in counts[config].values() for s in by_seed} & set(costs.get(config, {})))
+    own = np.array([costs[config][s][0] for s in seeds]) / 3600
+    inherited = np.array([costs[config][s][1] for s in seeds]) / 3600
+    cells: dict[str, Any] = {"device": spec.resources.device, "own_device_hours": _mean(own),
+                             "inherited_device_hours": _mean(inherited), "device_hours": _mean(own + inherited)}
+    base = costs.get(baseline, {}) if baseline else {}
+    paired = [s for s in seeds if s in base and sum(base[s]) > 0]
+    ratios = [sum(costs[config][s]) / sum(base[s]) for s in paired]
+    cells["cost_ratio"] = _mean(np.array(ratios)) if paired else None
+    return cells
+
+
+def _mean(x: Any) -> float | None:
+    return float(x.mean()) if len(x) else None
 
 
 def _search_value(con: Any, p: ConfirmPlan, config: str) -> float | None:
@@ -222,7 +256,7 @@ def _summary_rows(spec: SweepSpec, p: ConfirmPlan, config: str, counts: _Counts,
         paired = [s for s in seeds if s in base_seeds]
         for key in stats.CONFIRM_KEYS:
             ci = stats.t_interval(values[key], conf)
-            row = {"config": config, "label": p.label(config), "role": TRUNK if chosen is None else "search",
+            row = {"config": config, "label": p.label(config), "role": BASELINE if chosen is None else CONFIRM,
                    "number": chosen.number if chosen else None, "baseline": baseline, "attack": attack, "metric": key,
                    "seeds": ci.n, "mean": ci.mean, "std": _null(ci.std), "ci_low": _null(ci.low), "ci_high": _null(ci.high),
                    "confidence": conf, "search_objective": metric, "search_value": search_value,

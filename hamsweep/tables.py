@@ -20,12 +20,12 @@ from rich.text import Text
 from hamsweep import results
 from hamsweep.dashboard import knob_legend, knob_names, knobs_column, knobs_text, numeric_column
 from hamsweep.errors import SpecError
-from hamsweep.keys import SEARCH, TRUNK
+from hamsweep.keys import BASELINE, SEARCH, TRUNK
 from hamsweep.results import param_column
 from hamsweep.spec import OBJECTIVES, SweepSpec
 from hamsweep.spec.trial import objective_summary
 
-__all__ = ["FORMATS", "confirmed_table", "formatted", "mean_std", "paper_rows", "results_table", "top_trials"]
+__all__ = ["FORMATS", "confirmed_table", "cost_cells", "formatted", "mean_std", "paper_rows", "results_table", "top_trials"]
 
 FORMATS = ("table", "csv", "json", "latex")  # hamsweep results --format
 
@@ -89,12 +89,13 @@ def results_table(out: Path, spec: SweepSpec, top: int = 10, by: str | None = No
     baselines = top_trials(out, top, by, role=TRUNK)
     names = knob_names(list(spec.search.params))
     title = (f"{spec.name}: best {len(rows)} trials by validation {by}" + (", and the PGD-AT baseline" if baselines else "")
-             + f"; in %: the highest validation {by}, then worst, mean and clean at its best epoch; test where evaluated")
+             + f"; in %: the highest validation {by}, then worst, mean and clean at its best epoch; test where evaluated; "
+             f"{_device(rows + baselines)}-h: device-hours, a fork's inherited warm-up included")
     table = _terminal_table(title, knob_legend(names))
     cells = [_ranking_cells(r, names) for r in rows + baselines]
     headers = [("#", "number"), ("trial", "number"), ("status", "text"), ("epochs", "number"), ("knobs", "knobs"),
                (by.replace("_", "\n"), "number"), ("worst", "number"), ("mean", "number"), ("clean", "number"),
-               ("test\nworst", "number"), ("test\nmean", "number")]
+               ("test\nworst", "number"), ("test\nmean", "number"), (f"{_device(rows + baselines)}-h", "number")]
     if not names:
         headers.remove(("knobs", "knobs"))
     _add_columns(table, [(h, kind, [c[i] for c in cells]) for i, (h, kind) in enumerate(headers)])
@@ -109,7 +110,11 @@ def _ranking_cells(r: dict[str, Any], names: dict[str, str]) -> list[str]:
     params = {k: r.get(param_column(k)) for k in names if r.get("role") != TRUNK or r.get(param_column(k)) is not None}
     return ["PGD-AT" if r.get("role") == TRUNK else str(r["number"]), r["trial"], r["status"], f"{r['epochs_run']}/{r['epochs']}",
             *([knobs_text(params, names)] if names else []), _pct(r["value"]), _pct(r["robust_worst"]), _pct(r["robust_mean"]),
-            _pct(r["clean_mean"]), _pct(r["test_worst"]), _pct(r["test_mean"])]
+            _pct(r["clean_mean"]), _pct(r["test_worst"]), _pct(r["test_mean"]), _hours(r.get("total_device_seconds"))]
+
+
+def _hours(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds / 3600:.3g}"
 
 
 def _pct(x: float | None) -> str:
@@ -124,6 +129,7 @@ def _fmt(x: Any, key: str) -> str:
 
 # ---- the confirmed table ----
 _COLUMNS = ("worst", "cvar", "mean")  # robust summaries shown, then clean mean
+_COST = ("device", "own_device_hours", "inherited_device_hours", "device_hours", "cost_ratio", "gpu_hours")  # confirm's cost columns
 
 
 def paper_rows(out: Path, spec: SweepSpec) -> tuple[str, list[dict[str, Any]]]:
@@ -134,12 +140,14 @@ def paper_rows(out: Path, spec: SweepSpec) -> tuple[str, list[dict[str, Any]]]:
     robust = "autoattack" if "autoattack" in attacks else next((a for a in sorted(attacks) if a != "clean"), "clean")
     key = objective_summary(spec.objective.primary)
     key = key if key in _COLUMNS else "worst"  # lcb: the worst class
-    stats = con.sql(f"SELECT * FROM {results.CONFIRM} ORDER BY role DESC, number").to_arrow_table().to_pylist()
+    # the baseline first; 'trunk': its role in a confirm table written before schema 4
+    stats = con.sql(f"SELECT * FROM {results.CONFIRM} ORDER BY role IN ('{BASELINE}', '{TRUNK}') DESC, number").to_arrow_table().to_pylist()
     params = {r["trial"]: r for r in con.sql("SELECT * FROM trials").to_arrow_table().to_pylist()}
     rows: dict[str, dict[str, Any]] = {}
     for r in stats:
-        row = rows.setdefault(r["config"], {"config": r["label"], "role": r["role"], "seeds": r["seeds"], "search_objective": r["search_objective"],
-                                            "search_value": r["search_value"], "gpu_hours": r["gpu_hours"], "wall_hours": r["wall_hours"],
+        row = rows.setdefault(r["config"], {"config": r["label"], "role": BASELINE if r["role"] in (BASELINE, TRUNK) else r["role"],
+                                            "seeds": r["seeds"], "search_objective": r["search_objective"], "search_value": r["search_value"],
+                                            **{k: r.get(k) for k in _COST}, "wall_hours": r["wall_hours"],
                                             **{k: (params.get(r["config"]) or {}).get(param_column(k)) for k in spec.search.params}})
         if r["attack"] == robust or (r["attack"] == "clean" and r["metric"] == "mean"):
             name = "clean" if r["attack"] == "clean" else r["metric"]
@@ -169,7 +177,7 @@ def _diff(row: dict[str, Any]) -> str:
 
 def _short_verdict(row: dict[str, Any]) -> str:
     """The stored verdict, shortened for the terminal: which way, or that the interval includes 0."""
-    if row["role"] == TRUNK:
+    if row["role"] == BASELINE:
         return "baseline"
     low, high = row.get("diff_low"), row.get("diff_high")
     if low is None or high is None:
@@ -188,22 +196,35 @@ def confirmed_table(out: Path, spec: SweepSpec) -> Table:
     key = next((r["diff_metric"] for r in rows if r.get("diff_metric")), "worst")
     names = knob_names(list(spec.search.params))
     title = (f"{spec.name}: confirmed on the test split, {seeds} seeds, robust = {robust}; in %, mean±std over seeds; val: "
-             f"the validation {spec.objective.primary} that chose it; Δ {key} vs PGD-AT paired by seed, {conf:g}% t-interval")
-    knobs = [f"{r['config']} {text}" for r in rows if r["role"] != TRUNK and (text := knobs_text({k: r.get(k) for k in names}, names))]
+             f"the validation {spec.objective.primary} that chose it; Δ {key} vs PGD-AT paired by seed, {conf:g}% t-interval; "
+             f"{_device(rows)}-h: device-hours of one seed, the inherited warm-up included; ×PGD-AT: its ratio to PGD-AT's, paired by seed")
+    knobs = [f"{r['config']} {text}" for r in rows if r["role"] != BASELINE and (text := knobs_text({k: r.get(k) for k in names}, names))]
     table = _terminal_table(title, "\n".join(filter(None, ["configs: " + "; ".join(knobs) if knobs else "", knob_legend(names)])))
     cells = [_confirmed_cells(r) for r in rows]
-    headers = ["config", "n", "val", "worst", "CVaR", "mean", "clean", f"Δ {key} vs PGD-AT", "verdict", "GPU-h"]
+    headers = ["config", "n", "val", "worst", "CVaR", "mean", "clean", f"Δ {key} vs PGD-AT", "verdict", f"{_device(rows)}-h", "×PGD-AT"]
     _add_columns(table, [(h, "text" if h == "verdict" else "number", [c[i] for c in cells]) for i, h in enumerate(headers)])
     table.columns[0].justify = "left"  # the config's label
     for r, row in zip(rows, cells, strict=True):
-        table.add_row(*map(Text, row), end_section=r["role"] == TRUNK)
+        table.add_row(*map(Text, row), end_section=r["role"] == BASELINE)
     return table
 
 
 def _confirmed_cells(r: dict[str, Any]) -> list[str]:
     return [r["config"], str(r["seeds"]), _pct(r["search_value"]),
             *[mean_std(r.get(f"{m}_mean"), r.get(f"{m}_std"), sep="±") for m in (*_COLUMNS, "clean")],
-            _diff(r), _short_verdict(r), f"{r['gpu_hours']:.2f}"]
+            _diff(r), _short_verdict(r), *cost_cells(r)]
+
+
+
+def _device(rows: list[dict[str, Any]]) -> str:
+    """'GPU' or 'CPU': what the confirmed table's device-hours count (GPU in a table from before schema 4)."""
+    return "CPU" if rows and all(r.get("device") == "cpu" for r in rows) else "GPU"
+
+
+def cost_cells(r: dict[str, Any]) -> list[str]:
+    """Device-hours per seed (own + the inherited warm-up) and the paired ratio to PGD-AT's ('—' for the baseline)."""
+    hours = r.get("device_hours") if r.get("device_hours") is not None else r.get("gpu_hours")  # a table before schema 4
+    return [_hours(None if hours is None else 3600 * hours), f"{r['cost_ratio']:.2f}" if r.get("cost_ratio") is not None else "—"]
 
 
 def formatted(out: Path, spec: SweepSpec, fmt: str, top: int = 10, by: str | None = None) -> str:
@@ -250,16 +271,17 @@ def _latex(rows: list[dict[str, Any]], spec: SweepSpec) -> str:
     keys = list(spec.search.params)
     metrics = (*_COLUMNS, "clean")
     best = {m: max((r[f"{m}_mean"] for r in rows if r.get(f"{m}_mean") is not None), default=None) for m in metrics}
-    head = ["config", *[_tex(k.split(".")[-1]) for k in keys], "worst", "CVaR", "mean", "clean", "$\\Delta$ vs PGD-AT", "GPU-h"]
+    head = ["config", *[_tex(k.split(".")[-1]) for k in keys], "worst", "CVaR", "mean", "clean", "$\\Delta$ vs PGD-AT", f"{_device(rows)}-h",
+            "cost $\\times$ PGD-AT"]
     lines = ["\\begin{tabular}{" + "l" + "r" * (len(head) - 1) + "}", "\\toprule", " & ".join(head) + " \\\\", "\\midrule"]
     for r in rows:
-        cells = [_tex(r["config"]), *[_tex(_fmt(r.get(k), k)) if r.get(k) is not None or r["role"] != TRUNK else "" for k in keys]]
+        cells = [_tex(r["config"]), *[_tex(_fmt(r.get(k), k)) if r.get(k) is not None or r["role"] != BASELINE else "" for k in keys]]
         for m in metrics:
             text = mean_std(r.get(f"{m}_mean"), r.get(f"{m}_std")).replace("±", "$\\pm$").replace("—", "--")
             cells.append(f"\\textbf{{{text}}}" if r.get(f"{m}_mean") is not None and r[f"{m}_mean"] == best[m] else text)
-        cells += [_diff(r).replace("—", "--"), f"{r['gpu_hours']:.2f}"]
+        cells += [_diff(r).replace("—", "--"), *(c.replace("—", "--") for c in cost_cells(r))]
         lines.append(" & ".join(cells) + " \\\\")
-        if r["role"] == TRUNK:
+        if r["role"] == BASELINE:
             lines.append("\\midrule")
     if lines[-1] == "\\midrule":
         lines.pop()

@@ -47,18 +47,21 @@ def _sql(out: Path, sql: str) -> list[tuple]:
 def test_the_resumed_sweep_has_exactly_the_confirm_trials_expected(sweep):
     out, _ = sweep
     rows = _sql(out, "SELECT stage, role, seed, status, count(*) FROM trials GROUP BY ALL ORDER BY ALL")
-    assert rows == [("confirm", "search", 1, "completed", TOP_K), ("confirm", "search", 2, "completed", TOP_K),
-                    ("confirm", "trunk", 1, "completed", 1), ("confirm", "trunk", 2, "completed", 1),
+    assert rows == [("confirm", "baseline", 1, "completed", 1), ("confirm", "baseline", 2, "completed", 1),
+                    ("confirm", "confirm", 1, "completed", TOP_K), ("confirm", "confirm", 2, "completed", TOP_K),
                     ("search", "search", 0, "completed", SAMPLES), ("search", "trunk", 0, "completed", 1)]
+    # only the search's trials have an Optuna number (a confirm trial's config is its search trial's id)
+    assert _sql(out, "SELECT role, count(number) FROM trials GROUP BY ALL ORDER BY ALL") == [
+        ("baseline", 0), ("confirm", 0), ("search", SAMPLES), ("trunk", 0)]
     # every epoch once: a trunk's 1..E, a fork's after its warm-up; each fork forked from its own seed's trunk
     epochs = _sql(out, """SELECT t.trial, t.role, t.forked_at, t.ham_warmup_epochs, count(e.epoch), count(DISTINCT e.epoch), min(e.epoch),
                           max(e.epoch), k.seed = t.seed FROM trials t JOIN epochs e USING (trial) LEFT JOIN trials k ON k.trial = t.trunk
                           WHERE t.stage = 'confirm' GROUP BY ALL""")
     assert len(epochs) == SEEDS * (TOP_K + 1)
     for _, role, forked, warmup, n, distinct, lo, hi, same_seed in epochs:
-        first = 1 if role == "trunk" else warmup + 1
+        first = 1 if role == "baseline" else warmup + 1
         assert (n, distinct, lo, hi) == (EPOCHS - first + 1,) * 2 + (first, EPOCHS)
-        assert role == "trunk" or (forked == warmup and same_seed)
+        assert role == "baseline" or (forked == warmup and same_seed)
     # one test evaluation per confirm trial, of its best (validation) checkpoint; none for the search
     tests = _sql(out, """SELECT t.stage, count(DISTINCT c.trial), count(*), bool_and(c.epoch = t.best_epoch) FROM classes c
                          JOIN trials t USING (trial) WHERE c.split = 'test' GROUP BY ALL""")
@@ -80,9 +83,9 @@ def test_the_chosen_configs_are_the_best_completed_by_the_validation_objective(s
     out, _ = sweep
     best = _sql(out, """SELECT trial, best_objective FROM trials WHERE stage = 'search' AND role = 'search' AND status = 'completed'
                         ORDER BY best_objective DESC, number LIMIT 2""")
-    chosen = _sql(out, "SELECT DISTINCT config, search_value FROM confirm WHERE role = 'search' ORDER BY search_value DESC, config")
+    chosen = _sql(out, "SELECT DISTINCT config, search_value FROM confirm WHERE role = 'confirm' ORDER BY search_value DESC, config")
     assert sorted(chosen) == sorted(best)  # the search value beside the confirmed value: what chose it
-    baseline = _sql(out, "SELECT DISTINCT search_value FROM confirm WHERE role = 'trunk'")
+    baseline = _sql(out, "SELECT DISTINCT search_value FROM confirm WHERE role = 'baseline'")
     assert baseline == _sql(out, "SELECT best_objective FROM trials WHERE stage = 'search' AND role = 'trunk'")
 
 
@@ -128,14 +131,116 @@ def test_the_confirm_table_agrees_with_a_recomputation_from_the_class_rows(sweep
         assert verdict.startswith(words), verdict
 
 
-def test_per_class_means_agree_and_their_intervals_are_ordered(sweep):
+def test_the_confirm_tables_cost_is_own_plus_inherited_per_seed_with_a_paired_ratio(sweep):
+    """Recomputed from the trials file: a confirmed fork inherits its seed's baseline trunk up to its fork point
+    (own x forked_at / epochs_run); device-hours are per seed; the ratio pairs each seed with the baseline's."""
     out, _ = sweep
-    accs = _per_seed(out)
-    for config, attack, class_id, mean, low, high, base in _sql(
-            out, "SELECT config, attack, class_id, mean, ci_low, ci_high, baseline_mean FROM confirm_classes"):
-        assert mean == pytest.approx(np.mean([a[class_id] for a in accs[(config, attack)].values()]), abs=1e-12)
-        assert 0 <= low <= high <= 1
-        assert (base is None) == config.startswith("pgd_at:")
+    trials = {t["trial"]: t for t in pq.read_table(out / "trials").to_pylist()}
+    per_seed: dict[str, dict[int, tuple[float, float]]] = {}
+    for t in trials.values():
+        if t["stage"] == "confirm":
+            k = trials.get(t["trunk"]) if t["forked_at"] is not None else None
+            inherited = k["device_seconds"] * t["forked_at"] / k["epochs_run"] if k else 0.0
+            per_seed.setdefault(t["config"], {})[t["seed"]] = (t["device_seconds"] / 3600, inherited / 3600)
+    rows = _sql(out, "SELECT DISTINCT config, baseline, device, own_device_hours, inherited_device_hours, device_hours, cost_ratio FROM confirm")
+    assert len(rows) == TOP_K + 1
+    for config, baseline, device, own, inherited, total, ratio in rows:
+        seeds = per_seed[config]
+        assert device == "cpu" and len(seeds) == SEEDS
+        assert own == pytest.approx(np.mean([o for o, _ in seeds.values()]), rel=1e-9)
+        assert inherited == pytest.approx(np.mean([i for _, i in seeds.values()]), rel=1e-9)
+        assert total == pytest.approx(own + inherited, rel=1e-9)
+        if baseline is None:
+            assert inherited == 0 and ratio is None
+            continue
+        assert inherited > 0  # every confirmed config forks from its seed's trunk
+        assert ratio == pytest.approx(np.mean([sum(seeds[s]) / sum(per_seed[baseline][s]) for s in seeds]), rel=1e-9)
+
+
+def _counts_per_seed(out: Path) -> dict[tuple[str, str], dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """(config, attack) -> seed -> (n, correct) per class of the test split, from the Parquet files via pyarrow."""
+    of = {t["trial"]: t for t in pq.read_table(out / "trials").to_pylist() if t["stage"] == "confirm"}
+    found: dict[tuple[str, str], dict[int, dict[int, tuple[int, int]]]] = {}
+    for r in pq.read_table(out / "classes").to_pylist():
+        if r["split"] == "test" and r["trial"] in of:
+            t = of[r["trial"]]
+            found.setdefault((t["config"], r["attack"]), {}).setdefault(t["seed"], {})[r["class_id"]] = (r["n"], r["correct"])
+    return {k: {s: (np.array([c[i][0] for i in sorted(c)]), np.array([c[i][1] for i in sorted(c)])) for s, c in v.items()}
+            for k, v in found.items()}
+
+
+def _class_ci(by_seed: dict[int, tuple[np.ndarray, np.ndarray]], conf: float) -> list[tuple[float, float]]:
+    """The per-class interval written out class by class: a Pearson dispersion over the classes strictly
+    between 0 and 1, widened by (t / z)^2 and floored at 1, then Jeffreys on the effective images."""
+    seeds, classes = sorted(by_seed), len(next(iter(by_seed.values()))[0])
+    chi2, df, per_class = 0.0, 0, []
+    for c in range(classes):
+        ns = [by_seed[s][0][c] for s in seeds if by_seed[s][0][c] > 0]
+        accs = [by_seed[s][1][c] / by_seed[s][0][c] for s in seeds if by_seed[s][0][c] > 0]
+        m = sum(accs) / len(accs)
+        per_class.append((m, sum(ns)))
+        if 0 < m < 1:
+            chi2 += sum((a - m) ** 2 / (m * (1 - m) / n) for a, n in zip(accs, ns))
+            df += len(accs) - 1
+    z = scipy_stats.norm.ppf((1 + conf) / 2)
+    deff = max(1.0, chi2 / df * (scipy_stats.t.ppf((1 + conf) / 2, df) / z) ** 2) if df else 1.0
+    out = []
+    for m, images in per_class:
+        eff = images / deff
+        x, tail = m * eff, (1 - conf) / 2
+        out.append((0.0 if m == 0 else scipy_stats.beta.ppf(tail, x + 0.5, eff - x + 0.5),
+                    1.0 if m == 1 else scipy_stats.beta.ppf(1 - tail, x + 0.5, eff - x + 0.5)))
+    return out
+
+
+def _class_diff(mine: dict[int, tuple[np.ndarray, np.ndarray]], base: dict[int, tuple[np.ndarray, np.ndarray]],
+                conf: float) -> list[tuple[float, float, float]]:
+    """The per-class paired difference written out: per-seed differences over the seeds both have, each
+    arm's variance from its Jeffreys-shrunk pooled accuracy, a Pearson dispersion over the classes not at
+    one bound in both arms on every seed, Student's t (the normal's without degrees of freedom)."""
+    seeds = sorted(set(mine) & set(base))
+    classes = len(mine[seeds[0]][0])
+    chi2, df, parts = 0.0, 0, []
+    for c in range(classes):
+        arms = [(mine[s][0][c], mine[s][1][c], base[s][0][c], base[s][1][c]) for s in seeds]
+        pa = (sum(a[1] for a in arms) + 0.5) / (sum(a[0] for a in arms) + 1)
+        pb = (sum(a[3] for a in arms) + 0.5) / (sum(a[2] for a in arms) + 1)
+        d = [k / n - j / m for n, k, m, j in arms]
+        v = [pa * (1 - pa) / n + pb * (1 - pb) / m for n, _, m, _ in arms]
+        mean = sum(d) / len(d)
+        parts.append((mean, sum(v), len(d)))
+        if len(d) > 1 and not (all(k == j == 0 for _, k, _, j in arms) or all(k == n and j == m for n, k, m, j in arms)):
+            chi2 += sum((x - mean) ** 2 / vx for x, vx in zip(d, v))
+            df += len(d) - 1
+    phi, q = (chi2 / df, scipy_stats.t.ppf((1 + conf) / 2, df)) if df else (1.0, scipy_stats.norm.ppf((1 + conf) / 2))
+    return [(mean, max(-1.0, mean - q * math.sqrt(phi * v) / k), min(1.0, mean + q * math.sqrt(phi * v) / k))
+            for mean, v, k in parts]
+
+
+def test_per_class_rows_agree_with_a_recomputation_from_the_counts(sweep):
+    out, _ = sweep
+    counts = _counts_per_seed(out)
+    rows = _sql(out, """SELECT config, attack, class_id, seeds, mean, ci_low, ci_high, baseline_mean, confidence, paired_seeds,
+                        diff_mean, diff_low, diff_high, verdict FROM confirm_classes""")
+    baseline_of = dict(_sql(out, "SELECT DISTINCT config, baseline FROM confirm"))
+    assert len(rows) == (TOP_K + 1) * 2 * CLASSES
+    for config, attack, c, seeds, mean, low, high, base_mean, conf, paired, d, d_low, d_high, verdict in rows:
+        by_seed = counts[(config, attack)]
+        assert seeds == SEEDS and conf == 0.95
+        assert mean == pytest.approx(np.mean([k[c] / n[c] for n, k in by_seed.values()]), abs=1e-12)
+        assert (low, high) == pytest.approx(_class_ci(by_seed, conf)[c], abs=1e-9)
+        assert 0 <= low <= mean <= high <= 1 and low < high  # never a point, at 0 and 1 included
+        baseline = baseline_of[config]
+        if baseline is None:
+            assert config.startswith("pgd_at:") and (base_mean, paired, d, d_low, d_high, verdict) == (None,) * 6
+            continue
+        base = counts[(baseline, attack)]
+        assert base_mean == pytest.approx(np.mean([k[c] / n[c] for n, k in base.values()]), abs=1e-12)
+        want = _class_diff(by_seed, base, conf)[c]
+        assert paired == SEEDS and (d, d_low, d_high) == pytest.approx(want, abs=1e-9)
+        assert d_low <= d <= d_high and d_low < d_high
+        words = "higher" if want[1] > 0 else "lower" if want[2] < 0 else "no clear difference (95% CI includes 0)"
+        assert verdict.startswith(words), verdict
 
 
 def test_the_run_ends_with_the_confirmed_table_and_results_prints_it_first(sweep):

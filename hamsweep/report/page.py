@@ -27,15 +27,17 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
 
 
 def _results(d: ReportData) -> str:
-    from hamsweep.tables import mean_std, paper_rows, top_trials
+    from hamsweep.keys import BASELINE
+    from hamsweep.tables import cost_cells, mean_std, paper_rows, top_trials
 
     if d.confirm:
         robust, rows = paper_rows(d.out, d.spec)
-        head = ["config", "seeds", "search (val)", "worst", "CVaR", "mean", "clean", "Δ vs PGD-AT", "interval", "GPU-h"]
+        head = ["config", "seeds", "search (val)", "worst", "CVaR", "mean", "clean", "Δ vs PGD-AT", "interval",
+                f"{d.device()}-h per seed", "cost ×PGD-AT"]
         body = [[r["config"], r["seeds"], f"{100 * r['search_value']:.1f}" if r["search_value"] is not None else "—",
                  *[mean_std(r.get(f"{m}_mean"), r.get(f"{m}_std")) for m in ("worst", "cvar", "mean", "clean")],
                  f"{100 * r['diff']:+.1f} [{100 * r['diff_low']:+.1f}, {100 * r['diff_high']:+.1f}]" if r.get("diff_low") is not None else "—",
-                 r.get("verdict") or ("baseline" if r["role"] == "trunk" else "—"), f"{r['gpu_hours']:.2f}"] for r in rows]
+                 r.get("verdict") or ("baseline" if r["role"] == BASELINE else "—"), *cost_cells(r)] for r in rows]
         return (f"<h2>Confirmed on the test split ({html.escape(robust)}; mean ± std over seeds)</h2>" + _table(head, body))
     rows = top_trials(d.out, 5, d.objective)
     head = ["#", "trial", "status", "epochs", f"{d.objective} (val)"]
