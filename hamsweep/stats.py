@@ -135,17 +135,20 @@ def class_intervals(
     quantiles) on m = N_c / max(1, phi * (t_df / z)^2) effective images, x = mean_c * m, N_c its
     test images over the seeds: the t / z factor widens for the estimated phi (Korn and Graubard's
     effective sample size, 1998). At x = 0 the low end is 0 and at x = m the high end is 1 (Brown,
-    Cai and DasGupta 2001): a class with 0/100 on every seed gets [0, about 1.2%] on 2 seeds, not
-    [0, 0]. With one seed phi cannot be estimated and is 1: the interval is the test images' only.
+    Cai and DasGupta 2001): a class with 0/100 on every seed gets [0, 1.2%] on 2 seeds where the
+    others show no seed spread, not [0, 0]. With one seed phi cannot be estimated and is 1: the interval is the test images' only.
 
     Why not the two-stage bootstrap it replaces (seeds with replacement, then Binomial(n, k/n)):
     it collapsed to [0, 0] and [1, 1] at the bounds, it counted the binomial noise twice (the seeds'
-    spread already holds it: 0.98-0.99 with no seed spread) and resampling 2 or 3 seeds misses the
-    seed spread (0.79 at p = 0.5 with 2 seeds and a seed sd of 10 points). Measured for a 95%
-    interval, 100 images a class, 10 classes (``python bench/class_coverage.py``; the README has the
-    table): 0.94-0.98 at p = 0.02, 0.5, 0.98 with 2, 3 and 5 seeds, with and without a seed spread
-    (sd at p = 0.5 of 0, 3, 5, 10 points); above 0.97 only at p = 0.02 and 0.98 with 2-3 seeds and
-    no spread (Jeffreys on a few hits). At p = 0 or 1 every interval that contains the bound covers.
+    spread already holds it: 0.98 without a seed spread) and resampling 2 or 3 seeds misses the seed
+    spread (0.77-0.79 with 2 seeds and a seed sd of 10 points at p = 0.5). Measured for a 95%
+    interval, 100 images a class, 10 classes, 2000 experiments a cell (``python
+    bench/class_coverage.py``; the README has the table): 0.934-0.977 at p = 0.02, 0.5, 0.98 with 2,
+    3 and 5 seeds and a seed sd of 0, 3, 5, 10 points; outside 0.95 +- 0.02 above (0.971-0.977) at
+    p = 0.02 and 0.98 with 2-3 seeds (Jeffreys on a few hits), below (0.934-0.940) at p = 0.5 with
+    a 10-point seed sd. At p = 0 or 1 every interval that contains the bound covers; the class at
+    0/100 on every seed gets [0, 1.8%] on 2 seeds on average (the others' estimated spread), the old
+    method [0, 0].
     What it assumes: one dispersion for all the classes of a config and attack; a class whose seeds
     disagree much more than the others' is under-covered.
     """
@@ -182,8 +185,10 @@ def class_differences(
     seed left out), holds the seed spread of the difference and also what pairing removes (the same
     seed's trunk, the same test images): it is not floored at 1. The interval is mean +- t_df *
     sqrt(phi_d * sum_s v_cs) / seeds_c, clipped to [-1, 1]; with one paired seed phi_d is 1 and the
-    quantile z. Measured as ``class_intervals`` (true difference 0, config and baseline seeds
-    correlated 0 or 0.7): 0.94-0.98; above 0.97 at p = 0.02 and 0.98 with 2 seeds and a seed spread.
+    quantile z. Measured as ``class_intervals`` (true difference 0, the config's and the baseline's
+    seed effects correlated 0.7): 0.933-0.987; outside 0.95 +- 0.02 above (0.975-0.987) at p = 0.02
+    and 0.98 with 2-3 seeds and a seed sd of 5-10 points, below (0.933-0.934) at p = 0.5 with 2-3
+    seeds and 5-10 points. The old two-stage bootstrap on the differences: 0.88-0.99.
     """
     acc, base = (np.stack(_each_seed(class_accuracy, a, c)) for a, c in ((n, correct), (base_n, base_correct)))
     _check_confidence(confidence)
