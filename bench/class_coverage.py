@@ -116,7 +116,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="numpy seed of the whole simulation")
     args = ap.parse_args()
     if args.experiments < 1:
-        sys.exit(f"--experiments must be a positive integer but got {args.experiments}")
+        print(f"--experiments must be a positive integer but got {args.experiments}", file=sys.stderr)
+        sys.exit(2)
     rng, start = np.random.default_rng(args.seed), time.perf_counter()
     rows = {(s, sd): row(rng, s, sd, args.experiments) for s in SEEDS for sd in SPREADS}
     print("\n".join(table(rows, "", "per-class interval (stats.class_intervals)")))
