@@ -51,7 +51,7 @@ def per_class(d: ReportData) -> Drawn:
     fig, ax = plt.subplots(figsize=(10, 4.5))
     if d.confirm_classes:
         _per_class_confirmed(d, ax)
-        how = "test split, mean over the confirm stage's seeds, the band its interval (two-stage bootstrap)"
+        how = "test split, mean over the confirm stage's seeds, the band its interval (Jeffreys on the effective test images, stats.class_intervals)"
     else:
         _per_class_search(d, ax)
         how = "validation split, at each trial's best epoch"
