@@ -144,10 +144,6 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def _num(x: float | None, digits: int = 3) -> str:
-    return _DASH if x is None else f"{x:.{digits}f}"
-
-
 def pct(x: float | None) -> str:
     """An accuracy in [0, 1] as percent with one decimal, as every table shows it: 0.494 -> '49.4'."""
     return _DASH if x is None or math.isnan(x) else f"{100 * x:.1f}"
@@ -383,13 +379,14 @@ def render(state: SweepState, *, max_rows: int = 20) -> RenderableType:
 
 
 def _metrics(state: SweepState, view: TrialView) -> str:
+    """The epoch and its validation accuracies in %, as the tables show them."""
     out = f"epoch {view.epoch}/{view.epochs}"
     if view.objective is not None:
-        out += f" {state.objective} {view.objective:.3f} (best {_num(view.best_objective)})"
+        out += f" {state.objective} {pct(view.objective)}% (best {pct(view.best_objective)}%)"
     if view.mean_robust is not None:
-        out += f" mean {view.mean_robust:.2f}"
+        out += f" mean {pct(view.mean_robust)}%"
     if view.clean_mean is not None:
-        out += f" clean {view.clean_mean:.2f}"
+        out += f" clean {pct(view.clean_mean)}%"
     return out
 
 

@@ -184,11 +184,11 @@ def test_unknown_status_is_named_with_the_valid_ones():
 _VIEW = {"number": 3, "epoch": 2, "objective": 0.412, "best_objective": 0.412, "mean_robust": 0.51, "clean_mean": 0.83}
 _LINES = {
     "start": "[0:01:23] trial 3 a1b2c3d4 start lr=0.0512 temperature=uniform",
-    "epoch": "[0:01:23] trial 3 a1b2c3d4 epoch 2/6 worst_robust 0.412 (best 0.412) mean 0.51 clean 0.83 running",
-    "completed": "[0:01:23] trial 3 a1b2c3d4 epoch 2/6 worst_robust 0.412 (best 0.412) mean 0.51 clean 0.83 completed",
-    "stopped": "[0:01:23] trial 3 a1b2c3d4 epoch 2/6 worst_robust 0.412 (best 0.412) mean 0.51 clean 0.83 stopped: "
+    "epoch": "[0:01:23] trial 3 a1b2c3d4 epoch 2/6 worst_robust 41.2% (best 41.2%) mean 51.0% clean 83.0% running",
+    "completed": "[0:01:23] trial 3 a1b2c3d4 epoch 2/6 worst_robust 41.2% (best 41.2%) mean 51.0% clean 83.0% completed",
+    "stopped": "[0:01:23] trial 3 a1b2c3d4 epoch 2/6 worst_robust 41.2% (best 41.2%) mean 51.0% clean 83.0% stopped: "
     "ASHA at epoch 2",
-    "failed": "[0:01:23] trial 3 a1b2c3d4 epoch 2/6 worst_robust 0.412 (best 0.412) mean 0.51 clean 0.83 failed: "
+    "failed": "[0:01:23] trial 3 a1b2c3d4 epoch 2/6 worst_robust 41.2% (best 41.2%) mean 51.0% clean 83.0% failed: "
     "ASHA at epoch 2",
 }
 
