@@ -11,6 +11,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +55,7 @@ def _copy(src: Path, dst: Path, *, heard_ago: float | None = None, **fields: obj
     a record of an older hamsweep); ``heard_ago``: its driver's files last written that many seconds ago."""
     shutil.copytree(src, dst, symlinks=True)  # copy2: the files keep their times
     record = json.loads((dst / LAUNCH).read_text())
+    record["out"] = str(dst)  # the record of this folder, not of a copy's original (that case is tested on its own)
     record.update({k: v for k, v in fields.items() if v is not None})
     for key in [k for k, v in fields.items() if v is None]:
         record.pop(key, None)
@@ -142,3 +144,44 @@ def test_a_driver_on_another_host_is_judged_by_its_heartbeat(finished, tmp_path)
     os.utime(alive / STATE_FILE, (old, old))
     shown = hamsweep("status", str(alive), timeout=60)
     assert "on elsewhere.example: not running (last heard 2 min ago)" in shown.stdout, shown.stdout
+
+
+_DRIVER = """
+import sys, time
+from pathlib import Path
+from hamsweep.launch._base import Launch, write_launch
+from hamsweep.launch._driver import carrying
+out = Path(sys.argv[1])
+with carrying(out, Launch(kind="local", out=str(out))) as record:
+    write_launch(out, record)
+    print("carrying", flush=True)
+    try:
+        time.sleep(600)
+    except KeyboardInterrupt:
+        sys.exit(130)
+"""
+
+
+def test_a_copy_of_a_running_folder_never_cancels_the_original_driver(finished, tmp_path):
+    """The copy's record names the original's driver, token and all (cp -r of a running sweep, to look at
+    it elsewhere): only `cancel` of the original folder stops it."""
+    original = tmp_path / "original"
+    shutil.copytree(finished, original, symlinks=True)
+    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(original)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout.readline().strip() == "carrying"
+        copy = tmp_path / "copy"
+        shutil.copytree(original, copy, symlinks=True)
+        shown = hamsweep("status", str(copy))
+        assert shown.returncode == 0 and f"a copy of {original}" in shown.stdout, shown.stdout + shown.stderr
+        refused = hamsweep("cancel", str(copy))
+        assert refused.returncode == 1 and f"a copy of {original}" in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1 and driver.poll() is None  # the original's driver runs on
+        assert "copy_of" not in json.loads((copy / LAUNCH).read_text())
+        stopped = hamsweep("cancel", str(original))
+        assert stopped.returncode == 0, stopped.stderr
+        assert driver.wait(timeout=30) == 130  # Ctrl-C'd, as a driver is
+    finally:
+        driver.kill()
+        driver.wait()

@@ -40,6 +40,7 @@ class Launch:
     trial_jobs: list[str] = field(default_factory=list)  # slurm, mode jobs: every trial job submitted
     cancelled: bool = False  # set by ``hamsweep cancel``
     profile: dict | None = None  # slurm: the profile it was launched with, for ``hamsweep resume``
+    copy_of: str | None = None  # found by read_launch, never stored: this folder is a copy of that one, whose driver it names
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ class JobState:
 
 
 def write_launch(out: Path, launch: Launch) -> None:
-    atomic_write_text(out / LAUNCH, json.dumps(asdict(launch), indent=2) + "\n")
+    data = {k: v for k, v in asdict(launch).items() if k != "copy_of"}  # a reader's finding, not the record's
+    atomic_write_text(out / LAUNCH, json.dumps(data, indent=2) + "\n")
 
 
 def read_launch(out: Path) -> Launch | None:
@@ -66,7 +68,10 @@ def read_launch(out: Path) -> Launch | None:
     known = {f.name for f in fields(Launch)}  # a newer hamsweep's record: the fields this one knows
     record = Launch(**{k: v for k, v in data.items() if k in known})
     if record.out is None or not _same_folder(Path(record.out), out):
-        record.out = str(out.resolve())  # a copied or moved folder: the record now speaks of this one
+        # a copied or moved folder: the record now speaks of this one; a copy (the original is still
+        # there) must never signal the original's driver, which carries the same token
+        record.copy_of = record.out if record.out is not None and Path(record.out).is_dir() else None
+        record.out = str(out.resolve())
     return record
 
 

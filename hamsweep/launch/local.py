@@ -47,6 +47,8 @@ class LocalLauncher(Launcher):
 
     def state(self, launch: Launch) -> JobState:
         where = f"driver process {launch.pid} on {launch.host}"
+        if launch.copy_of is not None:
+            return JobState("ended", f"this folder is a copy of {launch.copy_of}; the {where} is that folder's")
         if launch.host != socket.gethostname():
             return _heard(launch, where, "its process is not checkable from this machine")
         if not verifiable(launch) and launch.pid is not None and start_ticks(launch.pid) is not None:
@@ -59,6 +61,8 @@ class LocalLauncher(Launcher):
     def cancel(self, launch: Launch, console: Console) -> None:
         """Ctrl-C the driver (it stops its trials and keeps the folder resumable), then wait for it. A driver
         that is not running is left alone; one that cannot be checked from here is an error."""
+        if launch.copy_of is not None:
+            return  # the driver is the original folder's (``state``)
         if launch.host != socket.gethostname():
             if self.state(launch).phase == "ended":
                 return
