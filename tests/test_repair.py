@@ -68,7 +68,7 @@ def test_half_a_journal_line_is_cut_and_the_whole_file_kept(folder):
 
 def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_previous_one_restored(folder, tmp_path):
     trials = results.read_table(folder, results.TRIALS).to_pylist()
-    row = next(r for r in trials if r["role"] == "trunk" and r["stage"] == "confirm")
+    row = next(r for r in trials if r["role"] == "baseline")  # PGD-AT on a confirm seed
     trial_dir = folder / "ray" / f"trial_{row['trial']}"
     complete = sorted(f for f in trial_dir.glob("checkpoint_*") if (f / LAST).is_file())
     assert len(complete) >= 2  # prune_checkpoints keeps the two newest with their weights

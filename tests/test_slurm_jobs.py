@@ -201,7 +201,7 @@ def test_a_trunk_its_forks_and_the_confirm_stage_run_as_trial_jobs(slurm, tmp_pa
     jobs = listed_jobs(out)  # job id -> trial number: the trunk's job is number -1, the confirm stage's from FIRST_NUMBER
     assert sorted(jobs.values()) == [-FIRST_NUMBER - 1, -1, *sorted(r["number"] for r in forks), FIRST_NUMBER]
     # the confirm stage: PGD-AT and the best config on seed 1, each evaluated on the test split in its job
-    assert sorted((r["role"], r["seed"], r["status"]) for r in confirm) == [("search", 1, "completed"), ("trunk", 1, "completed")]
+    assert sorted((r["role"], r["seed"], r["status"]) for r in confirm) == [("baseline", 1, "completed"), ("confirm", 1, "completed")]
     con = results.connect(out)
     assert con.execute("SELECT count(DISTINCT trial) FROM classes WHERE split = 'test'").fetchone()[0] == 2
     assert con.execute("SELECT count(DISTINCT config) FROM confirm").fetchone()[0] == 2

@@ -166,9 +166,9 @@ def _checkpoints(out: Path) -> int:
     return len(list((out / "ray").glob("trial_*/checkpoint_*")))
 
 
-def _slow_spec(path: Path, **search: int) -> Path:
-    """Trials of 6 epochs, no ASHA, no final evaluation: long enough to be interrupted."""
-    return write_spec(path, data={"train_size": 1024}, train={"epochs": 6}, scheduler="none",
+def _slow_spec(path: Path, epochs: int = 6, **search: int) -> Path:
+    """Trials of ``epochs`` epochs, no ASHA, no final evaluation: long enough to be interrupted."""
+    return write_spec(path, data={"train_size": 1024}, train={"epochs": epochs}, scheduler="none",
                       search={"max_concurrent": 1, **search}, confirm={"top_k": 0})
 
 
@@ -240,7 +240,8 @@ def test_killed_worker_restarts_from_its_checkpoint(tmp_path):
 
 def test_local_sweep_is_watched_and_cancelled_from_another_terminal(tmp_path):
     out = tmp_path / "out"
-    driver = _driver(_slow_spec(tmp_path / "cancel.yaml", num_samples=2), out)
+    # 40 epochs: the first trial still runs when status looks (CI once saw both 6-epoch trials done by then); cancel ends it
+    driver = _driver(_slow_spec(tmp_path / "cancel.yaml", epochs=40, num_samples=2), out)
     try:
         wait_for(lambda: snapshotted_epochs(out) >= 1, 300, "a first checkpointed epoch")
         shown = hamsweep("status", str(out))
