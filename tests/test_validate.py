@@ -7,6 +7,7 @@ says "ok" only without one. Nothing is ever written."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -156,6 +157,16 @@ def test_a_slurm_profile_without_sbatch_on_path_is_an_error(tmp_path):
     env = {**os.environ, "PATH": str(tmp_path / "bin")}  # the console script's shebang is absolute: it still starts
     line = _error(_validate(tmp_path, SMOKE, "--cluster", _profile(tmp_path), env=env))
     assert line == "hamsweep: error: --cluster: sbatch is not on PATH: submit from a SLURM login node, or run locally without --cluster"
+
+
+def test_a_slurm_that_cannot_be_reached_is_one_line(tmp_path):
+    """The real sinfo with a configuration it cannot read prints several lines; validate says its last."""
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        pytest.skip("SLURM's client commands are not installed (make test installs them)")
+    (tmp_path / "broken.conf").write_text("NotASlurmKey=1\n")  # read at once; a missing file makes sinfo wait for a server
+    env = {**os.environ, "SLURM_CONF": str(tmp_path / "broken.conf")}
+    line = _error(_validate(tmp_path, SMOKE, "--cluster", _profile(tmp_path, partition="gpu"), env=env))  # a partition: sinfo is asked
+    assert line.startswith("hamsweep: error: cluster: sinfo failed: ") and line.endswith("; is SLURM reachable from here?"), line
 
 
 def test_a_cloud_profile_leaves_its_machines_to_a_warning(tmp_path):

@@ -38,14 +38,23 @@ def _slurm(*cmd: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def _said(proc: subprocess.CompletedProcess[str]) -> str:
+    """What a failed SLURM command said, in one line: its last line (SLURM's tools end with the fatal one)."""
+    lines = proc.stderr.strip().splitlines()
+    return lines[-1].strip() if lines else f"exit code {proc.returncode}"
+
+
 def partitions() -> list[str]:
     """The partitions this cluster has (the default one first), from ``sinfo``."""
     if shutil.which("sinfo") is None:
         raise SpecError("--cluster", "sinfo is not on PATH, so the profile's partition cannot be checked: "
                                      "run this on a SLURM login node, or run locally without --cluster")
-    proc = _slurm("sinfo", "-h", "-o", "%P")
+    try:
+        proc = _slurm("sinfo", "-h", "-o", "%P")
+    except subprocess.TimeoutExpired:
+        raise SpecError("cluster", "sinfo did not answer in 30 s; is SLURM reachable from here?") from None
     if proc.returncode != 0:
-        raise SpecError("cluster", f"sinfo failed: {proc.stderr.strip() or proc.returncode}; is SLURM reachable from here?")
+        raise SpecError("cluster", f"sinfo failed: {_said(proc)}; is SLURM reachable from here?")
     names = [p.strip() for p in proc.stdout.split() if p.strip()]
     default = [p.rstrip("*") for p in names if p.endswith("*")]
     return default + sorted({p.rstrip("*") for p in names} - set(default))
@@ -174,7 +183,7 @@ def cancel_and_wait(ids: list[str]) -> None:
         return
     proc = _slurm("scancel", *ids)
     if proc.returncode != 0 and _in_queue(ids):
-        raise SpecError("cancel", f"scancel failed: {proc.stderr.strip()}")
+        raise SpecError("cancel", f"scancel failed: {_said(proc)}")
     deadline = time.monotonic() + _CANCEL_WAIT_S
     while _in_queue(ids) and time.monotonic() < deadline:
         time.sleep(1)
