@@ -124,6 +124,7 @@ def run_with_faults(hamsweep: str, spec: Path, out: Path, faults: int, seed: int
             cmd = [hamsweep, "run", str(spec), "--out", str(out)]
         driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
         run.starts += 1
+        ended_by_fault = False
         while driver.poll() is None and len(run.injected) < faults:
             time.sleep(rng.uniform(2.0, 9.0))  # the moment: anywhere in Ray's start, a trial, the confirm stage, compaction
             if driver.poll() is not None:
@@ -132,9 +133,12 @@ def run_with_faults(hamsweep: str, spec: Path, out: Path, faults: int, seed: int
             if _inject(kind, driver, out):
                 run.injected.append(kind)
                 if kind in _ENDS_DRIVER:
+                    ended_by_fault = True
                     break
         _end(driver, timeout=600 if len(run.injected) >= faults else 120)
         run.finished = driver.returncode == 0
+        if run.finished and ended_by_fault:
+            run.injected.pop()  # the driver had finished as the signal went out (it exited 0): that fault did not land
     run.seconds = time.monotonic() - start
     return run
 
