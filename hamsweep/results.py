@@ -58,6 +58,7 @@ __all__ = [
     "compact",
     "compact_live",
     "connect",
+    "device_label",
     "epoch_rows",
     "eval_rows",
     "parts",
@@ -475,6 +476,13 @@ _COST_SQL = """WITH s AS ({sql}), c AS (
   FROM s LEFT JOIN s AS k ON k.trial = s.trunk AND s.forked_at IS NOT NULL AND k.epochs_run > 0)
 SELECT s.*, c.inherited AS inherited_device_seconds, s.device_seconds + c.inherited AS total_device_seconds
 FROM s JOIN c USING (trial)"""
+
+
+def device_label(rows: Iterable[Mapping[str, Any]]) -> str:
+    """'GPU' or 'CPU': what the device-seconds (or -hours) of ``rows`` of ``trials`` or ``confirm`` count;
+    GPU for rows from before schema 4, which kept GPU time only."""
+    rows = list(rows)
+    return "CPU" if rows and all(r.get("device") == "cpu" for r in rows) else "GPU"
 
 
 def _trials_sql(sql: str, columns: set[str], costs: bool) -> str:

@@ -5,7 +5,7 @@ stage's table (``confirmed_table``, from the ``confirm`` Parquet table of ``hams
 ``formatted`` writes it (or the ranking, when there is no confirm table) as csv, json or LaTeX.
 In the terminal both fit 120 columns without cutting a number (see ``hamsweep.dashboard``): numbers in
 %, the knobs in one column with a legend, no vertical rules; the confirmed table lists its configs'
-knobs under it, and leaves room at 120 columns for two more short number columns.
+knobs under it, which leaves room at 120 columns for its two cost columns.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from hamsweep import results
-from hamsweep.dashboard import knob_legend, knob_names, knobs_column, knobs_text, numeric_column
+from hamsweep.dashboard import knob_legend, knob_names, knobs_column, knobs_text, numeric_column, pct
 from hamsweep.errors import SpecError
 from hamsweep.keys import BASELINE, SEARCH, TRUNK
 from hamsweep.results import param_column
@@ -90,12 +90,12 @@ def results_table(out: Path, spec: SweepSpec, top: int = 10, by: str | None = No
     names = knob_names(list(spec.search.params))
     title = (f"{spec.name}: best {len(rows)} trials by validation {by}" + (", and the PGD-AT baseline" if baselines else "")
              + f"; in %: the highest validation {by}, then worst, mean and clean at its best epoch; test where evaluated; "
-             f"{_device(rows + baselines)}-h: device-hours, a fork's inherited warm-up included")
+             f"{results.device_label(rows + baselines)}-h: device-hours, a fork's inherited warm-up included")
     table = _terminal_table(title, knob_legend(names))
     cells = [_ranking_cells(r, names) for r in rows + baselines]
     headers = [("#", "number"), ("trial", "number"), ("status", "text"), ("epochs", "number"), ("knobs", "knobs"),
                (by.replace("_", "\n"), "number"), ("worst", "number"), ("mean", "number"), ("clean", "number"),
-               ("test\nworst", "number"), ("test\nmean", "number"), (f"{_device(rows + baselines)}-h", "number")]
+               ("test\nworst", "number"), ("test\nmean", "number"), (f"{results.device_label(rows + baselines)}-h", "number")]
     if not names:
         headers.remove(("knobs", "knobs"))
     _add_columns(table, [(h, kind, [c[i] for c in cells]) for i, (h, kind) in enumerate(headers)])
@@ -109,16 +109,12 @@ def _ranking_cells(r: dict[str, Any], names: dict[str, str]) -> list[str]:
     # a trunk has only its warm-up keys: the HAM knobs do not apply to PGD-AT
     params = {k: r.get(param_column(k)) for k in names if r.get("role") != TRUNK or r.get(param_column(k)) is not None}
     return ["PGD-AT" if r.get("role") == TRUNK else str(r["number"]), r["trial"], r["status"], f"{r['epochs_run']}/{r['epochs']}",
-            *([knobs_text(params, names)] if names else []), _pct(r["value"]), _pct(r["robust_worst"]), _pct(r["robust_mean"]),
-            _pct(r["clean_mean"]), _pct(r["test_worst"]), _pct(r["test_mean"]), _hours(r.get("total_device_seconds"))]
+            *([knobs_text(params, names)] if names else []), pct(r["value"]), pct(r["robust_worst"]), pct(r["robust_mean"]),
+            pct(r["clean_mean"]), pct(r["test_worst"]), pct(r["test_mean"]), _hours(r.get("total_device_seconds"))]
 
 
 def _hours(seconds: float | None) -> str:
     return "—" if seconds is None else f"{seconds / 3600:.3g}"
-
-
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.1f}"
 
 
 def _fmt(x: Any, key: str) -> str:
@@ -188,8 +184,8 @@ def _short_verdict(row: dict[str, Any]) -> str:
 def confirmed_table(out: Path, spec: SweepSpec) -> Table:
     """The confirm stage's table: each config and the PGD-AT baseline on the test split, mean ± std over
     seeds, the paired difference to PGD-AT with its interval and in words, the search value beside; in %.
-    The configs' knobs are listed under it, so that at 120 columns it leaves room for two more short
-    number columns."""
+    and the cost: device-hours of one seed (the inherited warm-up included) and their paired ratio to
+    PGD-AT's. The configs' knobs are listed under it, so that it fits 120 columns."""
     robust, rows = paper_rows(out, spec)
     seeds = max((r["seeds"] for r in rows), default=0)
     conf = round(100 * spec.confirm.confidence, 6)
@@ -197,11 +193,11 @@ def confirmed_table(out: Path, spec: SweepSpec) -> Table:
     names = knob_names(list(spec.search.params))
     title = (f"{spec.name}: confirmed on the test split, {seeds} seeds, robust = {robust}; in %, mean±std over seeds; val: "
              f"the validation {spec.objective.primary} that chose it; Δ {key} vs PGD-AT paired by seed, {conf:g}% t-interval; "
-             f"{_device(rows)}-h: device-hours of one seed, the inherited warm-up included; ×PGD-AT: its ratio to PGD-AT's, paired by seed")
+             f"{results.device_label(rows)}-h: device-hours of one seed, the inherited warm-up included; ×PGD-AT: its ratio to PGD-AT's, paired by seed")
     knobs = [f"{r['config']} {text}" for r in rows if r["role"] != BASELINE and (text := knobs_text({k: r.get(k) for k in names}, names))]
     table = _terminal_table(title, "\n".join(filter(None, ["configs: " + "; ".join(knobs) if knobs else "", knob_legend(names)])))
     cells = [_confirmed_cells(r) for r in rows]
-    headers = ["config", "n", "val", "worst", "CVaR", "mean", "clean", f"Δ {key} vs PGD-AT", "verdict", f"{_device(rows)}-h", "×PGD-AT"]
+    headers = ["config", "n", "val", "worst", "CVaR", "mean", "clean", f"Δ {key} vs PGD-AT", "verdict", f"{results.device_label(rows)}-h", "×PGD-AT"]
     _add_columns(table, [(h, "text" if h == "verdict" else "number", [c[i] for c in cells]) for i, h in enumerate(headers)])
     table.columns[0].justify = "left"  # the config's label
     for r, row in zip(rows, cells, strict=True):
@@ -210,15 +206,10 @@ def confirmed_table(out: Path, spec: SweepSpec) -> Table:
 
 
 def _confirmed_cells(r: dict[str, Any]) -> list[str]:
-    return [r["config"], str(r["seeds"]), _pct(r["search_value"]),
+    return [r["config"], str(r["seeds"]), pct(r["search_value"]),
             *[mean_std(r.get(f"{m}_mean"), r.get(f"{m}_std"), sep="±") for m in (*_COLUMNS, "clean")],
             _diff(r), _short_verdict(r), *cost_cells(r)]
 
-
-
-def _device(rows: list[dict[str, Any]]) -> str:
-    """'GPU' or 'CPU': what the confirmed table's device-hours count (GPU in a table from before schema 4)."""
-    return "CPU" if rows and all(r.get("device") == "cpu" for r in rows) else "GPU"
 
 
 def cost_cells(r: dict[str, Any]) -> list[str]:
@@ -271,7 +262,7 @@ def _latex(rows: list[dict[str, Any]], spec: SweepSpec) -> str:
     keys = list(spec.search.params)
     metrics = (*_COLUMNS, "clean")
     best = {m: max((r[f"{m}_mean"] for r in rows if r.get(f"{m}_mean") is not None), default=None) for m in metrics}
-    head = ["config", *[_tex(k.split(".")[-1]) for k in keys], "worst", "CVaR", "mean", "clean", "$\\Delta$ vs PGD-AT", f"{_device(rows)}-h",
+    head = ["config", *[_tex(k.split(".")[-1]) for k in keys], "worst", "CVaR", "mean", "clean", "$\\Delta$ vs PGD-AT", f"{results.device_label(rows)}-h",
             "cost $\\times$ PGD-AT"]
     lines = ["\\begin{tabular}{" + "l" + "r" * (len(head) - 1) + "}", "\\toprule", " & ".join(head) + " \\\\", "\\midrule"]
     for r in rows:

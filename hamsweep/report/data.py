@@ -42,7 +42,7 @@ class ReportData:
 
     def device(self) -> str:
         """'GPU' or 'CPU': what the trials' device-seconds count (``trials.device``; GPU in folders from before it)."""
-        return "CPU" if self.trials and all(t.get("device") == "cpu" for t in self.trials) else "GPU"
+        return results.device_label(self.trials)
 
     def search(self) -> list[dict[str, Any]]:
         """The search stage's HAM (or other) trials, trunks apart."""
