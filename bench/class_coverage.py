@@ -15,9 +15,9 @@ images a class (CIFAR-100's, the smallest), ``seeds`` seeds:
   config's and the baseline's seed s when sd > 0 (the fork shares the seed's trunk);
 - correct_cs ~ Binomial(100, p_cs), the two arms independently.
 
-An interval covers when it contains mu_c (for the difference: 0). At mu = 0 and 1 every interval that
-contains the bound covers, so the table also gives the mean width there: the old method's [0, 0]
-covers too, but it claims certainty that 100 test images cannot give. Coverage is over
+An interval covers when it contains mu_c (for the difference: 0). At mu = 0 and 1 every interval
+that contains the bound covers, so the table also gives the mean width there: the old method's
+[0, 0] covers too, but it claims certainty that 100 test images cannot give. Coverage is over
 ``--experiments`` experiments per row (standard error about 0.005 at 2000); the old method resamples
 1000 times. About 3 minutes of one core (18 s of CPU at --experiments 200).
 """
@@ -35,9 +35,10 @@ from scipy import stats as scipy_stats
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo root, so the bench runs from a checkout without installing
 
-from hamsweep.stats import class_differences, class_intervals  # noqa: E402
+from hamsweep.core.stats import class_differences, class_intervals  # noqa: E402
 
-MU = np.array([0.0, 0.02, 0.5, 0.98, 1.0, 0.1, 0.3, 0.5, 0.7, 0.9])  # true per-class accuracy; the first 5 reported
+# true per-class accuracy; the first 5 reported
+MU = np.array([0.0, 0.02, 0.5, 0.98, 1.0, 0.1, 0.3, 0.5, 0.7, 0.9])
 REPORTED = 5
 IMAGES = 100  # test images a class
 SEEDS = (2, 3, 5)
@@ -46,7 +47,9 @@ ARM_CORRELATION = 0.7  # of the config's and the baseline's latent seed effect
 RESAMPLES = 1000  # the old bootstrap's
 
 
-def simulate(rng: np.random.Generator, seeds: int, sd: float, experiments: int) -> tuple[np.ndarray, np.ndarray]:
+def simulate(
+    rng: np.random.Generator, seeds: int, sd: float, experiments: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(experiments, seeds, classes) correct counts of the config and of the baseline."""
     z = rng.standard_normal((2, experiments, seeds, MU.size))
     z[1] = ARM_CORRELATION * z[0] + np.sqrt(1 - ARM_CORRELATION**2) * z[1]
@@ -60,38 +63,56 @@ def simulate(rng: np.random.Generator, seeds: int, sd: float, experiments: int) 
     return counts[0], counts[1]
 
 
-def old_intervals(config: np.ndarray, baseline: np.ndarray, rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def old_intervals(
+    config: np.ndarray, baseline: np.ndarray, rng: np.random.Generator
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The replaced method (stats.class_intervals before issue 18) on (experiments, seeds, classes)
     counts: seeds with replacement, then each drawn seed's count from Binomial(n, correct / n); the
     2.5 and 97.5 percentiles of the mean. The difference: the same two stages on both arms, the seed
-    indices drawn once for both (paired). Vectorised over experiments; (experiments, classes) each."""
+    indices drawn once for both (paired). Vectorised over experiments;
+    (experiments, classes) each."""
     experiments, seeds, _ = config.shape
     drawn = rng.integers(0, seeds, size=(RESAMPLES, experiments, seeds, 1))
     a = rng.binomial(IMAGES, np.take_along_axis(config[None] / IMAGES, drawn, 2)) / IMAGES
     b = rng.binomial(IMAGES, np.take_along_axis(baseline[None] / IMAGES, drawn, 2)) / IMAGES
     ends = (2.5, 97.5)
-    return {"old": tuple(np.percentile(a.mean(2), ends, axis=0)), "old_diff": tuple(np.percentile((a - b).mean(2), ends, axis=0))}
+    return {
+        "old": tuple(np.percentile(a.mean(2), ends, axis=0)),
+        "old_diff": tuple(np.percentile((a - b).mean(2), ends, axis=0)),
+    }
 
 
-def new_intervals(config: np.ndarray, baseline: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """stats.class_intervals and stats.class_differences, one call per experiment; (experiments, classes) each."""
+def new_intervals(
+    config: np.ndarray, baseline: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """stats.class_intervals and stats.class_differences, one call per experiment;
+    (experiments, classes) each."""
     n = np.full(config.shape[1:], IMAGES)
-    found = [(class_intervals(n, c)[1:], class_differences(n, c, n, b)[1:]) for c, b in zip(config, baseline)]
-    return {"new": tuple(np.array([f[0][i] for f in found]) for i in (0, 1)),
-            "new_diff": tuple(np.array([f[1][i] for f in found]) for i in (0, 1))}
+    found = [
+        (class_intervals(n, c)[1:], class_differences(n, c, n, b)[1:])
+        for c, b in zip(config, baseline)
+    ]
+    return {
+        "new": tuple(np.array([f[0][i] for f in found]) for i in (0, 1)),
+        "new_diff": tuple(np.array([f[1][i] for f in found]) for i in (0, 1)),
+    }
 
 
 def row(rng: np.random.Generator, seeds: int, sd: float, experiments: int) -> dict[str, np.ndarray]:
     """Coverage (classes,) and mean width (classes,) of the four intervals over ``experiments``."""
     config, baseline = simulate(rng, seeds, sd, experiments)
     found: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for start in range(0, experiments, 100):  # chunks: the old bootstrap holds resamples x chunk x seeds x classes
-        c, b = config[start:start + 100], baseline[start:start + 100]
+    # chunks: the old bootstrap holds resamples x chunk x seeds x classes
+    for start in range(0, experiments, 100):
+        c, b = config[start : start + 100], baseline[start : start + 100]
         for key, ends in {**old_intervals(c, b, rng), **new_intervals(c, b)}.items():
             found.setdefault(key, []).append(ends)
     out = {}
     for key, chunks in found.items():
-        low, high = np.concatenate([lo for lo, _ in chunks]), np.concatenate([hi for _, hi in chunks])
+        low, high = (
+            np.concatenate([lo for lo, _ in chunks]),
+            np.concatenate([hi for _, hi in chunks]),
+        )
         truth = 0.0 if key.endswith("diff") else MU
         out[key] = ((low <= truth) & (truth <= high)).mean(0)
         out[f"{key}_width"] = (high - low).mean(0)
@@ -99,12 +120,19 @@ def row(rng: np.random.Generator, seeds: int, sd: float, experiments: int) -> di
 
 
 def table(rows: dict[tuple[int, float], dict[str, np.ndarray]], key: str, title: str) -> list[str]:
-    """A Markdown table: one line per (seeds, sd), 'old / new' coverage per reported mu, width at 0."""
+    """A Markdown table: one line per (seeds, sd), 'old / new' coverage per
+    reported mu, width at 0."""
     head = " | ".join(f"p = {m:g}" for m in MU[:REPORTED])
-    lines = [f"{title}: coverage, old / new (95% nominal)", "",
-             f"| seeds | seed sd | {head} | width at p = 0 |", "|---" * (REPORTED + 3) + "|"]
+    lines = [
+        f"{title}: coverage, old / new (95% nominal)",
+        "",
+        f"| seeds | seed sd | {head} | width at p = 0 |",
+        "|---" * (REPORTED + 3) + "|",
+    ]
     for (seeds, sd), r in rows.items():
-        cells = " | ".join(f"{r[f'old{key}'][c]:.3f} / {r[f'new{key}'][c]:.3f}" for c in range(REPORTED))
+        cells = " | ".join(
+            f"{r[f'old{key}'][c]:.3f} / {r[f'new{key}'][c]:.3f}" for c in range(REPORTED)
+        )
         w0 = f"{r[f'old{key}_width'][0]:.3f} / {r[f'new{key}_width'][0]:.3f}"
         lines.append(f"| {seeds} | {100 * sd:g} pt | {cells} | {w0} |")
     return lines
@@ -116,15 +144,28 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="numpy seed of the whole simulation")
     args = ap.parse_args()
     if args.experiments < 1:
-        print(f"--experiments must be a positive integer but got {args.experiments}", file=sys.stderr)
+        print(
+            f"--experiments must be a positive integer but got {args.experiments}", file=sys.stderr
+        )
         sys.exit(2)
     rng, start = np.random.default_rng(args.seed), time.perf_counter()
     rows = {(s, sd): row(rng, s, sd, args.experiments) for s in SEEDS for sd in SPREADS}
     print("\n".join(table(rows, "", "per-class interval (stats.class_intervals)")))
     print()
-    print("\n".join(table(rows, "_diff", "per-class paired difference to the baseline, true difference 0 "
-                                        "(stats.class_differences)")))
-    print(f"\n{args.experiments} experiments a row, 10 classes, {IMAGES} test images a class; {time.perf_counter() - start:.0f} s")
+    print(
+        "\n".join(
+            table(
+                rows,
+                "_diff",
+                "per-class paired difference to the baseline, true difference 0 "
+                "(stats.class_differences)",
+            )
+        )
+    )
+    print(
+        f"\n{args.experiments} experiments a row, 10 classes, {IMAGES} test images a class; "
+        f"{time.perf_counter() - start:.0f} s"
+    )
 
 
 if __name__ == "__main__":

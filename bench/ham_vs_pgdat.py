@@ -14,9 +14,9 @@ import argparse
 import statistics
 import tempfile
 
-from hamsweep.data import load
+from hamsweep.core.data import load
+from hamsweep.core.train import run
 from hamsweep.spec import TrialConfig
-from hamsweep.train import run
 
 METHODS = {
     "pgd_at": {"train": {"method": "pgd_at"}},
@@ -27,7 +27,13 @@ METHODS = {
 
 def config(method: dict, seed: int, args: argparse.Namespace) -> TrialConfig:
     base = {
-        "data": {"name": "synthetic", "num_classes": 10, "image_size": 16, "train_size": args.n, "val_fraction": 0.2},
+        "data": {
+            "name": "synthetic",
+            "num_classes": 10,
+            "image_size": 16,
+            "train_size": args.n,
+            "val_fraction": 0.2,
+        },
         "model": {"name": "small_cnn", "width": 16},
         "train": {"epochs": args.epochs, "batch_size": 64, "lr": 0.05, "seed": seed},
         "ham": {"warmup_epochs": args.warmup, "drop_step": 3},
@@ -61,16 +67,31 @@ def main() -> None:
     p.add_argument("--n", type=int, default=2500)
     args = p.parse_args()
     dataset = load(config(METHODS["pgd_at"], 0, args).data)
-    results = {name: [one(m, seed, args, dataset) for seed in range(args.seeds)] for name, m in METHODS.items()}
+    results = {
+        name: [one(m, seed, args, dataset) for seed in range(args.seeds)]
+        for name, m in METHODS.items()
+    }
     base_steps = statistics.mean(r["attack_steps"] for r in results["pgd_at"])
     base_time = statistics.mean(r["seconds"] for r in results["pgd_at"])
-    print(f"{args.seeds} seeds, {args.epochs} epochs ({args.warmup} PGD-AT warm-up for HAM), val split, mean ± sd")
-    print(f"{'method':<11} {'worst PGD-20':>14} {'3 worst PGD-20':>15} {'mean PGD-20':>14} {'clean':>14} {'attack':>7} {'wall':>7}")
+    print(
+        f"{args.seeds} seeds, {args.epochs} epochs ({args.warmup} PGD-AT warm-up for HAM), val "
+        "split, mean ± sd"
+    )
+    print(
+        f"{'method':<11} {'worst PGD-20':>14} {'3 worst PGD-20':>15} {'mean PGD-20':>14} "
+        f"{'clean':>14} {'attack':>7} {'wall':>7}"
+    )
     for name, rs in results.items():
-        cells = [_ms([r[k] for r in rs]) for k in ("robust_worst", "robust_cvar", "robust_mean", "clean_mean")]
+        cells = [
+            _ms([r[k] for r in rs])
+            for k in ("robust_worst", "robust_cvar", "robust_mean", "clean_mean")
+        ]
         steps = statistics.mean(r["attack_steps"] for r in rs) / base_steps
         wall = statistics.mean(r["seconds"] for r in rs) / base_time
-        print(f"{name:<11} {cells[0]:>14} {cells[1]:>15} {cells[2]:>14} {cells[3]:>14} {steps:7.3f} {wall:7.3f}")
+        print(
+            f"{name:<11} {cells[0]:>14} {cells[1]:>15} "
+            f"{cells[2]:>14} {cells[3]:>14} {steps:7.3f} {wall:7.3f}"
+        )
 
 
 def _ms(xs: list[float]) -> str:

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo root: hamsweep and tests.cifar_files
 
-from hamsweep import data  # noqa: E402
+from hamsweep.core import data  # noqa: E402
 from hamsweep.spec import DataConfig  # noqa: E402
 from tests.cifar_files import random_arrays, write_cifar10  # noqa: E402
 
@@ -44,7 +44,10 @@ def main() -> None:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     with tempfile.TemporaryDirectory() as root:
         _write_dataset(Path(root), args.n)
-        rows = [("DeviceLoader", dev, "-", _time_device_loader(root, dev, args.repeats)) for dev in devices]
+        rows = [
+            ("DeviceLoader", dev, "-", _time_device_loader(root, dev, args.repeats))
+            for dev in devices
+        ]
         for dev, w in itertools.product(devices, WORKERS):
             rows.append(("DataLoader", dev, str(w), _time_dataloader(root, dev, w, args.repeats)))
     _report(rows, args.n)
@@ -52,15 +55,22 @@ def main() -> None:
 
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=10_000, help="training images in the fake CIFAR-10 (default 10000)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per loader, after one warm-up epoch")
+    parser.add_argument(
+        "--n", type=int, default=10_000, help="training images in the fake CIFAR-10 (default 10000)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed epochs per loader, after one warm-up epoch"
+    )
     return parser.parse_args()
 
 
 def _write_dataset(root: Path, n: int) -> None:
-    """CIFAR-10 files of n random training images (and 100 test images) with torchvision's md5s patched."""
+    """CIFAR-10 files of n random training images (and 100 test images) with
+    torchvision's md5s patched."""
     classes = [f"class{i}" for i in range(10)]
-    for cls, attr, value in write_cifar10(root, random_arrays(n, 10, 0), random_arrays(100, 10, 1), classes):
+    for cls, attr, value in write_cifar10(
+        root, random_arrays(n, 10, 0), random_arrays(100, 10, 1), classes
+    ):
         setattr(cls, attr, value)
 
 
@@ -77,7 +87,11 @@ def _time_dataloader(root: str, device: torch.device, workers: int, repeats: int
     from torchvision import datasets, transforms
 
     augment = transforms.Compose(
-        [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor()]
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+        ]
     )
     dataset = datasets.CIFAR10(root, train=True, transform=augment)
     loader = DataLoader(
@@ -91,7 +105,9 @@ def _time_dataloader(root: str, device: torch.device, workers: int, repeats: int
     return _median_epoch(lambda epoch: loader, device, repeats)
 
 
-def _median_epoch(epoch_batches: Callable[[int], Batches], device: torch.device, repeats: int) -> float:
+def _median_epoch(
+    epoch_batches: Callable[[int], Batches], device: torch.device, repeats: int
+) -> float:
     """Median wall seconds to consume every batch of an epoch (epoch 0 is a warm-up, not timed)."""
     times = []
     for epoch in range(repeats + 1):
@@ -105,7 +121,10 @@ def _median_epoch(epoch_batches: Callable[[int], Batches], device: torch.device,
 
 
 def _report(rows: list[tuple[str, torch.device, str, float]], n: int) -> None:
-    print(f"one epoch of {n} CIFAR-10-format images, batch {BATCH}, crop (pad 4) + flip, torch {torch.__version__}")
+    print(
+        f"one epoch of {n} CIFAR-10-format images, batch {BATCH}, crop (pad 4) + flip, torch "
+        f"{torch.__version__}"
+    )
     print(f"{'loader':<13} {'device':<7} {'workers':>7} {'s/epoch':>9} {'images/s':>10}")
     for name, device, workers, seconds in rows:
         print(f"{name:<13} {device.type:<7} {workers:>7} {seconds:>9.3f} {n / seconds:>10.0f}")

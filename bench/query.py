@@ -1,7 +1,8 @@
-"""Worst class per trial: ``hamsweep query`` over the Parquet tables vs pandas over Ray's progress.csv files.
+"""Worst class per trial: ``hamsweep query`` over the Parquet tables vs pandas over
+Ray's progress.csv files.
 
-    .venv/bin/python bench/query.py [--trials 1000] [--epochs 100] [--classes 100] [--writer rows|table]
-                                    [--repeats 3] [--keep DIR]
+    .venv/bin/python bench/query.py [--trials 1000] [--epochs 100] [--classes 100]
+                                    [--writer rows|table] [--repeats 3] [--keep DIR]
 
 Draws seeded per-class robust counts for every (trial, epoch, class): N_PER_CLASS validation images,
 ``correct ~ Binomial(n, p)`` with p rising over the epochs and differing by trial and class (so the
@@ -23,10 +24,10 @@ The question, defined identically on both sides: for each trial, at its last epo
 ``epoch`` / ``training_iteration``), the class with the lowest robust accuracy ``correct / n``;
 ties go to the lowest class id. Timed, best of ``--repeats``:
 
-- ``hamsweep.query.query(root, SQL)``, the code path of ``hamsweep query`` (DuckDB over the
+- ``hamsweep.results.query.query(root, SQL)``, the code path of ``hamsweep query`` (DuckDB over the
   deduplicating views), on the per-trial parts and again after compaction;
-- the same SQL as ``hamsweep query DIR SQL --format csv`` in a subprocess, once per layout, wall time
-  including Python start-up;
+- the same SQL as ``hamsweep query DIR SQL --format csv`` in a subprocess, once per layout, wall
+  time including Python start-up;
 - both again over a third layout, a live sweep's: one fresh part per trial, folded into the base by
   ``compact_live`` as they are written (the fold times are printed);
 - pandas: glob + read_csv + concat of every progress.csv, then the worst class per trial;
@@ -58,12 +59,13 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo root, so the bench runs from a checkout without installing
 
-from hamsweep import results  # noqa: E402
-from hamsweep.query import query  # noqa: E402
+from hamsweep.results import store as results  # noqa: E402
+from hamsweep.results.query import query  # noqa: E402
 
 N_PER_CLASS = 100  # validation images per class: accuracies are multiples of 1/100, so ties happen
 SPLIT, ATTACK = "val", "pgd20"
-RAY_COLUMN = f"{SPLIT}_{ATTACK}_acc/class_"  # Ray flattens {"val_pgd20_acc": {"class_17": a}} with "/"
+# Ray flattens {"val_pgd20_acc": {"class_17": a}} with "/"
+RAY_COLUMN = f"{SPLIT}_{ATTACK}_acc/class_"
 TOLERANCE = 1e-9  # agreement of the accuracies (CSV text round trip vs Parquet integers)
 GOAL_RATIO, GOAL_SECONDS = 10.0, 1.0
 
@@ -98,13 +100,23 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--trials", type=int, default=1000, help="trials (default 1000)")
     parser.add_argument("--epochs", type=int, default=100, help="epochs per trial (default 100)")
     parser.add_argument("--classes", type=int, default=100, help="classes (default 100)")
-    parser.add_argument("--writer", choices=("rows", "table"), default="rows",
-                        help="rows: class_rows + PartWriter.append, the sweep's path (default); table: _write_part "
-                        "with a table built from numpy columns, faster")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per in-process query; the best counts")
+    parser.add_argument(
+        "--writer",
+        choices=("rows", "table"),
+        default="rows",
+        help="rows: class_rows + PartWriter.append, the sweep's path (default); table: _write_part "
+        "with a table built from numpy columns, faster",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per in-process query; the best counts"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic counts")
-    parser.add_argument("--keep", type=Path, default=None,
-                        help="write into DIR and keep it (default: a temporary folder)")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="write into DIR and keep it (default: a temporary folder)",
+    )
     args = parser.parse_args()
     for name in ("trials", "epochs", "classes", "repeats"):
         if getattr(args, name) < 1:
@@ -130,9 +142,12 @@ def _run(args: argparse.Namespace, correct: np.ndarray, tmp: Path) -> None:
     parquet_root, ray_root = tmp / "run", tmp / "ray"
     write_s = _timed(lambda: _write_parquet(parquet_root, correct, args.writer))[0]
     _write_ray(ray_root, correct)
-    print(f"{args.trials} trials x {args.epochs} epochs x {args.classes} classes = {correct.size:,} class rows; "
-          f"{args.trials} parts written with --writer {args.writer} in {write_s:.1f} s "
-          f"({correct.size / write_s:,.0f} rows/s)", flush=True)
+    print(
+        f"{args.trials} trials x {args.epochs} epochs x {args.classes} classes = {correct.size:,} "
+        f"class rows; {args.trials} parts written with --writer {args.writer} in {write_s:.1f} s "
+        f"({correct.size / write_s:,.0f} rows/s)",
+        flush=True,
+    )
     expected, repeats = _expected(correct), args.repeats
 
     def hamsweep_query() -> Answer:
@@ -140,25 +155,44 @@ def _run(args: argparse.Namespace, correct: np.ndarray, tmp: Path) -> None:
 
     pandas_s = _best(lambda: _pandas_worst(ray_root), repeats, expected, "pandas")
     timings = [
-        (f"hamsweep query, {args.trials} parts, in-process", _best(hamsweep_query, repeats, expected, "parts")),
-        (f"hamsweep query, {args.trials} parts, CLI subprocess", _cli(parquet_root, expected, "CLI (parts)")),
+        (
+            f"hamsweep query, {args.trials} parts, in-process",
+            _best(hamsweep_query, repeats, expected, "parts"),
+        ),
+        (
+            f"hamsweep query, {args.trials} parts, CLI subprocess",
+            _cli(parquet_root, expected, "CLI (parts)"),
+        ),
     ]
     compact_s = _timed(lambda: results.compact(parquet_root))[0]
     print(f"compact: {args.trials} parts -> 1 in {compact_s:.1f} s")
     timings += [
-        ("hamsweep query, compacted, in-process", _best(hamsweep_query, repeats, expected, "compacted")),
-        ("hamsweep query, compacted, CLI subprocess", _cli(parquet_root, expected, "CLI (compacted)")),
-        ("(reference) same SQL, compacted, no dedup view",
-         _best(lambda: _answer(_raw_query(parquet_root)), repeats, expected, "raw read_parquet")),
+        (
+            "hamsweep query, compacted, in-process",
+            _best(hamsweep_query, repeats, expected, "compacted"),
+        ),
+        (
+            "hamsweep query, compacted, CLI subprocess",
+            _cli(parquet_root, expected, "CLI (compacted)"),
+        ),
+        (
+            "(reference) same SQL, compacted, no dedup view",
+            _best(lambda: _answer(_raw_query(parquet_root)), repeats, expected, "raw read_parquet"),
+        ),
     ]
     live_root = tmp / "live"
     folds, live_s = _write_live(live_root, correct)
     found = results.parts(live_root, results.CLASSES)
-    print(f"live layout: {args.trials} fresh parts, compacted as written ({len(folds)} folds into the base, "
-          f"{sum(folds):.1f} s in all, the longest {max(folds, default=0):.2f} s; writing took {live_s:.1f} s); "
-          f"the query meets the base + {len(found.recent)} fresh parts")
+    print(
+        f"live layout: {args.trials} fresh parts, compacted as written ({len(folds)} folds into "
+        f"the base, {sum(folds):.1f} s in all, the longest {max(folds, default=0):.2f} s; writing "
+        f"took {live_s:.1f} s); the query meets the base + {len(found.recent)} fresh parts"
+    )
     timings += [
-        ("hamsweep query, live sweep, in-process", _best(lambda: _answer(query(live_root, WORST_SQL)), repeats, expected, "live")),
+        (
+            "hamsweep query, live sweep, in-process",
+            _best(lambda: _answer(query(live_root, WORST_SQL)), repeats, expected, "live"),
+        ),
         ("hamsweep query, live sweep, CLI subprocess", _cli(live_root, expected, "CLI (live)")),
     ]
     _report(args, pandas_s, timings)
@@ -166,13 +200,15 @@ def _run(args: argparse.Namespace, correct: np.ndarray, tmp: Path) -> None:
 
 def _write_live(root: Path, correct: np.ndarray) -> tuple[list[float], float]:
     """As a running sweep leaves the folder: one fresh part per flush (here one per trial; new keys,
-    as ``BufferedWriter`` marks them) and ``compact_live`` after each, as the writer calls it; returns
-    the seconds of each fold and of the whole writing."""
-    trials, epochs, classes = correct.shape
+    as ``BufferedWriter`` marks them) and ``compact_live`` after each, as the writer calls it;
+    returns the seconds of each fold and of the whole writing."""
+    trials, _, classes = correct.shape
     names = [f"class{c:03d}" for c in range(classes)]
     folds, start = [], time.perf_counter()
     for t in range(trials):
-        results._write_part(root / results.CLASSES, _class_table(_trial_name(t), correct[t], names), fresh=True)
+        results._write_part(
+            root / results.CLASSES, _class_table(_trial_name(t), correct[t], names), fresh=True
+        )
         seconds, folded = _timed(lambda: results.compact_live(root, (results.CLASSES,)))
         if folded:
             folds.append(seconds)
@@ -180,27 +216,37 @@ def _write_live(root: Path, correct: np.ndarray) -> tuple[list[float], float]:
 
 
 def _report(args: argparse.Namespace, pandas_s: float, timings: list[tuple[str, float]]) -> None:
-    print(f"worst class per trial at the last epoch, best of {args.repeats} (CLI: once, with Python start-up):")
-    print(f"  {f'pandas, read_csv x {args.trials} + concat':<48} {pandas_s:>8.3f} s   pandas / this")
+    print(
+        "worst class per trial at the last epoch, best of "
+        f"{args.repeats} (CLI: once, with Python start-up):"
+    )
+    print(
+        f"  {f'pandas, read_csv x {args.trials} + concat':<48} {pandas_s:>8.3f} s   pandas / this"
+    )
     for label, seconds in timings:
         print(f"  {label:<48} {seconds:>8.3f} s   {pandas_s / seconds:>6.1f}x")
     print(f"answers agree: same worst class for every trial, accuracies within {TOLERANCE:g}")
-    for label, seconds in [*timings[2:4], *timings[5:7]]:  # the compacted folder (a finished sweep) and the live one
+    # the compacted folder (a finished sweep) and the live one
+    for label, seconds in [*timings[2:4], *timings[5:7]]:
         met = pandas_s / seconds >= GOAL_RATIO and seconds < GOAL_SECONDS
-        print(f"goal (>= {GOAL_RATIO:.0f}x pandas and < {GOAL_SECONDS:.0f} s), {label}: "
-              f"{'met' if met else 'NOT met'} ({pandas_s / seconds:.1f}x, {seconds:.3f} s)")
+        print(
+            f"goal (>= {GOAL_RATIO:.0f}x pandas and < {GOAL_SECONDS:.0f} s), {label}: "
+            f"{'met' if met else 'NOT met'} ({pandas_s / seconds:.1f}x, {seconds:.3f} s)"
+        )
 
 
 def _write_parquet(root: Path, correct: np.ndarray, writer: str) -> None:
     """One ``classes`` part per trial through the project's writer."""
-    trials, epochs, classes = correct.shape
+    trials, _, classes = correct.shape
     names = [f"class{c:03d}" for c in range(classes)]
     part_writer = results.PartWriter(root)
     for t in range(trials):
         if writer == "rows":
             part_writer.append(results.CLASSES, _class_rows(_trial_name(t), correct[t], names))
         else:
-            results._write_part(root / results.CLASSES, _class_table(_trial_name(t), correct[t], names))
+            results._write_part(
+                root / results.CLASSES, _class_table(_trial_name(t), correct[t], names)
+            )
 
 
 def _class_rows(trial: str, correct: np.ndarray, names: list[str]) -> list[dict]:
@@ -208,7 +254,9 @@ def _class_rows(trial: str, correct: np.ndarray, names: list[str]) -> list[dict]
     n = [N_PER_CLASS] * len(names)
     rows = []
     for e, counts in enumerate(correct.tolist(), start=1):  # epochs count from 1, as EpochRecord's
-        record = SimpleNamespace(epoch=e, evals=[SimpleNamespace(split=SPLIT, attack=ATTACK, n=n, correct=counts)])
+        record = SimpleNamespace(
+            epoch=e, evals=[SimpleNamespace(split=SPLIT, attack=ATTACK, n=n, correct=counts)]
+        )
         rows += results.class_rows(trial, record, names)
     return rows
 
@@ -232,28 +280,37 @@ def _class_table(trial: str, correct: np.ndarray, names: list[str]) -> pa.Table:
 
 def _write_ray(root: Path, correct: np.ndarray) -> None:
     """One ``<trial>/progress.csv`` per trial: a row per epoch, a column per class accuracy."""
-    trials, epochs, classes = correct.shape
-    header = ",".join(["trial_id", "training_iteration", *[f"{RAY_COLUMN}{c}" for c in range(classes)]])
+    trials, _, classes = correct.shape
+    header = ",".join(
+        ["trial_id", "training_iteration", *[f"{RAY_COLUMN}{c}" for c in range(classes)]]
+    )
     for t in range(trials):
         folder = root / _trial_name(t)
         folder.mkdir(parents=True)
         acc = (correct[t] / N_PER_CLASS).tolist()
-        lines = [header] + [",".join([_trial_name(t), str(e), *map(repr, row)]) for e, row in enumerate(acc, start=1)]
+        lines = [header] + [
+            ",".join([_trial_name(t), str(e), *map(repr, row)])
+            for e, row in enumerate(acc, start=1)
+        ]
         (folder / "progress.csv").write_text("\n".join(lines) + "\n")
 
 
 def _pandas_worst(root: Path) -> Answer:
-    """What an analyst does with Ray's output: read every progress.csv, keep each trial's last row."""
+    """What an analyst does with Ray's output: read every progress.csv, keep
+    each trial's last row."""
     import pandas as pd
 
     frames = [pd.read_csv(path) for path in sorted(glob.glob(str(root / "*" / "progress.csv")))]
     df = pd.concat(frames, ignore_index=True)
     last = df.loc[df.groupby("trial_id")["training_iteration"].idxmax()].set_index("trial_id")
-    columns = sorted((c for c in df.columns if c.startswith(RAY_COLUMN)), key=lambda c: int(c[len(RAY_COLUMN):]))
+    columns = sorted(
+        (c for c in df.columns if c.startswith(RAY_COLUMN)), key=lambda c: int(c[len(RAY_COLUMN) :])
+    )
     acc = last[columns]
-    worst = acc.idxmin(axis=1)  # the first minimum in class-id order: ties go to the lowest class id
+    # the first minimum in class-id order: ties go to the lowest class id
+    worst = acc.idxmin(axis=1)
     low = acc.min(axis=1)
-    return {trial: (int(worst[trial][len(RAY_COLUMN):]), float(low[trial])) for trial in acc.index}
+    return {trial: (int(worst[trial][len(RAY_COLUMN) :]), float(low[trial])) for trial in acc.index}
 
 
 def _raw_query(root: Path) -> pa.Table:
@@ -261,7 +318,10 @@ def _raw_query(root: Path) -> pa.Table:
     import duckdb
 
     con = duckdb.connect()
-    con.execute(f"CREATE VIEW classes AS SELECT * FROM read_parquet('{root / results.CLASSES}/part-*.parquet')")
+    con.execute(
+        "CREATE VIEW classes AS SELECT * FROM "
+        f"read_parquet('{root / results.CLASSES}/part-*.parquet')"
+    )
     return con.sql(WORST_SQL).to_arrow_table()
 
 
@@ -271,7 +331,8 @@ def _answer(table: pa.Table) -> Answer:
 
 
 def _expected(correct: np.ndarray) -> Answer:
-    """The answer from the counts themselves: argmin takes the first minimum, the lowest class id."""
+    """The answer from the counts themselves: argmin takes the first
+    minimum, the lowest class id."""
     last = correct[:, -1, :]
     worst = last.argmin(axis=1)
     return {_trial_name(t): (int(c), float(last[t, c] / N_PER_CLASS)) for t, c in enumerate(worst)}
@@ -302,15 +363,24 @@ def _best(fn: Callable[[], Answer], repeats: int, expected: Answer, label: str) 
 
 
 def _cli(root: Path, expected: Answer, label: str) -> float:
-    """Wall seconds of one ``hamsweep query ... --format csv`` subprocess, Python start-up included."""
+    """Wall seconds of one ``hamsweep query ... --format csv`` subprocess,
+    Python start-up included."""
     exe = Path(sys.executable).with_name("hamsweep")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "hamsweep.cli"]
-    seconds, done = _timed(lambda: subprocess.run(
-        [*cmd, "query", str(root), WORST_SQL, "--format", "csv"], capture_output=True, text=True, check=False))
+    seconds, done = _timed(
+        lambda: subprocess.run(
+            [*cmd, "query", str(root), WORST_SQL, "--format", "csv"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    )
     if done.returncode != 0:
         sys.exit(f"{label}: exit {done.returncode}: {done.stderr.strip()}")
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
-    _check({r["trial"]: (int(r["worst_class"]), float(r["robust_acc"])) for r in rows}, expected, label)
+    _check(
+        {r["trial"]: (int(r["worst_class"]), float(r["robust_acc"])) for r in rows}, expected, label
+    )
     return seconds
 
 

@@ -45,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo root, so the bench runs from a checkout without installing
 
-from hamsweep import results  # noqa: E402
+from hamsweep.results import store as results  # noqa: E402
 
 HAMSWEEP = Path(sys.executable).with_name("hamsweep")  # the venv's console script
 GOAL_RATIO = 2.0  # per-trial seconds of the last 100 trials over the first 100
@@ -54,7 +54,8 @@ WINDOW = 100  # trials in the first and the last window
 
 SPEC = """\
 name: scale
-data: {{name: synthetic, num_classes: 4, image_size: 8, train_size: 80, test_size: 16, val_fraction: 0.2}}
+data: {{name: synthetic, num_classes: 4, image_size: 8, train_size: 80, \
+test_size: 16, val_fraction: 0.2}}
 model: {{name: small_cnn, width: 4}}
 train: {{method: ham, epochs: 1, batch_size: 64, attack_steps: 1}}
 ham: {{warmup_epochs: 0, drop_step: 1}}
@@ -73,7 +74,8 @@ search:
 
 
 class Watch:
-    """Samples the running driver and its folder every 0.5 s in a thread (see the module docstring)."""
+    """Samples the running driver and its folder every 0.5 s in a thread (see
+    the module docstring)."""
 
     def __init__(self, pid: int, out: Path, trials: int, copy_to: Path) -> None:
         self.pid, self.out, self.trials, self.copy_to = pid, out, trials, copy_to
@@ -90,12 +92,17 @@ class Watch:
         while not self.done.wait(0.5):
             try:
                 self._sample()
-            except (OSError, ValueError, KeyError):  # a file renamed under us, a state being replaced, the driver exiting
+            # a file renamed under us, a state being replaced, the driver exiting
+            except (OSError, ValueError, KeyError):
                 continue
 
     def _sample(self) -> None:
         status = Path(f"/proc/{self.pid}/status").read_text()
-        kb = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines() if line.startswith(("VmRSS", "VmHWM"))}
+        kb = {
+            line.split(":")[0]: int(line.split()[1])
+            for line in status.splitlines()
+            if line.startswith(("VmRSS", "VmHWM"))
+        }
         ended = self._ended()
         self.rss.append((ended, kb["VmRSS"]))
         self.hwm = max(self.hwm, kb["VmHWM"])
@@ -115,21 +122,28 @@ class Watch:
             state = json.loads((self.out / "state.json").read_text())
         except (OSError, ValueError):
             return 0
-        return sum(v["status"] in ("completed", "stopped", "failed") for v in state["trials"].values())
+        return sum(
+            v["status"] in ("completed", "stopped", "failed") for v in state["trials"].values()
+        )
 
 
 def run_sweep(spec: Path, out: Path, trials: int, copy_to: Path) -> tuple[Watch, float]:
     log = out.parent / "sweep.log"
     start = time.time()
     with log.open("w") as f:
-        proc = subprocess.Popen([str(HAMSWEEP), "run", str(spec), "--out", str(out)], stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(HAMSWEEP), "run", str(spec), "--out", str(out)], stdout=f, stderr=subprocess.STDOUT
+        )
         watch = Watch(proc.pid, out, trials, copy_to)
         watch.thread.start()
         proc.wait()
     watch.done.set()
     watch.thread.join()
     if proc.returncode:
-        sys.exit(f"hamsweep run exited with {proc.returncode}; its last lines:\n" + "\n".join(log.read_text().splitlines()[-20:]))
+        sys.exit(
+            f"hamsweep run exited with {proc.returncode}; its last lines:\n"
+            + "\n".join(log.read_text().splitlines()[-20:])
+        )
     return watch, time.time() - start
 
 
@@ -137,14 +151,19 @@ def per_trial(out: Path, concurrent: int) -> tuple[float, float, int]:
     """(seconds per trial over the first WINDOW trials once the ``concurrent`` actors have started
     (their start is paid once, not per trial), over the last WINDOW, trials)."""
     state = json.loads(max((out / "ray").glob("experiment_state-*.json")).read_text())
-    starts = {json.loads(t)["trial_id"]: json.loads(m)["start_time"] for t, m in state["trial_data"]}
-    rows = sorted((starts[r["trial"]], starts[r["trial"]] + r["wall_seconds"]) for r in results.read_table(out, results.TRIALS).to_pylist())
+    starts = {
+        json.loads(t)["trial_id"]: json.loads(m)["start_time"] for t, m in state["trial_data"]
+    }
+    rows = sorted(
+        (starts[r["trial"]], starts[r["trial"]] + r["wall_seconds"])
+        for r in results.read_table(out, results.TRIALS).to_pylist()
+    )
     n = min(WINDOW, len(rows) // 2)
 
     def span(window: list[tuple[float, float]]) -> float:
         return (max(e for _, e in window) - window[0][0]) / len(window)
 
-    return span(rows[concurrent:concurrent + n]), span(rows[-n:]), len(rows)
+    return span(rows[concurrent : concurrent + n]), span(rows[-n:]), len(rows)
 
 
 def suggest_times(spec_path: Path, tmp: Path, n: int) -> tuple[float, float]:
@@ -153,13 +172,17 @@ def suggest_times(spec_path: Path, tmp: Path, n: int) -> tuple[float, float]:
 
     import optuna
 
-    from hamsweep.search import make_sampler
+    from hamsweep.results.study import journal_storage
     from hamsweep.spec import load_spec
-    from hamsweep.study import journal_storage
+    from hamsweep.sweep.search import make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = load_spec(spec_path)
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(spec), storage=journal_storage(tmp / "suggest.journal"))
+    study = optuna.create_study(
+        direction="maximize",
+        sampler=make_sampler(spec),
+        storage=journal_storage(tmp / "suggest.journal"),
+    )
     rng, ms = random.Random(0), []
     for _ in range(n):
         tic = time.perf_counter()
@@ -183,7 +206,7 @@ def frame(out: Path) -> tuple[float, int, int]:
     """(best ms of 5 renders, lines of the frame, trials in the state)."""
     from rich.console import Console
 
-    from hamsweep.dashboard import render, state_from_json
+    from hamsweep.sweep.dashboard import render, state_from_json
 
     state = state_from_json((out / "state.json").read_text())
     best, lines = float("inf"), 0
@@ -200,39 +223,72 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=1000, help="trials (default 1000)")
     p.add_argument("--concurrent", type=int, default=8, help="trials at once (default 8)")
-    p.add_argument("--keep", type=Path, help="keep the sweep folder and its log here (a new folder)")
+    p.add_argument(
+        "--keep", type=Path, help="keep the sweep folder and its log here (a new folder)"
+    )
     args = p.parse_args()
     if args.trials < 20 or args.concurrent < 1:
-        p.error(f"--trials must be >= 20 and --concurrent >= 1 but got {args.trials} and {args.concurrent}")
+        p.error(
+            f"--trials must be >= 20 and --concurrent >= 1 but got {args.trials} and "
+            f"{args.concurrent}"
+        )
     if args.keep and args.keep.exists():
         p.error(f"--keep {args.keep} already exists; name a new folder")
     with tempfile.TemporaryDirectory(prefix="hamsweep-scale-") as scratch:
         tmp = Path(args.keep or scratch).resolve()
         tmp.mkdir(parents=True, exist_ok=args.keep is None)
         spec = tmp / "scale.yaml"
-        spec.write_text(SPEC.format(trials=args.trials, concurrent=args.concurrent, cpu=f"{2 / args.concurrent:g}"))
+        spec.write_text(
+            SPEC.format(
+                trials=args.trials, concurrent=args.concurrent, cpu=f"{2 / args.concurrent:g}"
+            )
+        )
         (tmp / "copy").mkdir()
         watch, wall = run_sweep(spec, tmp / "sweep", args.trials, tmp / "copy")
         first, last, n = per_trial(tmp / "sweep", args.concurrent)
         suggest_first, suggest_last = suggest_times(spec, tmp, args.trials)
-        compact_s, parts_before = compaction(tmp / "copy") if watch.copied_at is not None else (float("nan"), [0, 0, 0])
+        compact_s, parts_before = (
+            compaction(tmp / "copy") if watch.copied_at is not None else (float("nan"), [0, 0, 0])
+        )
         frame_ms, frame_lines, frame_trials = frame(tmp / "sweep")
-    early = next((kb for ended, kb in watch.rss if ended >= args.trials // 10), watch.rss[0][1] if watch.rss else 0)
+    early = next(
+        (kb for ended, kb in watch.rss if ended >= args.trials // 10),
+        watch.rss[0][1] if watch.rss else 0,
+    )
     end = watch.rss[-1][1] if watch.rss else 0
-    print(f"{n} trials, {args.concurrent} at once, {2 / args.concurrent:g} CPU each on {os.cpu_count()} CPUs; "
-          f"hamsweep run: {wall:.0f} s wall, {wall / n:.2f} s per trial")
-    print(f"driver seconds per trial, first {min(WINDOW, n // 2)} (after the first {args.concurrent}) / last {min(WINDOW, n // 2)}: "
-          f"{first:.3f} / {last:.3f} s = {last / first:.2f}x (goal <= {GOAL_RATIO:g}x: {'met' if last / first <= GOAL_RATIO else 'NOT met'})")
-    print(f"Optuna TPE ask + suggest + tell, median of the first / last {min(WINDOW, args.trials // 2)}: "
-          f"{suggest_first:.1f} / {suggest_last:.1f} ms = {suggest_last / suggest_first:.1f}x")
-    print(f"driver memory (VmRSS) at {args.trials // 10} trials / at the end: {early / 1024:.0f} / {end / 1024:.0f} MB; "
-          f"peak (VmHWM) {watch.hwm / 1024:.0f} MB")
+    print(
+        f"{n} trials, {args.concurrent} at once, {2 / args.concurrent:g} CPU each on "
+        f"{os.cpu_count()} CPUs; hamsweep run: {wall:.0f} s wall, {wall / n:.2f} s per trial"
+    )
+    print(
+        f"driver seconds per trial, first {min(WINDOW, n // 2)} (after the first "
+        f"{args.concurrent}) / last {min(WINDOW, n // 2)}: {first:.3f} / {last:.3f} s = "
+        f"{last / first:.2f}x (goal <= {GOAL_RATIO:g}x: "
+        f"{'met' if last / first <= GOAL_RATIO else 'NOT met'})"
+    )
+    print(
+        "Optuna TPE ask + suggest + tell, median of the first / last "
+        f"{min(WINDOW, args.trials // 2)}: {suggest_first:.1f} / {suggest_last:.1f} ms = "
+        f"{suggest_last / suggest_first:.1f}x"
+    )
+    print(
+        f"driver memory (VmRSS) at {args.trials // 10} trials / at the end: {early / 1024:.0f} / "
+        f"{end / 1024:.0f} MB; peak (VmHWM) {watch.hwm / 1024:.0f} MB"
+    )
     for table in TABLES:
-        print(f"  {table:<8} most part files at once {watch.files[table]:>3}, most newer than the base {watch.recent[table]:>3}, "
-              f"folds {len(watch.bases[table])}")
-    print(f"compaction of the copy taken at {watch.copied_at} trials ended ({', '.join(f'{t} {b}' for t, b in zip(TABLES, parts_before))} "
-          f"part files): {compact_s:.2f} s")
-    print(f"dashboard frame with {frame_trials} trials: {frame_ms:.1f} ms to render, {frame_lines} lines")
+        print(
+            f"  {table:<8} most part files at once {watch.files[table]:>3}, most newer than the "
+            f"base {watch.recent[table]:>3}, folds {len(watch.bases[table])}"
+        )
+    print(
+        f"compaction of the copy taken at {watch.copied_at} trials ended "
+        f"({', '.join(f'{t} {b}' for t, b in zip(TABLES, parts_before))} part files): "
+        f"{compact_s:.2f} s"
+    )
+    print(
+        f"dashboard frame with {frame_trials} trials: "
+        f"{frame_ms:.1f} ms to render, {frame_lines} lines"
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Numbers the terminal cuts: ``results``, ``status`` and the live dashboard of a sweep folder drawn at
-80, 120 and 160 columns, counting the number cells shown cut (``0.494`` -> ``0.4…``) or wrapped.
+"""Numbers the terminal cuts: ``results``, ``status`` and the live dashboard of a sweep folder drawn
+at 80, 120 and 160 columns, counting the number cells shown cut (``0.494`` -> ``0.4…``) or wrapped.
 
     .venv/bin/python bench/table_widths.py DIR [--widths 80 120 160] [--show 3]
 
@@ -25,15 +25,16 @@ from tests.cut_cells import number_cells  # noqa: E402
 
 
 def views(folder: Path) -> dict[str, Any]:
-    """view name -> renderable, as the commands draw them; a view the folder cannot draw is left out."""
+    """view name -> renderable, as the commands draw them; a view the folder
+    cannot draw is left out."""
     from rich.console import Group
 
-    from hamsweep import results as store
     from hamsweep import rundir
-    from hamsweep.dashboard import STATE_FILE, render, state_from_json
     from hamsweep.launch import status_frame
+    from hamsweep.results import store
+    from hamsweep.results.tables import confirmed_table, results_table
     from hamsweep.spec import SweepSpec, validate
-    from hamsweep.tables import confirmed_table, results_table
+    from hamsweep.sweep.dashboard import STATE_FILE, render, state_from_json
 
     spec = validate(SweepSpec, rundir.read_spec(folder))
     out: dict[str, Any] = {}
@@ -58,7 +59,10 @@ def main() -> None:
         for width in args.widths:
             cells = number_cells(renderable, width)
             cut = [c for c in cells if c.cut]
-            print(f"{name:<20} {width:>5} {len(cells):>7} {len(cut):>4} {sum(c.cropped for c in cut):>9} {sum(c.wrapped for c in cells):>7}")
+            print(
+                f"{name:<20} {width:>5} {len(cells):>7} {len(cut):>4} "
+                f"{sum(c.cropped for c in cut):>9} {sum(c.wrapped for c in cells):>7}"
+            )
             for c in cut[: args.show]:
                 print(f"{'':<27}{c.column}: {c.text!r} -> {c.shown!r}")
 

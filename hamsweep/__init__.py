@@ -1,4 +1,5 @@
-"""hamsweep: sweeps of HAM (Hard Adversarial example Mining) adversarial training, per-class results.
+"""hamsweep: sweeps of HAM (Hard Adversarial example Mining) adversarial training, per-class
+results.
 
 The public API. Names beyond the errors are imported on first use (torch for ``train``,
 ``ham_attack`` ...; pydantic for the spec), so ``import hamsweep`` and the CLI stay fast:
@@ -10,10 +11,13 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from hamsweep import _moved
 from hamsweep.errors import DataError as DataError
 from hamsweep.errors import DivergenceError as DivergenceError
 from hamsweep.errors import HamsweepError as HamsweepError
 from hamsweep.errors import SpecError as SpecError
+
+_moved.install()  # the module paths before issue 19 stay importable: old sweep folders resume
 
 __version__ = "0.1.0"
 
@@ -22,18 +26,18 @@ _LAZY = {
     "TrialConfig": "hamsweep.spec",
     "load_spec": "hamsweep.spec",
     "parse_overrides": "hamsweep.spec",
-    "run": "hamsweep.train",
-    "EpochRecord": "hamsweep.train",
-    "ham_attack": "hamsweep.ham",
-    "pgd": "hamsweep.attacks",
-    "load_data": ("hamsweep.data", "load"),
-    "build_model": ("hamsweep.models", "build"),
-    "summarize": "hamsweep.metrics",
-    "read_table": "hamsweep.results",
-    "connect": "hamsweep.results",
-    "read_pandas": "hamsweep.results",
-    "open_study": "hamsweep.study",
-    "run_sweep": "hamsweep.sweep",
+    "run": "hamsweep.core.train",
+    "EpochRecord": "hamsweep.core.train",
+    "ham_attack": "hamsweep.core.methods.ham",
+    "pgd": "hamsweep.core.attacks",
+    "load_data": ("hamsweep.core.data", "load"),
+    "build_model": ("hamsweep.core.models", "build"),
+    "summarize": "hamsweep.core.metrics",
+    "read_table": "hamsweep.results.read",
+    "connect": "hamsweep.results.read",
+    "read_pandas": "hamsweep.results.read",
+    "open_study": "hamsweep.results.study",
+    "run_sweep": "hamsweep.sweep.driver",
 }
 
 __all__ = [

@@ -1,6 +1,7 @@
 """The ``hamsweep`` console script. ``hamsweep query DIR SQL [--format F]``, the command a live
 sweep is watched with, runs here without importing typer (~0.12 s of start-up, most of a query's
-wall time); every other command line, ``--help`` and any malformed ``query`` go to ``hamsweep.cli``."""
+wall time); every other command line, ``--help`` and any malformed ``query``
+go to ``hamsweep.cli``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def main() -> None:
         cli_main()
         return
     from hamsweep.errors import HamsweepError
-    from hamsweep.query import run
+    from hamsweep.results.query import run
 
     try:
         run(*plain)

@@ -32,7 +32,10 @@ def _friendly(fn: F) -> F:
             print(f"hamsweep: error: {err}", file=sys.stderr)
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
-            print("hamsweep: interrupted; continue it with --resume (a sweep: hamsweep resume DIR)", file=sys.stderr)
+            print(
+                "hamsweep: interrupted; continue it with --resume (a sweep: hamsweep resume DIR)",
+                file=sys.stderr,
+            )
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
@@ -42,9 +45,27 @@ def _friendly(fn: F) -> F:
 @_friendly
 def validate(
     spec: Path = typer.Argument(..., help="a spec file, e.g. search_spaces/smoke.yaml"),
-    cluster: Path | None = typer.Option(None, "--cluster", help="also check a cluster profile, e.g. cluster/slurm.yaml, against this machine"),
-    out: Path | None = typer.Option(None, "--out", help="the sweep folder run would write (default runs/<name>-<time>, or the profile's shared_folder)"),
-    overrides: list[str] = typer.Option([], "--set", help="override one fixed key of the spec, as run takes it, e.g. --set train.epochs=3 (repeatable)"),
+    cluster: Path | None = typer.Option(
+        None,
+        "--cluster",
+        help="also check a cluster profile, e.g. cluster/slurm.yaml, against this machine",
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help=(
+            "the sweep folder run would write (default runs/<name>-<time>, or the profile's "
+            "shared_folder)"
+        ),
+    ),
+    overrides: list[str] = typer.Option(
+        [],
+        "--set",
+        help=(
+            "override one fixed key of the spec, as run takes it, e.g. --set train.epochs=3 "
+            "(repeatable)"
+        ),
+    ),
 ) -> None:
     """Check a spec file and what `hamsweep run` with the same arguments will need (the data, the
     cluster profile against this machine, the sweep folder's disk); print what it would run. Nothing
@@ -56,19 +77,30 @@ def validate(
     profile = load_profile(cluster) if cluster is not None else None
     checks = preflight(s, out, profile)
     searched = ", ".join(s.search.params) or "nothing"
-    print(f"{spec}: {s.data.name} / {s.model.name} / {s.train.method}, {s.train.epochs} epochs; searches {searched}")
-    sched = f"ASHA (grace {s.scheduler.grace_period} epochs)" if s.scheduler.name == "asha" else "no early stopping"
     print(
-        f"sweep: {s.search.num_samples} trials by {s.search.sampler}, {s.search.max_concurrent} at once, {sched}; "
-        f"maximises validation {' + '.join(s.objective.metrics)}; {s.resources.cpu:g} CPU + {s.resources.gpu:g} GPU per trial"
+        f"{spec}: {s.data.name} / {s.model.name} / {s.train.method}, {s.train.epochs} epochs; "
+        f"searches {searched}"
+    )
+    sched = (
+        f"ASHA (grace {s.scheduler.grace_period} epochs)"
+        if s.scheduler.name == "asha"
+        else "no early stopping"
+    )
+    print(
+        f"sweep: {s.search.num_samples} trials by {s.search.sampler}, {s.search.max_concurrent} at "
+        f"once, {sched}; maximises validation {' + '.join(s.objective.metrics)}; "
+        f"{s.resources.cpu:g} CPU + {s.resources.gpu:g} GPU per trial"
     )
     print(_sharing(s))
     print(_confirming(s))
-    from hamsweep.disk import disk_needed, reserve, size_text
+    from hamsweep.sweep.disk import disk_needed, reserve, size_text
 
-    print(f"disk: about {size_text(disk_needed(s))} in the sweep folder (two checkpoints a trial, the trunks' fork checkpoints, "
-          f"the tables), and {size_text(reserve(s))} kept free while it runs; checked before a run starts and every second "
-          "while it runs, with the disk kept under Ray's 95%")
+    print(
+        f"disk: about {size_text(disk_needed(s))} in the sweep folder (two checkpoints a trial, "
+        f"the trunks' fork checkpoints, the tables), and {size_text(reserve(s))} kept free while "
+        "it runs; checked before a run starts and every second while it runs, with the disk kept "
+        "under Ray's 95%"
+    )
     if profile is not None:
         print(f"{cluster}: {profile.describe()}")
     for warning in checks.warnings:
@@ -77,8 +109,9 @@ def validate(
 
 
 def _sharing(s: Any) -> str:
-    """What shared warm-ups make of the spec: its trunks, the disk they take, the predicted saving."""
-    from hamsweep.trunk import checkpoint_bytes, plan, predicted_cost
+    """What shared warm-ups make of the spec: its trunks, the disk they
+    take, the predicted saving."""
+    from hamsweep.sweep.trunk import checkpoint_bytes, plan, predicted_cost
 
     p, cost = plan(s), predicted_cost(s)
     if not p.shared:
@@ -87,48 +120,60 @@ def _sharing(s: Any) -> str:
     size = cost.checkpoints * checkpoint_bytes(s)
     disk = f"{size / 1e9:.2g} GB" if size >= 1e9 else f"{size / 1e6:.2g} MB"
     return (
-        f"shared warm-up: {len(p.trunks)} PGD-AT trunk{'s' if len(p.trunks) > 1 else ''} of {s.train.epochs} epochs "
-        f"(the PGD-AT baseline), forks from epochs {lo}..{hi}; {cost.checkpoints} trunk checkpoints, {disk}; "
-        f"predicted training epochs {cost.shared:.0f} instead of {cost.without:.0f} ({cost.ratio:.2f}x)"
+        f"shared warm-up: {len(p.trunks)} PGD-AT trunk{'s' if len(p.trunks) > 1 else ''} of "
+        f"{s.train.epochs} epochs (the PGD-AT baseline), forks from epochs {lo}..{hi}; "
+        f"{cost.checkpoints} trunk checkpoints, {disk}; predicted training epochs "
+        f"{cost.shared:.0f} instead of {cost.without:.0f} ({cost.ratio:.2f}x)"
     )
 
 
 def _confirming(s: Any) -> str:
     """What the confirm stage will train, and its predicted cost against the search's."""
-    from hamsweep.confirm import confirm_cost, new_seeds
-    from hamsweep.trunk import predicted_cost
+    from hamsweep.sweep.confirm import confirm_cost, new_seeds
+    from hamsweep.sweep.trunk import predicted_cost
 
     c = s.confirm
     if not c.top_k:
         return "confirm: off (confirm.top_k: 0); the test split is never used"
     if not c.retrains:
-        return f"confirm: the {c.top_k} best search trials' own checkpoints on the test split (confirm.seeds: 0: one seed, no interval)"
+        return (
+            f"confirm: the {c.top_k} best search trials' own checkpoints on the test split "
+            "(confirm.seeds: 0: one seed, no interval)"
+        )
     epochs, trials = confirm_cost(s)
     search = predicted_cost(s).shared
     seeds = ", ".join(map(str, new_seeds(s)))
     aa = " and AutoAttack" if c.autoattack else ""
     return (
-        f"confirm: the {c.top_k} best configs and PGD-AT on train.seed {seeds}, on the test split (PGD-{s.eval.attack_steps}{aa}): "
-        f"{trials} trials, predicted {epochs:.0f} training epochs, {epochs / search:.2f}x the search's {search:.0f}"
+        f"confirm: the {c.top_k} best configs and PGD-AT on train.seed {seeds}, on the test split "
+        f"(PGD-{s.eval.attack_steps}{aa}): {trials} trials, predicted {epochs:.0f} training "
+        f"epochs, {epochs / search:.2f}x the search's {search:.0f}"
     )
 
 
 @app.command()
 @_friendly
 def train(
-    spec: Path = typer.Argument(..., help="a spec file; its searched parameters take their defaults"),
-    overrides: list[str] = typer.Option([], "--set", help="override one key, e.g. --set ham.drop_step=3 (repeatable)"),
+    spec: Path = typer.Argument(
+        ..., help="a spec file; its searched parameters take their defaults"
+    ),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="override one key, e.g. --set ham.drop_step=3 (repeatable)"
+    ),
     out: Path | None = typer.Option(None, "--out", help="run folder (default runs/<name>-<time>)"),
-    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
+    resume: bool = typer.Option(
+        False, "--resume", help="continue the run in --out from its last checkpoint"
+    ),
 ) -> None:
-    """Run one trial with the spec's defaults (and --set overrides); results go to Parquet in --out."""
+    """Run one trial with the spec's defaults (and --set overrides); results
+    go to Parquet in --out."""
     from hamsweep.spec import load_spec, parse_overrides
 
     s = load_spec(spec)
     cfg = s.trial_config(parse_overrides(overrides))
     if resume and out is None:
         raise SpecError("--resume", "needs --out DIR, the run folder to continue")
-    from hamsweep.standalone import train_one
+    from hamsweep.sweep.standalone import train_one
 
     train_one(s.name, cfg, out, resume=resume)
 
@@ -137,27 +182,55 @@ def train(
 @_friendly
 def run(
     spec: Path = typer.Argument(..., help="a spec file, e.g. search_spaces/smoke.yaml"),
-    out: Path | None = typer.Option(None, "--out", help="sweep folder (default runs/<name>-<time>, or the profile's shared_folder)"),
-    resume: Path | None = typer.Option(None, "--resume", help="continue the sweep in this folder (same spec)"),
-    cluster: Path | None = typer.Option(None, "--cluster", help="a cluster profile, e.g. cluster/slurm.yaml (default: this machine)"),
-    detach: bool = typer.Option(False, "--detach", help="with a SLURM profile: submit and return (watch with hamsweep status)"),
-    address: str | None = typer.Option(None, "--address", help="a running Ray cluster (ray://host:10001 or host:6379); default: start a local Ray"),
-    overrides: list[str] = typer.Option([], "--set", help="override one fixed key of the spec, e.g. --set train.epochs=3 (repeatable)"),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="sweep folder (default runs/<name>-<time>, or the profile's shared_folder)",
+    ),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="continue the sweep in this folder (same spec)"
+    ),
+    cluster: Path | None = typer.Option(
+        None, "--cluster", help="a cluster profile, e.g. cluster/slurm.yaml (default: this machine)"
+    ),
+    detach: bool = typer.Option(
+        False,
+        "--detach",
+        help="with a SLURM profile: submit and return (watch with hamsweep status)",
+    ),
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="a running Ray cluster (ray://host:10001 or host:6379); default: start a local Ray",
+    ),
+    overrides: list[str] = typer.Option(
+        [],
+        "--set",
+        help="override one fixed key of the spec, e.g. --set train.epochs=3 (repeatable)",
+    ),
 ) -> None:
     """Sweep the spec's searched parameters: Ray Tune + Optuna + ASHA; results to Parquet."""
     s = _load_with_overrides(spec, overrides)
     if resume is not None and out is not None and out.resolve() != resume.resolve():
-        raise SpecError("--resume", "names the sweep folder to continue; drop --out (or give the same folder)")
-    _launch(s, resume or out, resume=resume is not None, cluster=cluster, detach=detach, address=address)
+        raise SpecError(
+            "--resume", "names the sweep folder to continue; drop --out (or give the same folder)"
+        )
+    _launch(
+        s, resume or out, resume=resume is not None, cluster=cluster, detach=detach, address=address
+    )
 
 
 @app.command()
 @_friendly
 def resume(
     folder: Path = typer.Argument(..., help="a sweep folder (holds spec.yaml)"),
-    cluster: Path | None = typer.Option(None, "--cluster", help="a cluster profile to continue on (default: this machine)"),
+    cluster: Path | None = typer.Option(
+        None, "--cluster", help="a cluster profile to continue on (default: this machine)"
+    ),
     detach: bool = typer.Option(False, "--detach", help="with a SLURM profile: submit and return"),
-    address: str | None = typer.Option(None, "--address", help="a running Ray cluster; default: start a local Ray"),
+    address: str | None = typer.Option(
+        None, "--address", help="a running Ray cluster; default: start a local Ray"
+    ),
 ) -> None:
     """Continue a sweep whose driver stopped (killed, preempted, out of time) from its folder."""
     from hamsweep import rundir
@@ -169,15 +242,31 @@ def resume(
     _launch(s, folder, resume=True, cluster=cluster, detach=detach, address=address)
 
 
-def _launch(spec: Any, out: Path | None, *, resume: bool, cluster: Path | None, detach: bool, address: str | None) -> None:
+def _launch(
+    spec: Any,
+    out: Path | None,
+    *,
+    resume: bool,
+    cluster: Path | None,
+    detach: bool,
+    address: str | None,
+) -> None:
     from hamsweep.launch import launch
     from hamsweep.spec.cluster import CloudProfile, LocalProfile, load_profile
 
-    profile = load_profile(cluster) if cluster is not None else _launched_profile(out, resume, address) or LocalProfile()
+    profile = (
+        load_profile(cluster)
+        if cluster is not None
+        else _launched_profile(out, resume, address) or LocalProfile()
+    )
     if isinstance(profile, CloudProfile):
         raise SpecError("--cluster", profile.message)
     if address is not None and not isinstance(profile, LocalProfile):
-        raise SpecError("--address", "runs the driver here on a running Ray cluster; it cannot be combined with a SLURM --cluster")
+        raise SpecError(
+            "--address",
+            "runs the driver here on a running Ray cluster; "
+            "it cannot be combined with a SLURM --cluster",
+        )
     launch(spec, out, profile=profile, resume=resume, detach=detach, address=address)
 
 
@@ -189,7 +278,11 @@ def _launched_profile(out: Path | None, resume: bool, address: str | None) -> An
         return None
     profile = launched_profile(out)
     if profile is not None:
-        print(f"continuing on SLURM with the profile of {out}/launch.json (--cluster cluster/local.yaml runs it here)", file=sys.stderr)
+        print(
+            f"continuing on SLURM with the profile of {out}/launch.json (--cluster "
+            "cluster/local.yaml runs it here)",
+            file=sys.stderr,
+        )
     return profile
 
 
@@ -197,11 +290,18 @@ def _launched_profile(out: Path | None, resume: bool, address: str | None) -> An
 @_friendly
 def status(
     folder: Path = typer.Argument(..., help="a sweep folder"),
-    watch: bool = typer.Option(False, "--watch", help="redraw every 2 s until the sweep ends or its driver falls silent (Ctrl-C stops watching only)"),
+    watch: bool = typer.Option(
+        False,
+        "--watch",
+        help=(
+            "redraw every 2 s until the sweep ends or its driver falls silent (Ctrl-C stops "
+            "watching only)"
+        ),
+    ),
 ) -> None:
     """Where a sweep runs and its dashboard, from any machine that sees its folder."""
     from hamsweep import launch
-    from hamsweep.sweep import wide_console
+    from hamsweep.sweep.driver import wide_console
 
     _sweep_spec(folder)
     console = wide_console()
@@ -217,15 +317,20 @@ def status(
 @app.command()
 @_friendly
 def cancel(folder: Path = typer.Argument(..., help="a sweep folder")) -> None:
-    """Stop a sweep wherever it runs (scancel on SLURM, Ctrl-C locally); the folder stays resumable. A driver
-    that is not running (its PID now another process's included) is never signalled: exit code 1."""
+    """Stop a sweep wherever it runs (scancel on SLURM, Ctrl-C locally); the folder stays resumable.
+    A driver that is not running (its PID now another process's included) is never
+    signalled: exit code 1."""
     from hamsweep import launch
-    from hamsweep.sweep import wide_console
+    from hamsweep.sweep.driver import wide_console
 
     _sweep_spec(folder)
     console = wide_console()
     launch.cancel(folder, console)
-    console.print(f"cancelled; continue it later with: hamsweep resume {folder}", highlight=False, soft_wrap=True)
+    console.print(
+        f"cancelled; continue it later with: hamsweep resume {folder}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -233,14 +338,23 @@ def cancel(folder: Path = typer.Argument(..., help="a sweep folder")) -> None:
 def results(
     folder: Path = typer.Argument(..., help="a sweep folder"),
     top: int = typer.Option(10, "--top", help="how many trials to show"),
-    by: str | None = typer.Option(None, "--by", help="rank by this validation metric (default: the objective)"),
-    fmt: str = typer.Option("table", "--format", help="table (the terminal), or csv, json, latex: the confirmed table (csv, json: the ranking without one)"),
+    by: str | None = typer.Option(
+        None, "--by", help="rank by this validation metric (default: the objective)"
+    ),
+    fmt: str = typer.Option(
+        "table",
+        "--format",
+        help=(
+            "table (the terminal), or csv, json, latex: the confirmed table (csv, json: the "
+            "ranking without one)"
+        ),
+    ),
 ) -> None:
-    """The confirmed table of a sweep (its winners and PGD-AT over seeds, on the test split), then the
-    search's best trials with their parameters and summary metrics."""
-    from hamsweep import results as store
-    from hamsweep.tables import confirmed_table, formatted, results_table
-    from hamsweep.sweep import wide_console
+    """The confirmed table of a sweep (its winners and PGD-AT over seeds, on the test split), then
+    the search's best trials with their parameters and summary metrics."""
+    from hamsweep.results import store
+    from hamsweep.results.tables import confirmed_table, formatted, results_table
+    from hamsweep.sweep.driver import wide_console
 
     spec = _sweep_spec(folder)
     if fmt != "table":
@@ -256,7 +370,9 @@ def results(
 @_friendly
 def report(
     folder: Path = typer.Argument(..., help="a sweep folder (running or finished)"),
-    out: Path | None = typer.Option(None, "--out", help="where to write the report (default DIR/report)"),
+    out: Path | None = typer.Option(
+        None, "--out", help="where to write the report (default DIR/report)"
+    ),
     open_it: bool = typer.Option(False, "--open", help="open index.html in a browser afterwards"),
 ) -> None:
     """The sweep's figures as one self-contained HTML page and each as PNG and PDF."""
@@ -278,7 +394,7 @@ def evaluate(
     autoattack: bool = typer.Option(False, "--autoattack", help="also run AutoAttack (standard)"),
 ) -> None:
     """Evaluate the best trials' best checkpoints on the test split (per class, into `classes`)."""
-    from hamsweep.confirm import evaluate_top
+    from hamsweep.sweep.confirm import evaluate_top
 
     evaluate_top(folder, _sweep_spec(folder), top, autoattack=autoattack)
 
@@ -293,7 +409,8 @@ def _sweep_spec(folder: Path) -> Any:
 
 
 def _load_with_overrides(path: Path, overrides: list[str]) -> Any:
-    """The spec file with its ``--set`` overrides, as ``run`` reads it and ``validate`` checks it."""
+    """The spec file with its ``--set`` overrides, as ``run`` reads it and
+    ``validate`` checks it."""
     from hamsweep.spec import load_spec, parse_overrides
 
     return _with_overrides(load_spec(path), parse_overrides(overrides))
@@ -308,7 +425,9 @@ def _with_overrides(spec: Any, overrides: dict[str, Any]) -> Any:
     data = spec.model_dump(mode="json")
     for key, value in overrides.items():
         if key in spec.search.params:
-            raise SpecError(key, "is searched (search.params); change its range in the spec instead")
+            raise SpecError(
+                key, "is searched (search.params); change its range in the spec instead"
+            )
         section, _, field = key.partition(".")
         if section not in data or not isinstance(data[section], dict) or field not in data[section]:
             raise SpecError(key, "unknown key; use section.field as in the spec, e.g. train.epochs")
@@ -319,12 +438,14 @@ def _with_overrides(spec: Any, overrides: dict[str, Any]) -> Any:
 @app.command()
 @_friendly
 def query(
-    folder: Path = typer.Argument(..., help="a run or sweep folder (holds epochs/, classes/, trials/)"),
+    folder: Path = typer.Argument(
+        ..., help="a run or sweep folder (holds epochs/, classes/, trials/)"
+    ),
     sql: str = typer.Argument(..., help="SQL over the views trials, epochs and classes"),
     fmt: str = typer.Option("table", "--format", help="table, csv or json"),
 ) -> None:
     """Answer SQL over a run's Parquet tables (DuckDB; views `trials`, `epochs`, `classes`)."""
-    from hamsweep.query import run
+    from hamsweep.results.query import run
 
     run(folder, sql, fmt)  # a plain command line comes here without typer: hamsweep._entry
 

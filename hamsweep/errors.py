@@ -6,7 +6,16 @@ message on one line and exits with its ``exit_code``, never a traceback.
 
 from __future__ import annotations
 
-__all__ = ["DataError", "DiskFull", "DivergenceError", "HamsweepError", "Interrupted", "JobFailed", "NotRunning", "SpecError"]
+__all__ = [
+    "DataError",
+    "DiskFull",
+    "DivergenceError",
+    "HamsweepError",
+    "Interrupted",
+    "JobFailed",
+    "NotRunning",
+    "SpecError",
+]
 
 
 class HamsweepError(Exception):
@@ -49,12 +58,20 @@ class JobFailed(HamsweepError):
 
 
 class NotRunning(HamsweepError):
-    """``hamsweep cancel`` of a sweep whose recorded driver is not running; the message says how to resume it."""
+    """``hamsweep cancel`` of a sweep whose recorded driver is not running; the message
+    says how to resume it."""
 
     exit_code = 1
 
 
 class DiskFull(HamsweepError):
-    """A running sweep stopped cleanly on a disk that filled up; the message names the path and how to continue."""
+    """A running sweep stopped cleanly on a disk that filled up; the message names the
+    path and how to continue."""
+
+    exit_code = 1
+
+
+class RestoreFailed(HamsweepError):
+    """``resume`` of a sweep whose Tune snapshot would not load; the sweep is not started over."""
 
     exit_code = 1

@@ -18,10 +18,30 @@ from typing import Any
 
 from hamsweep.errors import SpecError
 
-__all__ = ["MANIFEST", "SPEC", "atomic_write_text", "default_out", "prepare", "write_manifest", "write_spec"]
+__all__ = [
+    "MANIFEST",
+    "SPEC",
+    "atomic_write_text",
+    "default_out",
+    "prepare",
+    "write_manifest",
+    "write_spec",
+]
 
 SPEC, MANIFEST = "spec.yaml", "manifest.json"
-_PACKAGES = ("hamsweep", "torch", "torchvision", "ray", "optuna", "submitit", "pyarrow", "duckdb", "pydantic", "rich", "numpy")
+_PACKAGES = (
+    "hamsweep",
+    "torch",
+    "torchvision",
+    "ray",
+    "optuna",
+    "submitit",
+    "pyarrow",
+    "duckdb",
+    "pydantic",
+    "rich",
+    "numpy",
+)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -38,20 +58,33 @@ def prepare(out: Path, *, resume: bool) -> None:
     """Check ``out`` before anything starts: new runs need an empty folder, resumed ones a spec."""
     if resume:
         if not (out / SPEC).is_file():
-            raise SpecError("--resume", f"{out} holds no {SPEC}: nothing to resume; drop --resume to start a new run")
+            raise SpecError(
+                "--resume",
+                f"{out} holds no {SPEC}: nothing to resume; drop --resume to start a new run",
+            )
         return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise SpecError("--out", f"{out} already exists and is not empty; pass --resume to continue it or choose a new --out")
+        raise SpecError(
+            "--out",
+            f"{out} already exists and is not empty; pass "
+            "--resume to continue it or choose a new --out",
+        )
     check_writable(out.parent if out.parent != Path("") else Path("."), "--out")
 
 
 def check_writable(folder: Path, key: str) -> None:
-    """``folder`` exists as a writable folder, or can be created: its nearest existing ancestor is one."""
+    """``folder`` exists as a writable folder, or can be created: its nearest
+    existing ancestor is one."""
     probe = folder
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise SpecError(key, f"{folder} is not a writable folder ({probe} is {'not writable' if probe.is_dir() else 'a file'}); choose a folder where you can write")
+        raise SpecError(
+            key,
+            f"{folder} is not a writable folder ({probe} is "
+            f"{'not writable' if probe.is_dir() else 'a file'}); "
+            "choose a folder where you can write",
+        )
 
 
 def write_spec(out: Path, data: dict[str, Any]) -> None:
@@ -101,7 +134,9 @@ def _version(package: str) -> str | None:
 def _git_sha() -> str | None:
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None

@@ -3,7 +3,8 @@
 torchvision checks the md5 of every file even with ``download=False``; each writer returns the
 class-attribute patches that point torchvision's checksum table at the files just written, so the
 real integrity check still runs. Apply them with ``monkeypatch.setattr(*patch)`` in a test, or with
-``setattr(*patch)`` in a script (bench/loader.py imports this module with the repo root on sys.path).
+``setattr(*patch)`` in a script (bench/loader.py imports this module with the repo
+root on sys.path).
 
 Images are passed as (N, 3, 32, 32) uint8 (hamsweep's layout), labels as (N,) ints.
 """
@@ -29,7 +30,8 @@ def random_arrays(n: int, num_classes: int, seed: int) -> Arrays:
 
 
 def write_cifar10(root: Path, train: Arrays, test: Arrays, classes: list[str]) -> list[Patch]:
-    """``root/cifar-10-batches-py/``: data_batch_1..5 (train split evenly), test_batch, batches.meta."""
+    """``root/cifar-10-batches-py/``: data_batch_1..5 (train split evenly),
+    test_batch, batches.meta."""
     from torchvision.datasets import CIFAR10
 
     folder = root / CIFAR10.base_folder
@@ -57,7 +59,8 @@ def write_cifar100(root: Path, train: Arrays, test: Arrays, classes: list[str]) 
 
 
 def write_svhn(root: Path, train: Arrays, test: Arrays) -> list[Patch]:
-    """``root/train_32x32.mat``, ``root/test_32x32.mat``: X (32, 32, 3, N) uint8, y (N, 1) with 10 for digit 0."""
+    """``root/train_32x32.mat``, ``root/test_32x32.mat``: X (32, 32, 3, N) uint8,
+    y (N, 1) with 10 for digit 0."""
     import scipy.io
     from torchvision.datasets import SVHN
 
@@ -82,13 +85,16 @@ def _cifar_batch(images: np.ndarray, labels: np.ndarray, key: str) -> dict[str, 
     return batch
 
 
-def _cifar_patches(cls: type, train_list: list[list[str]], test_list: list[list[str]], meta_md5: str) -> list[Patch]:
+def _cifar_patches(
+    cls: type, train_list: list[list[str]], test_list: list[list[str]], meta_md5: str
+) -> list[Patch]:
     meta = {**cls.meta, "md5": meta_md5}  # type: ignore[attr-defined]
     return [(cls, "train_list", train_list), (cls, "test_list", test_list), (cls, "meta", meta)]
 
 
 def _pickle(path: Path, obj: dict[str, Any]) -> str:
-    """Pickle ``obj`` to ``path`` (protocol 2, as the original Python 2 files) and return its md5."""
+    """Pickle ``obj`` to ``path`` (protocol 2, as the original Python 2 files) and
+    return its md5."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as f:
         pickle.dump(obj, f, protocol=2)
@@ -110,9 +116,14 @@ def write_stl10(root: Path, train: Arrays, test: Arrays, classes: list[str]) -> 
     folder.mkdir(parents=True, exist_ok=True)
     md5 = {}
     for split, (images, labels) in (("train", train), ("test", test)):
-        (folder / f"{split}_X.bin").write_bytes(np.ascontiguousarray(images.transpose(0, 1, 3, 2)).tobytes())
+        (folder / f"{split}_X.bin").write_bytes(
+            np.ascontiguousarray(images.transpose(0, 1, 3, 2)).tobytes()
+        )
         (folder / f"{split}_y.bin").write_bytes((np.asarray(labels) + 1).astype(np.uint8).tobytes())
-        md5 |= {f"{split}_X.bin": _md5(folder / f"{split}_X.bin"), f"{split}_y.bin": _md5(folder / f"{split}_y.bin")}
+        md5 |= {
+            f"{split}_X.bin": _md5(folder / f"{split}_X.bin"),
+            f"{split}_y.bin": _md5(folder / f"{split}_y.bin"),
+        }
     (folder / "unlabeled_X.bin").write_bytes(b"")
     md5["unlabeled_X.bin"] = _md5(folder / "unlabeled_X.bin")
     (folder / STL10.class_names_file).write_text("\n".join(classes) + "\n")
@@ -121,8 +132,15 @@ def write_stl10(root: Path, train: Arrays, test: Arrays, classes: list[str]) -> 
     return [(STL10, "train_list", train_list), (STL10, "test_list", test_list)]
 
 
-def write_images(folder: Path, n: int, size: tuple[int, int], seed: int, suffixes: tuple[str, ...] = (".png", ".jpg")) -> list[Path]:
-    """n random RGB images of ``size`` (width, height) in ``folder``, alternating the formats of ``suffixes``."""
+def write_images(
+    folder: Path,
+    n: int,
+    size: tuple[int, int],
+    seed: int,
+    suffixes: tuple[str, ...] = (".png", ".jpg"),
+) -> list[Path]:
+    """n random RGB images of ``size`` (width, height) in ``folder``, alternating the formats of
+    ``suffixes``."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -135,17 +153,25 @@ def write_images(folder: Path, n: int, size: tuple[int, int], seed: int, suffixe
     return paths
 
 
-def write_imagenette(root: Path, train_per_class: int, val_per_class: int, size: tuple[int, int] = (24, 18)) -> list[str]:
+def write_imagenette(
+    root: Path, train_per_class: int, val_per_class: int, size: tuple[int, int] = (24, 18)
+) -> list[str]:
     """``root/imagenette2-160/{train,val}/<wnid>/*.JPEG`` for Imagenette's 10 classes, and its
     ``noisy_imagenette.csv`` (torchvision does not read it); returns the wnids in order."""
     from torchvision.datasets import Imagenette
 
     base = root / "imagenette2-160"
     wnids = sorted(Imagenette._WNID_TO_CLASS)
-    rows = ["path,noisy_labels_0,noisy_labels_1,noisy_labels_5,noisy_labels_25,noisy_labels_50,is_valid"]
+    rows = [
+        "path,noisy_labels_0,noisy_labels_1,noisy_labels_5,noisy_labels_25,noisy_labels_50,is_valid"
+    ]
     for split, n in (("train", train_per_class), ("val", val_per_class)):
         for c, wnid in enumerate(wnids):
-            for path in write_images(base / split / wnid, n, size, seed=100 * c + (split == "val"), suffixes=(".JPEG",)):
-                rows.append(f"{path.relative_to(base)},{wnid},{wnid},{wnid},{wnid},{wnid},{split == 'val'}")
+            for path in write_images(
+                base / split / wnid, n, size, seed=100 * c + (split == "val"), suffixes=(".JPEG",)
+            ):
+                rows.append(
+                    f"{path.relative_to(base)},{wnid},{wnid},{wnid},{wnid},{wnid},{split == 'val'}"
+                )
     (base / "noisy_imagenette.csv").write_text("\n".join(rows) + "\n")
     return wnids

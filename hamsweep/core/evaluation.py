@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hamsweep import attacks, metrics
-from hamsweep.data import Dataset, DeviceLoader, Split, subsample
+from hamsweep.core import attacks, metrics
+from hamsweep.core.data import Dataset, DeviceLoader, Split, subsample
 from hamsweep.spec import TrialConfig
 
 __all__ = ["AUTOATTACK", "CLEAN", "EvalCounts", "evaluate", "evaluate_checkpoint"]
@@ -40,7 +40,6 @@ class EvalCounts:
         return metrics.summarize(np.array(self.n), np.array(self.correct), cvar_fraction)
 
 
-
 def evaluate(
     model: nn.Module,
     split: Split,
@@ -51,7 +50,8 @@ def evaluate(
     seed: int,
     autoattack: bool = False,
 ) -> list[EvalCounts]:
-    """Class-wise clean and PGD-``eval.attack_steps`` accuracy (plus AutoAttack when asked) on ``split``.
+    """Class-wise clean and PGD-``eval.attack_steps`` accuracy (plus AutoAttack
+    when asked) on ``split``.
 
     The attack's random start draws from its own generator seeded by ``seed``, so evaluating never
     changes the training randomness.
@@ -72,35 +72,54 @@ def evaluate(
                 pred = model(x_a).argmax(1)
             n, c = metrics.class_counts(pred, y, num_classes)
             totals[a] = (totals[a][0] + n, totals[a][1] + c)
-    return [EvalCounts(name, a, tuple(n.tolist()), tuple(c.tolist())) for a, (n, c) in totals.items()]
+    return [
+        EvalCounts(name, a, tuple(n.tolist()), tuple(c.tolist())) for a, (n, c) in totals.items()
+    ]
 
 
 def evaluate_checkpoint(
-    path: Path, cfg: TrialConfig, dataset: Dataset, *, device: torch.device, autoattack: bool = False
+    path: Path,
+    cfg: TrialConfig,
+    dataset: Dataset,
+    *,
+    device: torch.device,
+    autoattack: bool = False,
 ) -> tuple[list[EvalCounts], int]:
     """A saved model (``best.pt`` or ``last.pt`` of ``train``) on the test split of ``dataset``, per
     class: (the evaluations, the epoch the checkpoint holds). The one test-split evaluation after
     training: the confirm stage's trials and ``hamsweep evaluate`` both call it."""
-    from hamsweep import models
+    from hamsweep.core import models
 
     state = torch.load(path, map_location="cpu", weights_only=False)
     model = models.build(cfg.model, dataset.num_classes, in_channels=dataset.image_shape[0])
     model.load_state_dict(state["model"])
     model.to(device)
-    evals = evaluate(model, dataset.test, "test", cfg, dataset.num_classes, seed=0, autoattack=autoattack)
+    evals = evaluate(
+        model, dataset.test, "test", cfg, dataset.num_classes, seed=0, autoattack=autoattack
+    )
     return evals, int(state["epoch"])
 
 
 def _attackers(
-    model: nn.Module, eps: float, step: float, steps: int, gen: torch.Generator, num_classes: int, autoattack: bool
+    model: nn.Module,
+    eps: float,
+    step: float,
+    steps: int,
+    gen: torch.Generator,
+    num_classes: int,
+    autoattack: bool,
 ) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
     """Attack name -> (x, y) -> x_adv, each built once per evaluation."""
     out: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
         CLEAN: lambda x, y: x,
-        f"pgd{steps}": lambda x, y: attacks.pgd(model, x, y, eps=eps, step_size=step, steps=steps, generator=gen),
+        f"pgd{steps}": lambda x, y: attacks.pgd(
+            model, x, y, eps=eps, step_size=step, steps=steps, generator=gen
+        ),
     }
     if autoattack:
         import torchattacks
 
-        out[AUTOATTACK] = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=num_classes, seed=0)
+        out[AUTOATTACK] = torchattacks.AutoAttack(
+            model, norm="Linf", eps=eps, version="standard", n_classes=num_classes, seed=0
+        )
     return out

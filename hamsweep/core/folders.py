@@ -1,13 +1,14 @@
-"""Datasets of image files and STL-10 (each split as (images, labels) tensors; ``data`` makes them ``Split``s): Imagenette (torchvision's ``Imagenette``), a researcher's own
-``train/<class>/*`` and ``test/<class>/*`` folders (torchvision's ``ImageFolder``), and STL-10
-(torchvision's ``STL10``, its labelled train and test splits), all as uint8 ``Split``s of
-``data.image_size`` pixels a side.
+"""Datasets of image files and STL-10 (each split as (images, labels) tensors; ``data`` makes them
+``Split``s): Imagenette (torchvision's ``Imagenette``), a researcher's own ``train/<class>/*`` and
+``test/<class>/*`` folders (torchvision's ``ImageFolder``), and STL-10 (torchvision's ``STL10``, its
+labelled train and test splits), all as uint8 ``Split``s of ``data.image_size`` pixels a side.
 
 **Resizing**, the same for every file and deterministic: the shorter side is scaled to
 ``image_size`` with PIL's bicubic filter (antialiased: its support widens with the scale factor),
 then the centre square is cropped (torchvision's ``Resize(s)`` + ``CenterCrop(s)``, the standard
-ImageNet evaluation transform: aspect ratios are kept, the edges of a long side are dropped). STL-10's
-square 96x96 arrays are resized the same way (PIL, bicubic) only when ``image_size`` is not 96.
+ImageNet evaluation transform: aspect ratios are kept, the edges of a long side are dropped).
+STL-10's square 96x96 arrays are resized the same way (PIL, bicubic) only when
+``image_size`` is not 96.
 
 **Cache.** Decoding thousands of files is slow, and every trial loads its data: the decoded arrays
 of a folder split are kept in ``.hamsweep-cache/`` inside ``data.root`` (or, where that is not
@@ -30,10 +31,19 @@ import torch
 
 from hamsweep.errors import DataError
 
-__all__ = ["CACHE_DIR", "RESAMPLE", "decode", "list_imagefolder", "load_imagefolder", "load_imagenette", "load_stl10"]
+__all__ = [
+    "CACHE_DIR",
+    "RESAMPLE",
+    "decode",
+    "list_imagefolder",
+    "load_imagefolder",
+    "load_imagenette",
+    "load_stl10",
+]
 
 CACHE_DIR = ".hamsweep-cache"  # in data.root: decoded folder splits
-RESAMPLE = "pil-bicubic-shorter-side-center-crop-v1"  # part of the cache key: change it when the resize changes
+# part of the cache key: change it when the resize changes
+RESAMPLE = "pil-bicubic-shorter-side-center-crop-v1"
 
 
 def _resize(image: Any, size: int) -> np.ndarray:
@@ -51,7 +61,8 @@ def _resize(image: Any, size: int) -> np.ndarray:
 
 
 def decode(paths: Sequence[str], size: int) -> np.ndarray:
-    """(N, 3, size, size) uint8 from image files; an unreadable file is a ``DataError`` naming it."""
+    """(N, 3, size, size) uint8 from image files; an unreadable file is a
+    ``DataError`` naming it."""
     from PIL import Image, UnidentifiedImageError
 
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
@@ -60,7 +71,10 @@ def decode(paths: Sequence[str], size: int) -> np.ndarray:
             with Image.open(path) as image:
                 out[i] = _resize(image, size)
         except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise DataError(f"{path}: cannot be read as an image ({type(err).__name__}: {err}); remove or replace it") from None
+            raise DataError(
+                f"{path}: cannot be read as an image "
+                f"({type(err).__name__}: {err}); remove or replace it"
+            ) from None
     return out
 
 
@@ -76,8 +90,11 @@ def _cache_dirs(root: Path) -> list[Path]:
     return [root / CACHE_DIR, Path.home() / ".cache" / "hamsweep"]
 
 
-def _cached_split(root: Path, name: str, samples: Sequence[tuple[str, int]], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (N, 3, S, S) uint8, labels (N,) int64) of ``samples``, from the cache or decoded once."""
+def _cached_split(
+    root: Path, name: str, samples: Sequence[tuple[str, int]], size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (N, 3, S, S) uint8, labels (N,) int64) of ``samples``, from the
+    cache or decoded once."""
     key = f"{name}-{size}px-{_cache_key(samples, size)}.npz"
     for folder in _cache_dirs(root):
         if (folder / key).is_file():
@@ -100,21 +117,32 @@ def _cached_split(root: Path, name: str, samples: Sequence[tuple[str, int]], siz
 # ---- Imagenette ----
 def load_imagenette(cfg: Any) -> tuple[Any, Any, tuple[str, ...]]:
     """imagenette2-160 (``data.root/imagenette2-160/{train,val}/<wnid>/*.JPEG``): train and val as
-    train and test, resized to ``data.image_size`` (32 in the HAM paper); classes by their first name."""
+    train and test, resized to ``data.image_size`` (32 in the HAM paper);
+    classes by their first name."""
     from torchvision import datasets
 
     splits = []
     for split in ("train", "val"):
         try:  # the loader returns the path: decoding (and its cache) is ours
-            ds = datasets.Imagenette(cfg.root, split=split, size="160px", download=cfg.download, loader=lambda p: p)
+            ds = datasets.Imagenette(
+                cfg.root, split=split, size="160px", download=cfg.download, loader=lambda p: p
+            )
         except (RuntimeError, OSError) as err:
-            raise DataError(f"imagenette: {Path(cfg.root) / 'imagenette2-160'}/ not found or incomplete ({err}); copy "
-                            f"imagenette2-160.tgz's folder there (train/ and val/), or set data.download: true") from None
+            raise DataError(
+                f"imagenette: {Path(cfg.root) / 'imagenette2-160'}/ not found or incomplete "
+                f"({err}); copy imagenette2-160.tgz's folder there (train/ and val/), or set "
+                "data.download: true"
+            ) from None
         except KeyError as err:
-            raise DataError(f"imagenette: {Path(cfg.root) / 'imagenette2-160' / split}/ has a class folder {err} that is not one of Imagenette's 10 WordNet ids") from None
+            raise DataError(
+                f"imagenette: {Path(cfg.root) / 'imagenette2-160' / split}/ has a class folder "
+                f"{err} that is not one of Imagenette's 10 WordNet ids"
+            ) from None
         samples = [ds[i] for i in range(len(ds))]
         if not samples:
-            raise DataError(f"imagenette: {Path(cfg.root) / 'imagenette2-160' / split}/ holds no .JPEG images")
+            raise DataError(
+                f"imagenette: {Path(cfg.root) / 'imagenette2-160' / split}/ holds no .JPEG images"
+            )
         splits.append(_cached_split(Path(cfg.root), f"imagenette-{split}", samples, cfg.image_size))
     return splits[0], splits[1], tuple(names[0] for names in ds.classes)
 
@@ -125,11 +153,16 @@ def load_imagefolder(cfg: Any) -> tuple[Any, Any, tuple[str, ...]]:
     classes are the folder names in sorted order, the same in both)."""
     root = Path(cfg.root)
     train, test, classes = list_imagefolder(root)
-    return (_cached_split(root, "imagefolder-train", train, cfg.image_size),
-            _cached_split(root, "imagefolder-test", test, cfg.image_size), classes)
+    return (
+        _cached_split(root, "imagefolder-train", train, cfg.image_size),
+        _cached_split(root, "imagefolder-test", test, cfg.image_size),
+        classes,
+    )
 
 
-def list_imagefolder(root: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int]], tuple[str, ...]]:
+def list_imagefolder(
+    root: Path,
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]], tuple[str, ...]]:
     """The (path, label) samples of ``root/train/`` and ``root/test/`` and the class names, checked
     (both folders there, no class folder without images, the same classes in both) without opening
     an image or writing anything: what ``hamsweep validate`` checks of an image folder."""
@@ -137,8 +170,10 @@ def list_imagefolder(root: Path) -> tuple[list[tuple[str, int]], list[tuple[str,
     (train_classes, train), (test_classes, test) = found["train"], found["test"]
     if train_classes != test_classes:
         only = sorted(set(train_classes) ^ set(test_classes))
-        raise DataError(f"imagefolder: {root}/train/ and {root}/test/ have different classes ({', '.join(only)} in only one); "
-                        "both need the same class folders")
+        raise DataError(
+            f"imagefolder: {root}/train/ and {root}/test/ have different classes "
+            f"({', '.join(only)} in only one); both need the same class folders"
+        )
     return train, test, tuple(train_classes)
 
 
@@ -147,10 +182,16 @@ def _image_folder(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
     from torchvision import datasets
 
     if not folder.is_dir():
-        raise DataError(f"imagefolder: {folder}/ not found; data.root must hold train/<class>/ and test/<class>/ folders of images")
+        raise DataError(
+            f"imagefolder: {folder}/ not found; data.root must hold train/<class>/ and "
+            "test/<class>/ folders of images"
+        )
     empty = [p.name for p in sorted(folder.iterdir()) if p.is_dir() and not _has_images(p)]
     if empty:
-        raise DataError(f"imagefolder: {folder}/{empty[0]}/ holds no images (.jpg, .png, ...); add images or remove the folder")
+        raise DataError(
+            f"imagefolder: {folder}/{empty[0]}/ holds no images (.jpg, .png, ...); add images or "
+            "remove the folder"
+        )
     try:
         ds = datasets.ImageFolder(str(folder), loader=lambda p: p)
     except (FileNotFoundError, RuntimeError) as err:
@@ -175,10 +216,17 @@ def load_stl10(cfg: Any) -> tuple[Any, Any, tuple[str, ...]]:
         try:
             ds = datasets.STL10(cfg.root, split=split, download=cfg.download)
         except (RuntimeError, OSError) as err:
-            raise DataError(f"stl10: {Path(cfg.root) / 'stl10_binary'}/ not found or corrupted ({err}); copy "
-                            "stl10_binary.tar.gz's folder there, or set data.download: true") from None
+            raise DataError(
+                f"stl10: {Path(cfg.root) / 'stl10_binary'}/ not found or corrupted ({err}); copy "
+                "stl10_binary.tar.gz's folder there, or set data.download: true"
+            ) from None
         images = ds.data if cfg.image_size == 96 else _resize_arrays(ds.data, cfg.image_size)
-        splits.append((torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(ds.labels.astype(np.int64))))
+        splits.append(
+            (
+                torch.from_numpy(np.ascontiguousarray(images)),
+                torch.from_numpy(ds.labels.astype(np.int64)),
+            )
+        )
     return splits[0], splits[1], tuple(ds.classes)
 
 
@@ -186,5 +234,8 @@ def _resize_arrays(images: np.ndarray, size: int) -> np.ndarray:
     """(N, 3, H, W) uint8 -> (N, 3, size, size), each image as ``_resize`` does."""
     from PIL import Image
 
-    return np.stack([_resize(Image.fromarray(img.transpose(1, 2, 0)), size) for img in images]) if len(images) else \
-        np.empty((0, 3, size, size), dtype=np.uint8)
+    return (
+        np.stack([_resize(Image.fromarray(img.transpose(1, 2, 0)), size) for img in images])
+        if len(images)
+        else np.empty((0, 3, size, size), dtype=np.uint8)
+    )

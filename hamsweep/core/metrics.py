@@ -10,12 +10,12 @@ the average example.
 from __future__ import annotations
 
 import math
-
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # torch only for class_counts: reading stored counts (hamsweep query) needs no torch
+# torch only for class_counts: reading stored counts (hamsweep query) needs no torch
+if TYPE_CHECKING:
     import torch
 
 __all__ = [
@@ -31,7 +31,9 @@ SUMMARY_KEYS = ("mean", "worst", "std", "cvar", "lcb")  # the float metrics `sum
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
-def class_counts(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def class_counts(
+    pred: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class example and correct counts, on the inputs' device.
 
     pred, labels: (N,) integer class indices in [0, num_classes).
@@ -43,14 +45,19 @@ def class_counts(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> 
         got = f"{tuple(pred.shape)} and {tuple(labels.shape)}"
         raise ValueError(f"pred and labels must both have shape (N,) but got {got}")
     if labels.is_floating_point() or pred.is_floating_point():
-        raise ValueError(f"pred and labels must be integer class indices but got {pred.dtype} and {labels.dtype}")
+        raise ValueError(
+            f"pred and labels must be integer class indices but got {pred.dtype} and {labels.dtype}"
+        )
     labels = labels.long()
     if labels.numel():
-        lo, hi = (int(v) for v in torch.aminmax(labels))  # one host sync, which bincount needs anyway
+        # one host sync, which bincount needs anyway
+        lo, hi = (int(v) for v in torch.aminmax(labels))
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"labels must be in 0..{num_classes - 1} but got values in {lo}..{hi}")
     # one pass: bin 2*label + hit, so column 0 counts the misses and column 1 the hits of each class
-    bins = torch.bincount(2 * labels + (pred == labels).long(), minlength=2 * num_classes).view(num_classes, 2)
+    bins = torch.bincount(2 * labels + (pred == labels).long(), minlength=2 * num_classes).view(
+        num_classes, 2
+    )
     return bins.sum(1), bins[:, 1].contiguous()
 
 
@@ -58,9 +65,18 @@ def _counts(n: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     """Validated (n, correct) as float arrays of shape (C,)."""
     n, correct = np.asarray(n, dtype=float), np.asarray(correct, dtype=float)
     if n.shape != correct.shape or n.ndim != 1:
-        raise ValueError(f"n and correct must both have shape (num_classes,) but got {n.shape} and {correct.shape}")
-    if not (np.isfinite(n).all() and np.isfinite(correct).all()) or (n % 1).any() or (correct % 1).any():
-        raise ValueError("n and correct must be whole counts but got non-integer or non-finite values")
+        raise ValueError(
+            f"n and correct must both have shape (num_classes,) but got {n.shape} and "
+            f"{correct.shape}"
+        )
+    if (
+        not (np.isfinite(n).all() and np.isfinite(correct).all())
+        or (n % 1).any()
+        or (correct % 1).any()
+    ):
+        raise ValueError(
+            "n and correct must be whole counts but got non-integer or non-finite values"
+        )
     if (n < 0).any() or (correct < 0).any():
         got = f"n={n.astype(int).tolist()}, correct={correct.astype(int).tolist()}"
         raise ValueError(f"counts cannot be negative but got {got}")
@@ -114,7 +130,8 @@ def summarize(n: np.ndarray, correct: np.ndarray, cvar_fraction: float = 0.2) ->
     acc = class_accuracy(n, correct)
     present = acc[~np.isnan(acc)]
     total = int(np.asarray(n, dtype=float).sum())
-    k = cvar_k(max(present.size, 1), cvar_fraction)  # checks the fraction even when no class is present
+    # checks the fraction even when no class is present
+    k = cvar_k(max(present.size, 1), cvar_fraction)
     if present.size == 0:
         return {**dict.fromkeys(SUMMARY_KEYS, math.nan), "worst_class": -1, "n": total}
     return {

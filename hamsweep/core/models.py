@@ -26,9 +26,13 @@ def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
-def _stage(block: Callable[..., nn.Module], c_in: int, c_out: int, n_blocks: int, stride: int) -> list[nn.Module]:
+def _stage(
+    block: Callable[..., nn.Module], c_in: int, c_out: int, n_blocks: int, stride: int
+) -> list[nn.Module]:
     """``n_blocks`` blocks; only the first changes the width and the resolution."""
-    return [block(c_in if i == 0 else c_out, c_out, stride if i == 0 else 1) for i in range(n_blocks)]
+    return [
+        block(c_in if i == 0 else c_out, c_out, stride if i == 0 else 1) for i in range(n_blocks)
+    ]
 
 
 # --- PreAct ResNet-18 (He et al. 2016, "Identity Mappings in Deep Residual Networks"), laid out
@@ -59,13 +63,16 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet(nn.Module):
-    """PreAct ResNet: 3x3 stem, four stages (64-128-256-512, strides 1-2-2-2), final BN-ReLU, linear.
+    """PreAct ResNet: 3x3 stem, four stages (64-128-256-512, strides
+    1-2-2-2), final BN-ReLU, linear.
 
     ``blocks=(2, 2, 2, 2)`` is ResNet-18 (11.17M parameters for 10 classes). Init is PyTorch's
     default (kaiming-uniform convs), as in the reference code.
     """
 
-    def __init__(self, blocks: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 10, in_channels: int = 3) -> None:
+    def __init__(
+        self, blocks: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 10, in_channels: int = 3
+    ) -> None:
         super().__init__()
         self.conv1 = _conv3x3(in_channels, 64)
         layers, c_in = [], 64
@@ -117,7 +124,12 @@ class WideResNet(nn.Module):
     """
 
     def __init__(
-        self, depth: int = 34, widen: int = 10, num_classes: int = 10, in_channels: int = 3, drop_rate: float = 0.0
+        self,
+        depth: int = 34,
+        widen: int = 10,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
         if (depth - 4) % 6 != 0:
@@ -142,10 +154,15 @@ class WideResNet(nn.Module):
 
 
 def _init_like_trades(model: nn.Module) -> None:
-    # the TRADES/Madry WRN init: convs N(0, 2 / (k*k*c_out)) (kaiming, fan-out), BN at identity, zero bias
+    # the TRADES/Madry WRN init: convs N(0, 2 / (k*k*c_out)) (kaiming, fan-out),
+    # BN at identity, zero bias
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+            nn.init.normal_(
+                m.weight,
+                0.0,
+                math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)),
+            )
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
@@ -205,9 +222,14 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def build(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> nn.Module:
-    """The model ``cfg.name`` for ``num_classes`` classes and ``in_channels``-channel images in [0, 1]."""
+    """The model ``cfg.name`` for ``num_classes`` classes and
+    ``in_channels``-channel images in [0, 1]."""
     if cfg.name not in MODELS:
-        raise SpecError("model.name", f"unknown model {cfg.name!r}; valid models are {', '.join(MODELS)}")
+        raise SpecError(
+            "model.name", f"unknown model {cfg.name!r}; valid models are {', '.join(MODELS)}"
+        )
     if num_classes < 1 or in_channels < 1:
-        raise ValueError(f"num_classes and in_channels must be >= 1 but got {num_classes} and {in_channels}")
+        raise ValueError(
+            f"num_classes and in_channels must be >= 1 but got {num_classes} and {in_channels}"
+        )
     return MODELS[cfg.name](num_classes=num_classes, in_channels=in_channels, width=cfg.width)

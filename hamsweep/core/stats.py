@@ -27,7 +27,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from hamsweep.metrics import class_accuracy, summarize
+from hamsweep.core.metrics import class_accuracy, summarize
 
 __all__ = [
     "CONFIRM_KEYS",
@@ -39,7 +39,8 @@ __all__ = [
     "t_interval",
 ]
 
-CONFIRM_KEYS = ("worst", "cvar", "mean")  # the metrics.summarize keys the confirm table reports per seed
+# the metrics.summarize keys the confirm table reports per seed
+CONFIRM_KEYS = ("worst", "cvar", "mean")
 
 _T = TypeVar("_T")
 
@@ -92,21 +93,29 @@ def t_interval(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -
 
 
 def paired_difference(
-    values: Sequence[float] | np.ndarray, baseline: Sequence[float] | np.ndarray, confidence: float = 0.95
+    values: Sequence[float] | np.ndarray,
+    baseline: Sequence[float] | np.ndarray,
+    confidence: float = 0.95,
 ) -> Interval:
     """t-interval of the per-seed differences values[i] - baseline[i]: (seeds,) each, the same
     ``train.seed`` at the same index. Positive means ``values`` is higher than the baseline."""
     x, b = _sample(values, "values"), _sample(baseline, "baseline")
     if x.size != b.size:
-        raise ValueError(f"values and baseline must be paired by seed (equal lengths) but got {x.size} and {b.size} seeds")
+        raise ValueError(
+            f"values and baseline must be paired by seed (equal lengths) but got {x.size} and "
+            f"{b.size} seeds"
+        )
     return t_interval(x - b, confidence)
 
 
-def seed_summaries(n: np.ndarray, correct: np.ndarray, cvar_fraction: float) -> dict[str, np.ndarray]:
+def seed_summaries(
+    n: np.ndarray, correct: np.ndarray, cvar_fraction: float
+) -> dict[str, np.ndarray]:
     """Each seed's ``metrics.summarize`` values for the keys in ``CONFIRM_KEYS``.
 
     n, correct: (seeds, classes) per-class counts, one row per seed. cvar_fraction: in (0, 1], as
-    ``spec`` resolves it. Returns key -> (seeds,) floats in [0, 1] (nan for a seed without examples).
+    ``spec`` resolves it. Returns key -> (seeds,) floats in [0, 1] (nan for
+    a seed without examples).
     """
     rows = _each_seed(lambda ns, cs: summarize(ns, cs, cvar_fraction), n, correct)
     return {key: np.array([row[key] for row in rows]) for key in CONFIRM_KEYS}
@@ -116,14 +125,16 @@ def class_intervals(
     n: np.ndarray, correct: np.ndarray, confidence: float = 0.95
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-class mean accuracy over seeds with a Jeffreys interval on an effective number of test
-    images: a quasi-binomial model whose over-dispersion (the seeds' spread) is shared by the classes.
+    images: a quasi-binomial model whose over-dispersion (the seeds' spread)
+    is shared by the classes.
 
     n, correct: (seeds, classes) per-class counts of one config and attack, one row per seed.
     Returns (mean, low, high), each (classes,) in [0, 1]: the mean over seeds of correct / n and its
-    interval; nan for a class without examples in any seed. Closed form: deterministic, no resampling.
+    interval; nan for a class without examples in any seed. Closed form:
+    deterministic, no resampling.
 
-    Model (the data-generating model of the coverage simulation, ``bench/class_coverage.py``): class c
-    of seed s has a true accuracy p_cs with mean mu_c over seeds (the target) and variance
+    Model (the data-generating model of the coverage simulation, ``bench/class_coverage.py``): class
+    c of seed s has a true accuracy p_cs with mean mu_c over seeds (the target) and variance
     rho * mu_c * (1 - mu_c) (a beta-binomial with one intra-seed correlation rho for all classes of
     the config: the seed spread shrinks towards the bounds, as it must), and correct_cs ~
     Binomial(n_cs, p_cs). Then each seed's accuracy has variance phi * mu_c(1 - mu_c) / n_cs, phi =
@@ -136,7 +147,8 @@ def class_intervals(
     test images over the seeds: the t / z factor widens for the estimated phi (Korn and Graubard's
     effective sample size, 1998). At x = 0 the low end is 0 and at x = m the high end is 1 (Brown,
     Cai and DasGupta 2001): a class with 0/100 on every seed gets [0, 1.2%] on 2 seeds where the
-    others show no seed spread, not [0, 0]. With one seed phi cannot be estimated and is 1: the interval is the test images' only.
+    others show no seed spread, not [0, 0]. With one seed phi cannot be estimated and is 1: the
+    interval is the test images' only.
 
     Why not the two-stage bootstrap it replaces (seeds with replacement, then Binomial(n, k/n)):
     it collapsed to [0, 0] and [1, 1] at the bounds, it counted the binomial noise twice (the seeds'
@@ -152,73 +164,95 @@ def class_intervals(
     What it assumes: one dispersion for all the classes of a config and attack; a class whose seeds
     disagree much more than the others' is under-covered.
     """
-    acc = np.stack(_each_seed(class_accuracy, n, correct))  # (seeds, classes), nan where n == 0; checks the counts
+    # (seeds, classes), nan where n == 0; checks the counts
+    acc = np.stack(_each_seed(class_accuracy, n, correct))
     _check_confidence(confidence)
     n = np.asarray(n).astype(float)
     present = n > 0
     mean = _mean_present(acc, present)
-    with np.errstate(invalid="ignore", divide="ignore"):  # a class without examples or at a bound: left out of phi
+    # a class without examples or at a bound: left out of phi
+    with np.errstate(invalid="ignore", divide="ignore"):
         resid = np.where(present, (acc - mean) ** 2 / (mean * (1 - mean) / n), 0.0)
     spread = (mean > 0) & (mean < 1)
-    deff = _design_effect(resid[:, spread].sum(), (present.sum(0)[spread] - 1).clip(0).sum(), confidence)
+    deff = _design_effect(
+        resid[:, spread].sum(), (present.sum(0)[spread] - 1).clip(0).sum(), confidence
+    )
     images = n.sum(0) / deff
     low, high = _jeffreys(mean * images, images, confidence)
     return mean, low, high
 
 
 def class_differences(
-    n: np.ndarray, correct: np.ndarray, base_n: np.ndarray, base_correct: np.ndarray, confidence: float = 0.95
+    n: np.ndarray,
+    correct: np.ndarray,
+    base_n: np.ndarray,
+    base_correct: np.ndarray,
+    confidence: float = 0.95,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-class paired difference config - baseline over seeds, with its interval: which classes a
     config lifts.
 
-    n, correct: the config's (seeds, classes) counts; base_n, base_correct: the baseline's, row i the
-    same ``train.seed`` as the config's row i (pass only the seeds both have). Returns (mean, low,
-    high), each (classes,) in [-1, 1]: the mean over seeds of acc_config - acc_baseline (fractions of
-    the class's test images) and its interval; nan for a class without examples in any paired seed.
+    n, correct: the config's (seeds, classes) counts; base_n, base_correct: the baseline's, row i
+    the same ``train.seed`` as the config's row i (pass only the seeds both have). Returns (mean,
+    low, high), each (classes,) in [-1, 1]: the mean over seeds of acc_config - acc_baseline
+    (fractions of the class's test images) and its interval; nan for a class without
+    examples in any paired seed.
 
     The same model as ``class_intervals``, on the per-seed differences d_cs: their variance is
     phi_d * v_c, v_c = a(1 - a) / n + b(1 - b) / n the two arms' binomial variance taken as
-    independent, a and b the class's pooled accuracies shrunk as Jeffreys does ((k + 1/2) / (N + 1)),
-    so that a class at 0 in both arms has a small variance, not none. phi_d, pooled over the classes
-    (Pearson, sum of (seeds_c - 1) degrees of freedom, classes at the same bound in both arms on every
-    seed left out), holds the seed spread of the difference and also what pairing removes (the same
-    seed's trunk, the same test images): it is not floored at 1. The interval is mean +- t_df *
-    sqrt(phi_d * sum_s v_cs) / seeds_c, clipped to [-1, 1]; with one paired seed phi_d is 1 and the
-    quantile z. Measured as ``class_intervals`` (true difference 0, the config's and the baseline's
-    seed effects correlated 0.7): 0.933-0.987; outside 0.95 +- 0.02 above (0.975-0.987) at p = 0.02
-    and 0.98 with 2-3 seeds and a seed sd of 5-10 points, below (0.933-0.934) at p = 0.5 with 2-3
-    seeds and 5-10 points. The old two-stage bootstrap on the differences: 0.88-0.99.
+    independent, a and b the class's pooled accuracies shrunk as Jeffreys does ((k + 1/2) / (N +
+    1)), so that a class at 0 in both arms has a small variance, not none. phi_d, pooled over the
+    classes (Pearson, sum of (seeds_c - 1) degrees of freedom, classes at the same bound in both
+    arms on every seed left out), holds the seed spread of the difference and also what pairing
+    removes (the same seed's trunk, the same test images): it is not floored at 1. The interval is
+    mean +- t_df * sqrt(phi_d * sum_s v_cs) / seeds_c, clipped to [-1, 1]; with one paired seed
+    phi_d is 1 and the quantile z. Measured as ``class_intervals`` (true difference 0, the config's
+    and the baseline's seed effects correlated 0.7): 0.933-0.987; outside 0.95 +- 0.02 above
+    (0.975-0.987) at p = 0.02 and 0.98 with 2-3 seeds and a seed sd of 5-10 points, below
+    (0.933-0.934) at p = 0.5 with 2-3 seeds and 5-10 points. The old two-stage bootstrap on
+    the differences: 0.88-0.99.
     """
-    acc, base = (np.stack(_each_seed(class_accuracy, a, c)) for a, c in ((n, correct), (base_n, base_correct)))
+    acc, base = (
+        np.stack(_each_seed(class_accuracy, a, c))
+        for a, c in ((n, correct), (base_n, base_correct))
+    )
     _check_confidence(confidence)
     if acc.shape != base.shape:
-        raise ValueError(f"config and baseline counts must be paired by seed (equal shapes) but got {acc.shape} and {base.shape}")
+        raise ValueError(
+            f"config and baseline counts must be paired by seed (equal shapes) but got {acc.shape} "
+            f"and {base.shape}"
+        )
     n, m = np.asarray(n).astype(float), np.asarray(base_n).astype(float)
     present = (n > 0) & (m > 0)
     diff = _mean_present(acc - base, present)
-    var = _shrunk_variance(np.asarray(correct), n, present) + _shrunk_variance(np.asarray(base_correct), m, present)
+    var = _shrunk_variance(np.asarray(correct), n, present) + _shrunk_variance(
+        np.asarray(base_correct), m, present
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         resid = np.where(present, (acc - base - diff) ** 2 / var, 0.0)
     seeds = present.sum(0)
     live = ~(_all_at(acc, base, present, 0.0) | _all_at(acc, base, present, 1.0)) & (seeds > 1)
     df = int((seeds[live] - 1).sum())
-    phi, q = (resid[:, live].sum() / df, _t(confidence, df)) if df else (1.0, _t(confidence, math.inf))
+    phi, q = (
+        (resid[:, live].sum() / df, _t(confidence, df)) if df else (1.0, _t(confidence, math.inf))
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         half = q * np.sqrt(phi * np.where(present, var, 0.0).sum(0)) / seeds
     return diff, (diff - half).clip(-1, 1), (diff + half).clip(-1, 1)
 
 
 def _design_effect(chi2: float, df: int, confidence: float) -> float:
-    """max(1, phi * (t_df / z)^2), phi = chi2 / df: how many test images one effective image is worth;
-    1 without degrees of freedom (one seed) or below binomial spread (the seeds cannot reduce it)."""
+    """max(1, phi * (t_df / z)^2), phi = chi2 / df: how many test images one effective image is
+    worth; 1 without degrees of freedom (one seed) or below binomial spread (the
+    seeds cannot reduce it)."""
     if df == 0:
         return 1.0
     return max(1.0, chi2 / df * (_t(confidence, df) / _t(confidence, math.inf)) ** 2)
 
 
 def _jeffreys(x: np.ndarray, m: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
-    """Jeffreys interval of x hits in m (possibly fractional) trials, low 0 at x = 0 and high 1 at x = m."""
+    """Jeffreys interval of x hits in m (possibly fractional) trials, low 0 at x =
+    0 and high 1 at x = m."""
     from scipy import stats
 
     tail = (1 - confidence) / 2
@@ -230,8 +264,9 @@ def _jeffreys(x: np.ndarray, m: np.ndarray, confidence: float) -> tuple[np.ndarr
 
 
 def _shrunk_variance(correct: np.ndarray, n: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """(seeds, classes) binomial variance of each seed's accuracy, a(1 - a) / n, with the class's pooled
-    accuracy over the present seeds shrunk as Jeffreys does: a = (k + 1/2) / (N + 1), never 0 or 1."""
+    """(seeds, classes) binomial variance of each seed's accuracy, a(1 - a) / n, with the class's
+    pooled accuracy over the present seeds shrunk as Jeffreys does: a = (k + 1/2) /
+    (N + 1), never 0 or 1."""
     k, total = np.where(present, correct, 0).sum(0), np.where(present, n, 0).sum(0)
     a = (k + 0.5) / (total + 1)
     with np.errstate(divide="ignore"):
@@ -245,10 +280,15 @@ def _all_at(acc: np.ndarray, base: np.ndarray, present: np.ndarray, bound: float
 
 
 def _t(confidence: float, df: float) -> float:
-    """The two-sided quantile of Student's t with ``df`` degrees of freedom (the normal's for inf)."""
+    """The two-sided quantile of Student's t with ``df`` degrees of freedom
+    (the normal's for inf)."""
     from scipy import stats
 
-    return float(stats.norm.ppf((1 + confidence) / 2) if math.isinf(df) else stats.t.ppf((1 + confidence) / 2, df))
+    return float(
+        stats.norm.ppf((1 + confidence) / 2)
+        if math.isinf(df)
+        else stats.t.ppf((1 + confidence) / 2, df)
+    )
 
 
 def _mean_present(acc: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -280,15 +320,21 @@ def _seed_counts(n: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.nda
     n_arr, c_arr = np.asarray(n), np.asarray(correct)
     if n_arr.shape != c_arr.shape or n_arr.ndim != 2 or n_arr.shape[0] == 0:
         got = f"{n_arr.shape} and {c_arr.shape}"
-        raise ValueError(f"n and correct must both have shape (seeds, classes) with seeds >= 1 but got {got}")
+        raise ValueError(
+            f"n and correct must both have shape (seeds, classes) with seeds >= 1 but got {got}"
+        )
     return n_arr, c_arr
 
 
-def _each_seed(fn: Callable[[np.ndarray, np.ndarray], _T], n: np.ndarray, correct: np.ndarray) -> list[_T]:
-    """fn(n[s], correct[s]) for each seed row s of (seeds, classes) counts; an error names the row."""
+def _each_seed(
+    fn: Callable[[np.ndarray, np.ndarray], _T], n: np.ndarray, correct: np.ndarray
+) -> list[_T]:
+    """fn(n[s], correct[s]) for each seed row s of (seeds, classes) counts;
+    an error names the row."""
     n, correct = _seed_counts(n, correct)
     out = []
-    for s in range(n.shape[0]):  # a handful of seeds: a loop costs nothing and keeps metrics' checks
+    # a handful of seeds: a loop costs nothing and keeps metrics' checks
+    for s in range(n.shape[0]):
         try:
             out.append(fn(n[s], correct[s]))
         except ValueError as e:

@@ -1,8 +1,9 @@
-"""One trial: adversarial training (PGD-AT, HAM or TRADES), evaluation, checkpoints.
+"""One trial: adversarial training (a method of ``hamsweep.core.methods``), evaluation, checkpoints.
 
 ``run(cfg, workdir=..., report=...)`` reads top to bottom: build the data, model and optimizer,
-resume from ``workdir/checkpoint`` when one is there, then per epoch: train, evaluate on the
-validation split, checkpoint (atomically), report. Side effects go through ``report`` so the same
+resume from ``workdir/checkpoint`` when one is there, then per epoch: train (each batch through the
+epoch's method's step), evaluate on the validation split, the method's per-epoch hook, checkpoint
+(atomically), report. Side effects go through ``report`` so the same
 loop runs under Ray Tune, in a SLURM job and in a plain test.
 
 A restarted trial continues *exactly*: all randomness comes from one seeded ``torch.Generator``
@@ -22,13 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from hamsweep import attacks, ham, models
-from hamsweep.data import Dataset, DeviceLoader, load
+from hamsweep.core import methods, models
+from hamsweep.core.data import Dataset, DeviceLoader, load
+from hamsweep.core.evaluation import CLEAN, EvalCounts, evaluate
 from hamsweep.errors import DivergenceError, SpecError
-from hamsweep.evaluation import CLEAN, EvalCounts, evaluate
 from hamsweep.spec import TrialConfig, config_diff
 from hamsweep.spec.trial import objective_summary, warmup_part
 
@@ -58,9 +58,13 @@ class EpochRecord:
     train_examples: int  # examples in the training forward/backward
     empty_batches: int  # HAM batches with nothing kept: no optimizer step
     # HAM epochs: AEs wrong at a step before M and correct at x^M, where the two ham.easy_rule
-    # choices can disagree (see ham.py); a default, so that the records of older checkpoints still load
+    # choices can disagree (see ham.py); a default, so that the records of older checkpoints
+    # still load
     flip_backs: int | None = None
     evals: tuple[EvalCounts, ...] = field(default=())
+    # per class, what the epoch trained with or measured (``methods.CLASS_STATE`` name -> one
+    # value per class, None where a class had no example): the ``class_state`` table's rows
+    class_state: dict[str, tuple[float | None, ...]] = field(default_factory=dict)
 
     def val_robust(self) -> EvalCounts | None:
         """This epoch's robust (PGD) evaluation on the validation split, if it was evaluated."""
@@ -72,7 +76,8 @@ class EpochRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EpochRecord:
         evals = tuple(EvalCounts.from_dict(e) for e in data["evals"])
-        return cls(**{**data, "evals": evals})
+        state = {k: tuple(v) for k, v in data.get("class_state", {}).items()}
+        return cls(**{**data, "evals": evals, "class_state": state})
 
 
 Report = Callable[[EpochRecord, Path], None]  # (record, checkpoint folder) after each epoch
@@ -93,7 +98,9 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise SpecError("train.device", "cuda was asked for but no CUDA device is visible; use auto or cpu")
+        raise SpecError(
+            "train.device", "cuda was asked for but no CUDA device is visible; use auto or cpu"
+        )
     return torch.device(name)
 
 
@@ -115,7 +122,13 @@ def last_record(checkpoint_dir: Path) -> EpochRecord | None:
 class Trainer:
     """Holds one trial's state; ``epochs()`` yields a record per epoch and checkpoints each."""
 
-    def __init__(self, cfg: TrialConfig, workdir: Path, dataset: Dataset | None = None, fork: Path | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrialConfig,
+        workdir: Path,
+        dataset: Dataset | None = None,
+        fork: Path | None = None,
+    ) -> None:
         self.cfg = cfg
         self.device = pick_device(cfg.train.device)
         self.data = dataset if dataset is not None else load(cfg.data)
@@ -127,15 +140,26 @@ class Trainer:
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay
+            self.model.parameters(),
+            lr=cfg.train.lr,
+            momentum=cfg.train.momentum,
+            weight_decay=cfg.train.weight_decay,
         )
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed)
         self.loader = DeviceLoader(
-            self.data.train, cfg.train.batch_size, device=self.device, seed=cfg.train.seed,
-            augment=cfg.data.augment, flip=self.data.flip,
+            self.data.train,
+            cfg.train.batch_size,
+            device=self.device,
+            seed=cfg.train.seed,
+            augment=cfg.data.augment,
+            flip=self.data.flip,
         )
         self.start_epoch = 0
         self.best = -math.inf  # best validation `eval.select_by` so far
+        # what a method keeps between epochs (its ``end_epoch`` writes it, e.g. per-class weights);
+        # in every checkpoint, so that a restarted trial continues exactly; a fork starts with the
+        # trunk's (PGD-AT keeps none)
+        self.method_state: dict[str, Any] = {}
         self._resume(fork)
 
     # ---- checkpoints ----
@@ -149,25 +173,43 @@ class Trainer:
         # states load on the CPU; load_state_dict copies them onto the model's device
         state = torch.load(path, map_location="cpu", weights_only=False)
         if diff := config_diff(state["config"], self.cfg):
-            raise SpecError(str(path), f"was written by another config (differs in {', '.join(diff)}); use a new folder")
+            raise SpecError(
+                str(path),
+                f"was written by another config (differs in {', '.join(diff)}); use a new folder",
+            )
         self._load(state)
         self.best = state["best"]
 
     def _fork(self, folder: Path) -> None:
-        """Start after the warm-up from a trunk's checkpoint of epoch ``ham.warmup_epochs``: the state
-        this trial's own warm-up would have reached, bit for bit, since every key the warm-up depends
-        on is the same (checked here). The best epoch so far stays the trunk's only when a warm-up
-        epoch may be the best (``ham.select_after_warmup: false``); then its best.pt comes along."""
+        """Start after the warm-up from a trunk's checkpoint of the method's fork epoch (HAM:
+        ``ham.warmup_epochs``): the state this trial's own warm-up would have reached, bit for bit,
+        since every key the warm-up depends on is the same (checked here). The best epoch so far
+        stays the trunk's only when a warm-up epoch may be the best (``cfg.selectable``, HAM:
+        ``ham.select_after_warmup: false``); then its best.pt comes along."""
         state = torch.load(folder / LAST, map_location="cpu", weights_only=False)
-        saved, mine = warmup_part(TrialConfig.model_validate(state["config"])), warmup_part(self.cfg)
+        saved, mine = (
+            warmup_part(TrialConfig.model_validate(state["config"])),
+            warmup_part(self.cfg),
+        )
         if diff := [k for k in mine if saved.get(k) != mine[k]]:
-            raise SpecError(str(folder), f"is the warm-up of another config (differs in {', '.join(diff)}); it cannot be forked")
-        if state["epoch"] != self.cfg.ham.warmup_epochs:
-            raise SpecError(str(folder), f"holds epoch {state['epoch']}, not ham.warmup_epochs ({self.cfg.ham.warmup_epochs})")
+            raise SpecError(
+                str(folder),
+                f"is the warm-up of another config (differs in {', '.join(diff)}); "
+                "it cannot be forked",
+            )
+        method, w = methods.get(self.cfg.train.method), self.cfg.fork_epoch()
+        if w is None or state["epoch"] != w:
+            raise SpecError(
+                str(folder),
+                f"holds epoch {state['epoch']}, not {method.fork_key or 'a fork epoch'} ({w})",
+            )
         self._load(state)
-        if not self.cfg.ham.select_after_warmup and (folder / BEST).is_file():
+        if self.cfg.selectable(w) and (folder / BEST).is_file():
             self.best = state["best"]
-            _atomic_save(torch.load(folder / BEST, map_location="cpu", weights_only=False), self.ckpt_dir / BEST)
+            _atomic_save(
+                torch.load(folder / BEST, map_location="cpu", weights_only=False),
+                self.ckpt_dir / BEST,
+            )
 
     def _load(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -175,6 +217,7 @@ class Trainer:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.start_epoch = state["epoch"]
+        self.method_state = state.get("method_state", {})  # none in checkpoints before issue 19
 
     def _checkpoint(self, epoch: int, record: EpochRecord) -> None:
         """Everything needed to continue exactly after ``epoch`` (epochs completed), atomically."""
@@ -188,10 +231,11 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "best": self.best,
             "record": record.to_dict(),
+            "method_state": self.method_state,
         }
         _atomic_save(state, self.ckpt_dir / LAST)
 
-    def _save_best(self, record: EpochRecord) -> None:
+    def _save_best(self, record: EpochRecord, model: torch.nn.Module) -> None:
         robust = record.val_robust()
         if robust is None or not self.cfg.selectable(record.epoch):
             return
@@ -200,7 +244,12 @@ class Trainer:
         value = summary[objective_summary(e.select_by)]
         if value > self.best:
             self.best = value
-            state = {"epoch": record.epoch, "model": self.model.state_dict(), e.select_by: value, "summary": summary}
+            state = {
+                "epoch": record.epoch,
+                "model": model.state_dict(),
+                e.select_by: value,
+                "summary": summary,
+            }
             _atomic_save(state, self.ckpt_dir / BEST)
 
     # ---- the loop ----
@@ -209,35 +258,72 @@ class Trainer:
         for epoch in range(self.start_epoch, cfg.train.epochs):
             record = self.train_epoch(epoch, on_batch)
             last = epoch + 1 == cfg.train.epochs
-            evals = self._evaluations(epoch, last)
-            record = replace(record, evals=evals)
-            self._save_best(record)
+            method = methods.get(record.phase)
+            record = replace(record, evals=self._evaluate(self.model, "val", epoch, last))
+            method.end_epoch(self, record)  # per-class state, say
+            model = method.eval_model(self)
+            if model is None:
+                model = self.model
+            else:  # the method's own model (CFA's average) is the one the epoch is judged by
+                record = replace(record, evals=self._evaluate(model, "val", epoch, last))
+            record = replace(
+                record, evals=record.evals + self._evaluate(model, "test", epoch, last)
+            )
+            self._save_best(record, model)
             self._checkpoint(epoch + 1, record)
             yield record
 
-    def _evaluations(self, epoch: int, last: bool) -> tuple[EvalCounts, ...]:
+    def new_model(self) -> torch.nn.Module:
+        c, *_ = self.data.image_shape
+        with torch.random.fork_rng(devices=[]):  # its initialisation draws leave the trial's alone
+            model = models.build(self.cfg.model, self.data.num_classes, in_channels=c)
+        if self.cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model.to(self.device)
+
+    def batches(self, split: Any, batch_size: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        size = batch_size or self.cfg.eval.batch_size
+        return DeviceLoader(split, size, device=self.device, seed=0, shuffle=False).epoch(0)
+
+    def validate(self, model: torch.nn.Module, seed: int) -> tuple[EvalCounts, ...]:
+        n = self.data.num_classes
+        return tuple(evaluate(model, self.data.val, "val", self.cfg, n, seed=seed))
+
+    def _evaluate(
+        self, model: torch.nn.Module, split: str, epoch: int, last: bool
+    ) -> tuple[EvalCounts, ...]:
+        """``model`` on the validation split every ``eval.every_epochs`` epochs and after the last;
+        on the test split after the last one only, and only if ``eval.test``."""
         e = self.cfg.eval
-        out: list[EvalCounts] = []
-        if (epoch + 1) % e.every_epochs == 0 or last:
-            out += evaluate(self.model, self.data.val, "val", self.cfg, self.data.num_classes, seed=epoch)
-        if last and e.test:
-            out += evaluate(
-                self.model, self.data.test, "test", self.cfg, self.data.num_classes, seed=epoch, autoattack=e.autoattack
+        if split == "val" and not ((epoch + 1) % e.every_epochs == 0 or last):
+            return ()
+        if split == "test" and not (last and e.test):
+            return ()
+        data = self.data.val if split == "val" else self.data.test
+        return tuple(
+            evaluate(
+                model,
+                data,
+                split,
+                self.cfg,
+                self.data.num_classes,
+                seed=epoch,
+                autoattack=e.autoattack and split == "test",
             )
-        return tuple(out)
+        )
 
     def phase(self, epoch: int) -> str:
-        t = self.cfg.train
-        if t.method == "ham" and epoch < self.cfg.ham.warmup_epochs:
-            return "pgd_at"
-        return t.method
+        """The method 0-based ``epoch`` trains with (HAM's warm-up epochs: pgd_at)."""
+        return methods.get(self.cfg.train.method).phase(self.cfg, epoch)
 
     def _autocast(self) -> AbstractContextManager[Any]:
         if self.cfg.train.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def train_epoch(self, epoch: int, on_batch: OnBatch | None = None, phase: str | None = None) -> EpochRecord:
+    def train_epoch(
+        self, epoch: int, on_batch: OnBatch | None = None, phase: str | None = None
+    ) -> EpochRecord:
         """Train 0-based ``epoch`` (no evaluation, no checkpoint). ``phase`` overrides the method
         the config gives this epoch: benchmarks compare HAM and PGD-AT from one model state."""
         phase, lr = phase or self.phase(epoch), lr_at(self.cfg, epoch)
@@ -254,19 +340,25 @@ class Trainer:
                 on_batch(b + 1, len(self.loader))
         self.sync()
         seconds = time.perf_counter() - start
-        return tally.record(epoch + 1, phase, seconds, lr, self.cfg.train.attack_steps)
+        method = methods.get(phase)
+        record = tally.record(epoch + 1, phase, seconds, lr, self.cfg.train.attack_steps, method)
+        state = {**tally.class_means(self.data.num_classes), **_values(method.class_state(self))}
+        return replace(record, class_state=state)
 
     def sync(self) -> None:
         """Wait for the device (so that wall-clock timings are real)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def train_batch(self, phase: str, x: Tensor, y: Tensor, tally: Tally, epoch: int, b: int) -> None:
-        """Attack batch ``b`` with ``phase``'s method, then take one optimizer step (none if HAM kept nothing)."""
-        step = {"pgd_at": self._pgd_at_batch, "ham": self._ham_batch, "trades": self._trades_batch}[phase]
+    def train_batch(
+        self, phase: str, x: Tensor, y: Tensor, tally: Tally, epoch: int, b: int
+    ) -> None:
+        """Attack batch ``b`` with ``phase``'s method, then take one optimizer step (none if the
+        method returns none: HAM kept nothing)."""
+        method = methods.get(phase)
         self.model.eval()  # attacks run in eval mode: BN statistics must not see the AEs
         with self._autocast():
-            out = step(x, y, tally)
+            out = method.step(self, x, y, tally)
         if out is None:
             return
         loss, logits, y_used = out
@@ -279,44 +371,6 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         tally.add_step(loss, logits, y_used)
-
-    def _pgd_at_batch(self, x: Tensor, y: Tensor, tally: Tally) -> tuple[Tensor, Tensor, Tensor]:
-        t = self.cfg.train
-        x_adv = attacks.pgd(self.model, x, y, eps=t.eps, step_size=t.step_size, steps=t.attack_steps, generator=self.generator)
-        self.model.train()
-        logits = self.model(x_adv)
-        tally.add_attack(len(y), len(y) * t.attack_steps, len(y))
-        # the mean cross-entropy, computed as HAM's loss with every AE kept at weight 1: HAM with
-        # keep_easy_fraction = 1 and uniform weights then reproduces PGD-AT bit for bit
-        return ham.ham_loss(logits, y, torch.ones_like(y, dtype=torch.float32), len(y)), logits, y
-
-    def _ham_batch(self, x: Tensor, y: Tensor, tally: Tally) -> tuple[Tensor, Tensor, Tensor] | None:
-        t, h = self.cfg.train, self.cfg.ham
-        hb = ham.ham_attack(
-            self.model, x, y, eps=t.eps, step_size=t.step_size, attack_steps=t.attack_steps,
-            drop_step=h.drop_step, discard_threshold=h.discard_threshold,
-            keep_easy_fraction=h.keep_easy_fraction, temperature=h.temperature, easy_rule=h.easy_rule,
-            generator=self.generator, pad_buckets=h.pad_buckets,
-        )
-        tally.add_attack(
-            len(y), hb.attack_steps, hb.num_kept, hard=int((~hb.easy).sum()), decisions=len(y),
-            flip_backs=int(hb.flipped.sum()),
-        )
-        if hb.num_kept == 0:  # every AE was easy and none was kept: nothing to learn from
-            tally.empty_batches += 1
-            return None
-        self.model.train()
-        logits = self.model(hb.x_adv)
-        return ham.ham_loss(logits, hb.y, hb.weights, len(y), h.loss_normalization), logits, hb.y
-
-    def _trades_batch(self, x: Tensor, y: Tensor, tally: Tally) -> tuple[Tensor, Tensor, Tensor]:
-        t = self.cfg.train
-        x_adv = attacks.trades_attack(self.model, x, eps=t.eps, step_size=t.step_size, steps=t.attack_steps, generator=self.generator)
-        self.model.train()
-        logits_nat, logits_adv = self.model(x).float(), self.model(x_adv).float()
-        kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_nat, dim=1), reduction="batchmean")
-        tally.add_attack(len(y), len(y) * t.attack_steps, len(y))
-        return F.cross_entropy(logits_nat, y) + t.trades_beta * kl, logits_adv, y
 
 
 @dataclass
@@ -333,9 +387,17 @@ class Tally:
     steps: int = 0
     loss_sum: float = 0.0
     correct: int = 0
+    # CLASS_STATE name -> the (labels, values) ``add_class`` was given, batch by batch
+    per_class: dict[str, list[tuple[Tensor, Tensor]]] = field(default_factory=dict)
 
     def add_attack(
-        self, images: int, steps: int, trained: int, hard: int = 0, decisions: int = 0, flip_backs: int = 0
+        self,
+        images: int,
+        steps: int,
+        trained: int,
+        hard: int = 0,
+        decisions: int = 0,
+        flip_backs: int = 0,
     ) -> None:
         self.images += images
         self.attack_steps += steps
@@ -344,23 +406,69 @@ class Tally:
         self.decisions += decisions
         self.flip_backs += flip_backs
 
+    def add_class(self, column: str, y: Tensor, values: Tensor) -> None:
+        _check_column(column)
+        # kept on the device as they come (no sync in the batch loop), summed in class_means
+        self.per_class.setdefault(column, []).append((y.detach(), values.detach()))
+
+    def class_means(self, num_classes: int) -> dict[str, tuple[float | None, ...]]:
+        """``add_class``'s per-class means over the epoch (None for a class with no example)."""
+        out = {}
+        for column, pairs in self.per_class.items():
+            y = torch.cat([p[0].flatten() for p in pairs]).cpu()
+            v = torch.cat([p[1].flatten() for p in pairs]).cpu().double()
+            sums = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, y, v)
+            counts = torch.bincount(y, minlength=num_classes)
+            out[column] = tuple(
+                float(sums[c] / counts[c]) if counts[c] else None for c in range(num_classes)
+            )
+        return out
+
     def add_step(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
         self.steps += 1
         self.loss_sum += float(loss.detach())
         self.correct += int((logits.detach().argmax(1) == y).sum())
 
-    def record(self, epoch: int, phase: str, seconds: float, lr: float, k: int) -> EpochRecord:
-        is_ham = phase == "ham"
+    def record(
+        self, epoch: int, phase: str, seconds: float, lr: float, k: int, method: methods.Method
+    ) -> EpochRecord:
+        """The epoch's record; the diagnostic fields ``method`` declares are filled, others None."""
+        shown = set(method.diagnostics) if self.images else set()
         return EpochRecord(
-            epoch=epoch, phase=phase, seconds=seconds, images=self.images, images_per_s=self.images / max(seconds, 1e-9), lr=lr,
+            epoch=epoch,
+            phase=phase,
+            seconds=seconds,
+            images=self.images,
+            images_per_s=self.images / max(seconds, 1e-9),
+            lr=lr,
             train_loss=self.loss_sum / self.steps if self.steps else math.nan,
             train_acc=self.correct / self.train_examples if self.train_examples else math.nan,
-            hard_fraction=self.hard / self.images if is_ham and self.images else None,
-            kept_fraction=self.train_examples / self.images if is_ham and self.images else None,
-            attack_steps=self.attack_steps, attack_steps_full=self.images * k, decision_forwards=self.decisions,
-            train_examples=self.train_examples, empty_batches=self.empty_batches,
-            flip_backs=self.flip_backs if is_ham else None,
+            hard_fraction=self.hard / self.images if "hard_fraction" in shown else None,
+            kept_fraction=self.train_examples / self.images if "kept_fraction" in shown else None,
+            attack_steps=self.attack_steps,
+            attack_steps_full=self.images * k,
+            decision_forwards=self.decisions,
+            train_examples=self.train_examples,
+            empty_batches=self.empty_batches,
+            flip_backs=self.flip_backs if "flip_backs" in method.diagnostics else None,
         )
+
+
+def _check_column(column: str) -> None:
+    if column not in methods.CLASS_STATE:
+        raise KeyError(f"{column!r} is not a class_state column ({', '.join(methods.CLASS_STATE)})")
+
+
+def _values(state: dict[str, Any]) -> dict[str, tuple[float | None, ...]]:
+    """A method's ``class_state`` as plain floats (tensors and numpy arrays included), each name
+    checked against ``methods.CLASS_STATE``."""
+    out = {}
+    for column, values in state.items():
+        _check_column(column)
+        if isinstance(values, Tensor):
+            values = values.detach().cpu().tolist()
+        out[column] = tuple(None if v is None else float(v) for v in values)
+    return out
 
 
 def run(

@@ -13,6 +13,7 @@ import socket
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
 from rich.console import Console
 
 from hamsweep.rundir import atomic_write_text
@@ -33,19 +34,25 @@ class Launch:
     launched: float = field(default_factory=time.time)  # when, in seconds since the epoch
     mode: str | None = None  # slurm: "ray" (one allocation) or "jobs" (one job per trial)
     pid: int | None = None  # local: the driver's process id on ``host``
-    boot: str | None = None  # local: the boot id of ``host`` the driver started in (/proc/sys/kernel/random/boot_id)
-    start_ticks: int | None = None  # local: when the driver started, in clock ticks since that boot (/proc/<pid>/stat)
-    token: str | None = None  # local: a random token the driver carries while it runs (hamsweep.launch._driver)
+    # local: the boot id of ``host`` the driver started in (/proc/sys/kernel/random/boot_id)
+    boot: str | None = None
+    # local: when the driver started, in clock ticks since that boot (/proc/<pid>/stat)
+    start_ticks: int | None = None
+    # local: a random token the driver carries while it runs (hamsweep.launch._driver)
+    token: str | None = None
     job: str | None = None  # slurm: the job running the driver (mode ray: the whole allocation)
-    trial_jobs: list[str] = field(default_factory=list)  # slurm, mode jobs: every trial job submitted
+    # slurm, mode jobs: every trial job submitted
+    trial_jobs: list[str] = field(default_factory=list)
     cancelled: bool = False  # set by ``hamsweep cancel``
     profile: dict | None = None  # slurm: the profile it was launched with, for ``hamsweep resume``
-    copy_of: str | None = None  # found by read_launch, never stored: this folder is a copy of that one, whose driver it names
+    # found by read_launch, never stored: this folder is a copy of that one, whose driver it names
+    copy_of: str | None = None
 
 
 @dataclass(frozen=True)
 class JobState:
-    """A launcher's view of the driver: ``phase`` is one of PHASES, ``detail`` one line for people."""
+    """A launcher's view of the driver: ``phase`` is one of PHASES,
+    ``detail`` one line for people."""
 
     phase: str  # "queued", "running" or "ended"
     detail: str  # e.g. "SLURM job 12 RUNNING on node3 for 1:02:03"
@@ -55,12 +62,14 @@ class JobState:
 
 
 def write_launch(out: Path, launch: Launch) -> None:
-    data = {k: v for k, v in asdict(launch).items() if k != "copy_of"}  # a reader's finding, not the record's
+    # a reader's finding, not the record's
+    data = {k: v for k, v in asdict(launch).items() if k != "copy_of"}
     atomic_write_text(out / LAUNCH, json.dumps(data, indent=2) + "\n")
 
 
 def read_launch(out: Path) -> Launch | None:
-    """The launch record of ``out`` (one of an older hamsweep lacks the newer fields: they read as None)."""
+    """The launch record of ``out`` (one of an older hamsweep lacks the newer
+    fields: they read as None)."""
     path = out / LAUNCH
     if not path.is_file():
         return None
@@ -70,7 +79,9 @@ def read_launch(out: Path) -> Launch | None:
     if record.out is None or not _same_folder(Path(record.out), out):
         # a copied or moved folder: the record now speaks of this one; a copy (the original is still
         # there) must never signal the original's driver, which carries the same token
-        record.copy_of = record.out if record.out is not None and Path(record.out).is_dir() else None
+        record.copy_of = (
+            record.out if record.out is not None and Path(record.out).is_dir() else None
+        )
         record.out = str(out.resolve())
     return record
 

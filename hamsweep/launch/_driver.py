@@ -1,4 +1,5 @@
-"""Who a local sweep's driver is, so that ``status`` and ``cancel`` never take another process for it.
+"""Who a local sweep's driver is, so that ``status`` and ``cancel`` never
+take another process for it.
 
 A PID names a process only while it lives: once the driver has ended, its PID goes to whatever
 starts next (soon on a busy login node; after a reboot, to anything). So the launch record also
@@ -10,6 +11,7 @@ says how long ago it was last heard from.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -23,13 +25,27 @@ from pathlib import Path
 from hamsweep.launch._base import Launch
 from hamsweep.rundir import atomic_write_text
 
-__all__ = ["HEARTBEAT", "HEARTBEAT_S", "SILENT_S", "boot_id", "carries", "carrying", "last_heard", "not_driver",
-           "same_process", "send", "start_ticks", "verifiable"]
+__all__ = [
+    "HEARTBEAT",
+    "HEARTBEAT_S",
+    "SILENT_S",
+    "boot_id",
+    "carries",
+    "carrying",
+    "last_heard",
+    "not_driver",
+    "same_process",
+    "send",
+    "start_ticks",
+    "verifiable",
+]
 
 HEARTBEAT = "heartbeat.json"  # in the sweep folder: the driver's token, and whether it has ended
 HEARTBEAT_S = 10.0  # the driver rewrites HEARTBEAT this often, in seconds
-SILENT_S = HEARTBEAT_S + 120.0  # seconds without a word after which a driver on another machine counts as not running
-_MEMFD = "hamsweep-driver-"  # the name of the memory file that carries the token: /memfd:hamsweep-driver-<token>
+# seconds without a word after which a driver on another machine counts as not running
+SILENT_S = HEARTBEAT_S + 120.0
+# the name of the memory file that carries the token: /memfd:hamsweep-driver-<token>
+_MEMFD = "hamsweep-driver-"
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")  # a new random id at every boot
 
 
@@ -41,10 +57,11 @@ def boot_id() -> str | None:
 
 
 def start_ticks(pid: int) -> int | None:
-    """When process ``pid`` started, in clock ticks since boot (field 22 of /proc/<pid>/stat); None when
-    no such process runs (a zombie, ended but not yet reaped by its parent, does not)."""
+    """When process ``pid`` started, in clock ticks since boot (field 22 of /proc/<pid>/stat); None
+    when no such process runs (a zombie, ended but not yet reaped by its parent, does not)."""
     try:
-        # the command name (field 2) may hold spaces and ")": the fields after its last ")" start at field 3
+        # the command name (field 2) may hold spaces and ")": the fields after its
+        # last ")" start at field 3
         fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
         return None if fields[0] in ("Z", "X") else int(fields[22 - 3])
     except (OSError, IndexError, ValueError):
@@ -74,12 +91,17 @@ def verifiable(launch: Launch) -> bool:
 
 def same_process(launch: Launch) -> bool:
     """Process ``launch.pid`` on this machine is the one that started when the record says."""
-    return launch.pid is not None and start_ticks(launch.pid) == launch.start_ticks and boot_id() == launch.boot
+    return (
+        launch.pid is not None
+        and start_ticks(launch.pid) == launch.start_ticks
+        and boot_id() == launch.boot
+    )
 
 
 def not_driver(launch: Launch) -> str | None:
-    """None if process ``launch.pid`` on this machine is the recorded driver, still carrying its token;
-    else why not, for people ("" when no such process runs). A record that is not ``verifiable`` never passes."""
+    """None if process ``launch.pid`` on this machine is the recorded driver, still carrying its
+    token; else why not, for people ("" when no such process runs). A record that is not
+    ``verifiable`` never passes."""
     if launch.pid is None or start_ticks(launch.pid) is None:
         return ""
     if not verifiable(launch):
@@ -92,14 +114,15 @@ def not_driver(launch: Launch) -> str | None:
 
 
 def send(pid: int, sig: int, is_it: Callable[[], bool]) -> bool:
-    """Send ``sig`` to ``pid`` if ``is_it()`` holds; False if not (or the process is gone). Through a pidfd
-    where the kernel has them (5.3+): the process checked is the one signalled, even if it ends and its
-    PID is reused between the check and the signal."""
+    """Send ``sig`` to ``pid`` if ``is_it()`` holds; False if not (or the process is gone). Through
+    a pidfd where the kernel has them (5.3+): the process checked is the one signalled, even if it
+    ends and its PID is reused between the check and the signal."""
     try:
         fd: int | None = os.pidfd_open(pid)
     except ProcessLookupError:
         return False
-    except OSError:  # an older kernel (RHEL 7's 3.10): check, then signal by PID, microseconds apart
+    except OSError:
+        # an older kernel (RHEL 7's 3.10): check, then signal by PID, microseconds apart
         fd = None
     try:
         if not is_it():
@@ -118,19 +141,22 @@ def send(pid: int, sig: int, is_it: Callable[[], bool]) -> bool:
 
 @contextmanager
 def carrying(out: Path, launch: Launch) -> Iterator[Launch]:
-    """This process is ``launch``'s driver while the block runs: the record gets its PID, start and a new
-    token; the process carries the token and keeps a heartbeat in ``out``, marked ended on the way out.
+    """This process is ``launch``'s driver while the block runs: the record gets its PID, start and
+    a new token; the process carries the token and keeps a heartbeat in ``out``,
+    marked ended on the way out.
 
-    The token is carried as the name of an open memory file (memfd), listed in /proc/<pid>/fd to the same
-    user. Not as an environment variable: /proc/<pid>/environ shows the environment the process was
-    started with, never what it sets later. Not on the command line: that is the user's, fixed at its
-    start too. A memfd needs neither a second process nor a file in the folder, and goes with the
-    process however it ends (kill -9 included); its close-on-exec flag keeps it from Ray's processes."""
+    The token is carried as the name of an open memory file (memfd), listed in /proc/<pid>/fd to the
+    same user. Not as an environment variable: /proc/<pid>/environ shows the environment the process
+    was started with, never what it sets later. Not on the command line: that is the user's, fixed
+    at its start too. A memfd needs neither a second process nor a file in the folder, and goes with
+    the process however it ends (kill -9 included); its close-on-exec flag keeps
+    it from Ray's processes."""
     launch.pid, launch.boot, launch.start_ticks = os.getpid(), boot_id(), start_ticks(os.getpid())
     launch.token = secrets.token_hex(16)
     fd = os.memfd_create(_MEMFD + launch.token)
     beat = _Heartbeat(out / HEARTBEAT, launch.token)
-    beat.beat(ended=False)  # before launch.json names the driver: a reader never finds the record without it
+    # before launch.json names the driver: a reader never finds the record without it
+    beat.beat(ended=False)
     beat.start()
     try:
         yield launch
@@ -142,8 +168,9 @@ def carrying(out: Path, launch: Launch) -> Iterator[Launch]:
 def last_heard(out: Path, launch: Launch) -> tuple[float, bool]:
     """Seconds since ``launch``'s driver was last heard from, and whether it said it had ended: its
     heartbeat (this record's token only), else the dashboard state it writes (a driver of an older
-    hamsweep beats no heart), else its launch. File times: the file server's clock, not the driver's."""
-    from hamsweep.dashboard import STATE_FILE
+    hamsweep beats no heart), else its launch. File times: the file server's
+    clock, not the driver's."""
+    from hamsweep.sweep.dashboard import STATE_FILE
 
     times, ended = [launch.launched], False
     beat = _read_json(out / HEARTBEAT)
@@ -187,8 +214,9 @@ class _Heartbeat(threading.Thread):
         self.beat(ended=True)
 
     def beat(self, *, ended: bool) -> None:
-        text = json.dumps({"token": self.token, "pid": os.getpid(), "at": time.time(), "ended": ended})
-        try:
+        text = json.dumps(
+            {"token": self.token, "pid": os.getpid(), "at": time.time(), "ended": ended}
+        )
+        # a full disk: the Recorder stops the sweep; a missed beat only ages the last one
+        with contextlib.suppress(OSError):
             atomic_write_text(self.path, text + "\n")
-        except OSError:  # a full disk: the Recorder stops the sweep; a missed beat only ages the last one
-            pass

@@ -12,6 +12,7 @@ start: the driver then continues the sweep from its folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -45,13 +46,15 @@ class SweepJob(submitit.helpers.Checkpointable):
         self.out = out
 
     def __call__(self) -> str:
-        from hamsweep.sweep import drive
+        from hamsweep.sweep.driver import drive
 
         env = submitit.JobEnvironment()
         tag = f"{env.job_id}-{os.environ.get('SLURM_RESTART_COUNT', '0')}"
         single = env.num_nodes == 1
         nodes = RayNodes(Path(self.out), tag, single=single)
-        nodes.env()  # before _node_ip imports ray: Ray reads RAY_AUTH_MODE once, at import, for the driver's ray.init
+        # before _node_ip imports ray: Ray reads RAY_AUTH_MODE once, at import, for the driver's
+        # ray.init
+        nodes.env()
         ip = "127.0.0.1" if single else _node_ip()  # one node: nothing else needs to reach it
         if env.global_rank == 0:
             with nodes.head(ip) as address:
@@ -62,14 +65,16 @@ class SweepJob(submitit.helpers.Checkpointable):
 
 
 def node_resources() -> tuple[int, int]:
-    """(CPUs, GPUs) SLURM gave this task: SLURM_CPUS_PER_TASK and the gres GPUs in CUDA_VISIBLE_DEVICES."""
+    """(CPUs, GPUs) SLURM gave this task: SLURM_CPUS_PER_TASK and the gres GPUs
+    in CUDA_VISIBLE_DEVICES."""
     cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or os.cpu_count() or 1)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     return cpus, len([d for d in visible.split(",") if d.strip()])
 
 
 class RayNodes:
-    """The Ray cluster of one job run (``tag`` = job id + restart count), its files in the sweep folder."""
+    """The Ray cluster of one job run (``tag`` = job id + restart count), its
+    files in the sweep folder."""
 
     def __init__(self, out: Path, tag: str, *, single: bool) -> None:
         self.out, self.tag, self.single = out, tag, single
@@ -78,12 +83,18 @@ class RayNodes:
         self.head_file, self.stop_file = self.folder / "head.json", self.folder / "stop"
 
     def env(self) -> dict[str, str]:
-        """Ray's settings for this sweep; also set in this process, for the driver's ``ray.init``: call it
-        before this process imports ray, which reads RAY_AUTH_MODE once (else the head refuses the driver)."""
-        env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.out / "ray_token"), "RAY_USAGE_STATS_ENABLED": "0",
-               # our nodes stop once the sweep is over, so there is nothing to drain; Ray's default drain on
-               # SIGTERM (up to 30 s) hangs on a head that is already gone and outlasts _STOP_S
-               "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+        """Ray's settings for this sweep; also set in this process, for the driver's ``ray.init``:
+        call it before this process imports ray, which reads RAY_AUTH_MODE once (else the
+        head refuses the driver)."""
+        env = {
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(self.out / "ray_token"),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # our nodes stop once the sweep is over, so there is nothing to drain; Ray's default
+            # drain on SIGTERM (up to 30 s) hangs on a head that is already
+            # gone and outlasts _STOP_S
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+        }
         if self.single:
             env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # one node: Ray binds 127.0.0.1
         os.environ.update(env)
@@ -91,13 +102,19 @@ class RayNodes:
 
     @contextmanager
     def head(self, ip: str) -> Iterator[str]:
-        """Start the head on ``ip``, yield its address; at exit tell the other ranks to stop, then stop it."""
+        """Start the head on ``ip``, yield its address; at exit tell the other ranks
+        to stop, then stop it."""
         self.folder.mkdir(parents=True, exist_ok=True)
         port, agent = _free_ports(ip, 2)
-        proc = self._start(["--head", f"--port={port}", "--include-dashboard=false"], ip, agent, "head")
+        proc = self._start(
+            ["--head", f"--port={port}", "--include-dashboard=false"], ip, agent, "head"
+        )
         try:
             address = f"{ip}:{port}"
-            atomic_write_text(self.head_file, json.dumps({"address": address, "pid": proc.pid, "host": socket.gethostname()}))
+            atomic_write_text(
+                self.head_file,
+                json.dumps({"address": address, "pid": proc.pid, "host": socket.gethostname()}),
+            )
             yield address
         finally:
             atomic_write_text(self.stop_file, "")
@@ -105,7 +122,8 @@ class RayNodes:
             shutil.rmtree(self.temp, ignore_errors=True)
 
     def worker(self, ip: str) -> None:
-        """Join the head once it is up; leave when rank 0 writes the stop marker (or the head dies)."""
+        """Join the head once it is up; leave when rank 0 writes the stop
+        marker (or the head dies)."""
         address = self._wait_for_head()
         if address is None:
             return  # rank 0 ended before its head came up: nothing to join
@@ -118,19 +136,33 @@ class RayNodes:
             _stop(proc)
             shutil.rmtree(self.temp, ignore_errors=True)
 
-    def _start(self, role: list[str], ip: str, agent_port: int, name: str) -> subprocess.Popen[bytes]:
+    def _start(
+        self, role: list[str], ip: str, agent_port: int, name: str
+    ) -> subprocess.Popen[bytes]:
         cpus, gpus = node_resources()
         ray = str(Path(sys.executable).with_name("ray"))
-        cmd = [ray, "start", *role, f"--node-ip-address={ip}", f"--dashboard-agent-listen-port={agent_port}",
-               "--disable-usage-stats", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
-               f"--object-store-memory={_OBJECT_STORE}", f"--temp-dir={self.temp}", "--block"]
+        cmd = [
+            ray,
+            "start",
+            *role,
+            f"--node-ip-address={ip}",
+            f"--dashboard-agent-listen-port={agent_port}",
+            "--disable-usage-stats",
+            f"--num-cpus={cpus}",
+            f"--num-gpus={gpus}",
+            f"--object-store-memory={_OBJECT_STORE}",
+            f"--temp-dir={self.temp}",
+            "--block",
+        ]
         self.folder.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temps()
         log = self.folder / f"{name}.log"
         with log.open("wb") as f:
-            # its own process group: the raylet's agents outlive it (orphaned, up to a minute reporting its
-            # exit to a GCS that is gone), and _stop ends them through the group
-            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=self.env(), process_group=0)
+            # its own process group: the raylet's agents outlive it (orphaned, up to a minute
+            # reporting its exit to a GCS that is gone), and _stop ends them through the group
+            proc = subprocess.Popen(
+                cmd, stdout=f, stderr=subprocess.STDOUT, env=self.env(), process_group=0
+            )
         _wait_ready(proc, log)
         return proc
 
@@ -152,7 +184,9 @@ class RayNodes:
             if self.stop_file.exists():
                 return None
             time.sleep(1)
-        raise RuntimeError(f"rank 0's Ray head did not come up within {_JOIN_S} s (no {self.head_file})")
+        raise RuntimeError(
+            f"rank 0's Ray head did not come up within {_JOIN_S} s (no {self.head_file})"
+        )
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -175,14 +209,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    try:
+    with contextlib.suppress(ProcessLookupError):  # nothing was left
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass  # nothing was left
 
 
 def _free_ports(ip: str, n: int) -> list[int]:
-    """``n`` ports free on ``ip`` right now (the OS picks them; two jobs on one node never share)."""
+    """``n`` ports free on ``ip`` right now (the OS picks them; two jobs on
+    one node never share)."""
     socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
     try:
         for s in socks:

@@ -13,7 +13,15 @@ from rich.console import Console
 
 from hamsweep.errors import SpecError
 from hamsweep.launch._base import LAUNCH, JobState, Launch, Launcher
-from hamsweep.launch._driver import SILENT_S, last_heard, not_driver, same_process, send, start_ticks, verifiable
+from hamsweep.launch._driver import (
+    SILENT_S,
+    last_heard,
+    not_driver,
+    same_process,
+    send,
+    start_ticks,
+    verifiable,
+)
 
 __all__ = ["LocalLauncher"]
 
@@ -29,7 +37,8 @@ def _ago(seconds: float) -> str:
 
 
 def _heard(launch: Launch, where: str, why: str) -> JobState:
-    """A driver whose process cannot be checked from here (``why``), judged by when it was last heard from."""
+    """A driver whose process cannot be checked from here (``why``), judged by when
+    it was last heard from."""
     age, ended = last_heard(Path(str(launch.out)), launch)
     heard = f"last heard {_ago(age)} ago"
     if ended:
@@ -43,39 +52,63 @@ class LocalLauncher(Launcher):
     kind = "local"
 
     def start(self, out: Path, console: Console) -> Launch:
-        return Launch(kind=self.kind, out=str(out))  # the driver's identity: _driver.carrying, around the sweep
+        # the driver's identity: _driver.carrying, around the sweep
+        return Launch(kind=self.kind, out=str(out))
 
     def state(self, launch: Launch) -> JobState:
         where = f"driver process {launch.pid} on {launch.host}"
         if launch.copy_of is not None:
-            return JobState("ended", f"this folder is a copy of {launch.copy_of}; the {where} is that folder's")
+            return JobState(
+                "ended", f"this folder is a copy of {launch.copy_of}; the {where} is that folder's"
+            )
         if launch.host != socket.gethostname():
             return _heard(launch, where, "its process is not checkable from this machine")
-        if not verifiable(launch) and launch.pid is not None and start_ticks(launch.pid) is not None:
-            return _heard(launch, where, f"process {launch.pid} runs, but {LAUNCH} holds no start time to check it by")
+        if (
+            not verifiable(launch)
+            and launch.pid is not None
+            and start_ticks(launch.pid) is not None
+        ):
+            return _heard(
+                launch,
+                where,
+                f"process {launch.pid} runs, but {LAUNCH} holds no start time to check it by",
+            )
         why = not_driver(launch)
         if why is None:
             return JobState("running", where)
         return JobState("ended", f"{where} has ended" + (f" ({why})" if why else ""))
 
     def cancel(self, launch: Launch, console: Console) -> None:
-        """Ctrl-C the driver (it stops its trials and keeps the folder resumable), then wait for it. A driver
-        that is not running is left alone; one that cannot be checked from here is an error."""
+        """Ctrl-C the driver (it stops its trials and keeps the folder resumable), then wait for it.
+        A driver that is not running is left alone; one that cannot be checked
+        from here is an error."""
         if launch.copy_of is not None:
             return  # the driver is the original folder's (``state``)
         if launch.host != socket.gethostname():
             if self.state(launch).phase == "ended":
                 return
-            raise SpecError("cancel", f"the driver runs on {launch.host} (process {launch.pid}): run hamsweep cancel there")
-        if not verifiable(launch) and launch.pid is not None and start_ticks(launch.pid) is not None:
-            raise SpecError("cancel", f"{LAUNCH} names process {launch.pid} but no start time or token (written by an older "
-                                      f"hamsweep), so it may be another program now and is not signalled; if it is the sweep's "
-                                      f"driver, Ctrl-C it in its terminal (or kill -INT {launch.pid})")
+            raise SpecError(
+                "cancel",
+                f"the driver runs on {launch.host} (process "
+                f"{launch.pid}): run hamsweep cancel there",
+            )
+        if (
+            not verifiable(launch)
+            and launch.pid is not None
+            and start_ticks(launch.pid) is not None
+        ):
+            raise SpecError(
+                "cancel",
+                f"{LAUNCH} names process {launch.pid} but no start time or token (written by an "
+                "older hamsweep), so it may be another program now and is not signalled; if it is "
+                f"the sweep's driver, Ctrl-C it in its terminal (or kill -INT {launch.pid})",
+            )
         pid = launch.pid
         if pid is None or not send(pid, signal.SIGINT, lambda: not_driver(launch) is None):
             return
         deadline = time.monotonic() + _CANCEL_WAIT_S
         while same_process(launch) and time.monotonic() < deadline:
             time.sleep(0.5)
-        # the same process by its start (its token may be closed already, on the way out) is still the driver
+        # the same process by its start (its token may be closed already, on the
+        # way out) is still the driver
         send(pid, signal.SIGTERM, lambda: same_process(launch))

@@ -33,15 +33,17 @@ class Preflight:
         return f"checked {checked}; {n} warning{'s' if n > 1 else ''} above"
 
 
-def preflight(spec: SweepSpec, out: Path | None, profile: LocalProfile | SlurmProfile | CloudProfile | None) -> Preflight:
-    """Check what a run of ``spec`` into ``out`` (None: where the run would write) on ``profile`` needs;
-    the first problem is raised as the one-line error the run would stop with. ``profile`` None (no
-    ``--cluster``): the run may use this machine or ``--address`` (a Ray cluster elsewhere), so
-    trials too big for this machine are a warning, not an error."""
+def preflight(
+    spec: SweepSpec, out: Path | None, profile: LocalProfile | SlurmProfile | CloudProfile | None
+) -> Preflight:
+    """Check what a run of ``spec`` into ``out`` (None: where the run would write) on ``profile``
+    needs; the first problem is raised as the one-line error the run would stop with. ``profile``
+    None (no ``--cluster``): the run may use this machine or ``--address`` (a Ray cluster
+    elsewhere), so trials too big for this machine are a warning, not an error."""
     if isinstance(profile, CloudProfile):
         return _on_cloud(spec, profile)
-    from hamsweep.data import check_files
-    from hamsweep.sweep import check_room
+    from hamsweep.core.data import check_files
+    from hamsweep.sweep.driver import check_room
 
     checked: list[str] = []
     warnings: list[str] = []
@@ -51,21 +53,28 @@ def preflight(spec: SweepSpec, out: Path | None, profile: LocalProfile | SlurmPr
     elif profile is None and (too_big := _too_big_here(spec)) is not None:
         warnings.append(f"{too_big}; `hamsweep run` without --address stops on this here")
         here = False  # checked as a run with --address is: no Ray of its own here
-    else:  # check_room checks it: with --cluster cluster/local.yaml a trial too big is the run's error
-        checked.append(f"this machine for {spec.resources.cpu:g} CPU + {spec.resources.gpu:g} GPU per trial")
+    else:
+        # check_room checks it: with --cluster cluster/local.yaml a trial too big is the run's error
+        checked.append(
+            f"this machine for {spec.resources.cpu:g} CPU + {spec.resources.gpu:g} GPU per trial"
+        )
     folder = _out(spec, out, profile)
     rundir.prepare(folder.resolve(), resume=False)
     check_room(spec, folder.resolve(), check_here=here)
     checked.append(f"the sweep folder {folder} (new, writable, room on its disk)")
     if (missing := check_files(spec.trial_config().data)) is None:
-        checked.append("the data (generated)" if spec.data.name == "synthetic" else f"the data in {spec.data.root}/")
+        checked.append(
+            "the data (generated)"
+            if spec.data.name == "synthetic"
+            else f"the data in {spec.data.root}/"
+        )
     return Preflight(tuple(checked), (*warnings, *([missing] if missing else [])))
 
 
 def _too_big_here(spec: SweepSpec) -> str | None:
     """Why a trial does not fit this machine (``check_fits_here``'s line), or None."""
     from hamsweep.errors import SpecError
-    from hamsweep.sweep import check_fits_here
+    from hamsweep.sweep.driver import check_fits_here
 
     try:
         check_fits_here(spec)
@@ -83,7 +92,8 @@ def _on_slurm(spec: SweepSpec, profile: SlurmProfile) -> str:
 
 
 def _out(spec: SweepSpec, out: Path | None, profile: LocalProfile | SlurmProfile | None) -> Path:
-    """The sweep folder the run would write: ``--out``, else a new one in runs/ (SLURM: the profile's shared_folder)."""
+    """The sweep folder the run would write: ``--out``, else a new one in runs/ (SLURM: the
+    profile's shared_folder)."""
     if out is not None:
         return out
     if isinstance(profile, SlurmProfile):
@@ -93,11 +103,14 @@ def _out(spec: SweepSpec, out: Path | None, profile: LocalProfile | SlurmProfile
 
 
 def _on_cloud(spec: SweepSpec, profile: CloudProfile) -> Preflight:
-    """A ``ray up`` cluster: its config (Ray's validation, at load) and the fit of a trial are checked;
-    its machines, and so its data and disk, are not reachable from here."""
+    """A ``ray up`` cluster: its config (Ray's validation, at load) and the fit of a trial are
+    checked; its machines, and so its data and disk, are not reachable from here."""
     check_fits(profile, spec.resources.cpu, spec.resources.gpu)
     return Preflight(
         ("the cluster config (Ray's own validation), a trial on one worker node type",),
-        (f"data and disk: {spec.data.name} in data.root {spec.data.root}/ and the sweep folder are on the cluster's machines, "
-         "not checked from here; `hamsweep run ... --address auto` checks them on the head node before it starts",),
+        (
+            f"data and disk: {spec.data.name} in data.root {spec.data.root}/ and the sweep folder "
+            "are on the cluster's machines, not checked from here; `hamsweep run ... --address "
+            "auto` checks them on the head node before it starts",
+        ),
     )

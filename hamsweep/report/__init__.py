@@ -1,6 +1,7 @@
-"""``hamsweep report DIR``: the pictures a robust-fairness researcher looks at, as one self-contained
-HTML page and each figure as PNG and PDF (``report/`` in the sweep folder). It reads the Parquet
-tables and the Optuna study only, never Ray, and works on a running sweep (a snapshot, said so).
+"""``hamsweep report DIR``: the pictures a robust-fairness researcher looks at, as one
+self-contained HTML page and each figure as PNG and PDF (``report/`` in the sweep folder). It reads
+the Parquet tables and the Optuna study only, never Ray, and works on a running
+sweep (a snapshot, said so).
 
 ``data.load`` reads the folder, ``figures`` draws (matplotlib, Agg), ``page`` writes the HTML.
 """
@@ -17,8 +18,8 @@ REPORT_DIR = "report"  # in the sweep folder, unless --out says otherwise
 
 
 def build_report(out: Path, dest: Path | None = None) -> Path:
-    """Write ``dest`` (default ``out/report``): index.html and <figure>.png/.pdf; returns index.html.
-    Each file is written to a temporary name and renamed into place."""
+    """Write ``dest`` (default ``out/report``): index.html and <figure>.png/.pdf; returns
+    index.html. Each file is written to a temporary name and renamed into place."""
     import matplotlib.pyplot as plt
 
     from hamsweep.report.data import load

@@ -14,12 +14,14 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from hamsweep.metrics import SUMMARY_KEYS, cvar_k, summarize
+from hamsweep.core.metrics import SUMMARY_KEYS, cvar_k, summarize
 
 __all__ = ["cost", "latest_counts", "render"]
 
 
-def latest_counts(classes: pa.Table, split: str) -> dict[str, tuple[int, np.ndarray, np.ndarray, list[str]]]:
+def latest_counts(
+    classes: pa.Table, split: str
+) -> dict[str, tuple[int, np.ndarray, np.ndarray, list[str]]]:
     """attack -> (epoch, n, correct, class names) of the latest epoch evaluated on ``split``."""
     rows = [r for r in classes.to_pylist() if r["split"] == split]
     if not rows:
@@ -61,15 +63,21 @@ def _class_table(split: str, counts: dict[str, Any], cvar_fraction: float) -> Ta
     robust = next((a for a in attacks if a != "clean"), attacks[0])
     _, n, c, names = counts[robust]
     acc = np.where(n > 0, c / np.maximum(n, 1), np.nan)
-    worst = set(np.argsort(acc, kind="stable")[: cvar_k(int((n > 0).sum()) or 1, cvar_fraction)].tolist())
+    worst = set(
+        np.argsort(acc, kind="stable")[: cvar_k(int((n > 0).sum()) or 1, cvar_fraction)].tolist()
+    )
     epoch = counts[robust][0]
-    table = Table(title=f"{split} split, epoch {epoch}", caption=f"accuracy %; weakest {robust} in red")
+    table = Table(
+        title=f"{split} split, epoch {epoch}", caption=f"accuracy %; weakest {robust} in red"
+    )
     table.add_column("class")
     for a in attacks:
         table.add_column(a, justify="right")
     for i, name in enumerate(names):
         style = "bold red" if i in worst else None
-        cells = [_pct(counts[a][2][i] / counts[a][1][i] if counts[a][1][i] else np.nan) for a in attacks]
+        cells = [
+            _pct(counts[a][2][i] / counts[a][1][i] if counts[a][1][i] else np.nan) for a in attacks
+        ]
         table.add_row(Text(name, style=style or ""), *[Text(x, style=style or "") for x in cells])
     return table
 

@@ -2,11 +2,11 @@
 
 Every format is rendered by column position, never through per-row dicts, so a value always sits
 under its own header. Two result columns can share a name (``SELECT 1 AS a, 2 AS a``, or
-``SELECT config, * FROM confirm_classes``); a JSON object cannot hold two equal keys, so in all three
-formats the names are made unique the way DuckDB names them when such a result becomes a table
-(``SELECT * FROM (...)``, ``CREATE TABLE ... AS``, ``.df()``): the first keeps its name, the next get
-``_1``, ``_2``, ... compared case-insensitively, skipping names already taken (``a, a, A, a_1`` ->
-``a, a_1, A_2, a_1_1``).
+``SELECT config, * FROM confirm_classes``); a JSON object cannot hold two equal keys, so in all
+three formats the names are made unique the way DuckDB names them when such a result becomes a table
+(``SELECT * FROM (...)``, ``CREATE TABLE ... AS``, ``.df()``): the first keeps its name, the next
+get ``_1``, ``_2``, ... compared case-insensitively, skipping names already taken (``a, a, A, a_1``
+-> ``a, a_1, A_2, a_1_1``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from typing import Any
 import pyarrow as pa
 
 from hamsweep.errors import SpecError
-from hamsweep.results import SCHEMAS, connect, retrying, tables
+from hamsweep.results.layout import tables
+from hamsweep.results.read import connect, retrying
+from hamsweep.results.schema import SCHEMAS
 
 __all__ = ["FORMATS", "query", "render", "run", "unique_names"]
 
@@ -31,19 +33,25 @@ FORMATS = ("table", "csv", "json")
 def run(folder: Path | str, sql: str, fmt: str) -> None:
     """``hamsweep query``: print ``sql``'s answer over ``folder`` in ``fmt``."""
     if fmt not in FORMATS:
-        raise SpecError("--format", f"unknown format {fmt!r}; valid formats are {', '.join(FORMATS)}")
+        raise SpecError(
+            "--format", f"unknown format {fmt!r}; valid formats are {', '.join(FORMATS)}"
+        )
     print(render(query(Path(folder), sql), fmt))
 
 
 def query(root: Path, sql: str) -> pa.Table:
-    """Run ``sql`` with one view per table of ``root`` (``epochs``, ``classes``); one-line errors."""
+    """Run ``sql`` with one view per table of ``root`` (``epochs``,
+    ``classes``); one-line errors."""
     import duckdb
 
     root = Path(root)
     if not tables(root):
-        raise SpecError(str(root), f"holds no results tables ({', '.join(SCHEMAS)}); pass a run folder")
+        raise SpecError(
+            str(root), f"holds no results tables ({', '.join(SCHEMAS)}); pass a run folder"
+        )
     try:
-        return retrying(lambda: connect(root).sql(sql).to_arrow_table())  # a live sweep compacts under us
+        # a live sweep compacts under us
+        return retrying(lambda: connect(root).sql(sql).to_arrow_table())
     except duckdb.Error as err:
         message = " ".join(str(err).split())  # DuckDB's messages span lines
         raise SpecError("SQL", f"{message} (views: {', '.join(sorted(SCHEMAS))})") from None
@@ -54,7 +62,9 @@ def query(root: Path, sql: str) -> pa.Table:
 def unique_names(names: list[str]) -> list[str]:
     """``names`` with duplicates renamed as DuckDB renames them (QueryResult::DeduplicateColumns):
     ``a, a, A, a_1`` -> ``a, a_1, A_2, a_1_1``; DuckDB compares names case-insensitively."""
-    seen: dict[str, int] = {}  # lower-cased name -> how many times its base has been suffixed so far
+    seen: dict[
+        str, int
+    ] = {}  # lower-cased name -> how many times its base has been suffixed so far
     out = []
     for name in names:
         low = name.lower()
@@ -75,7 +85,9 @@ def render(table: pa.Table, fmt: str) -> str:
     columns = [table.column(i).to_pylist() for i in range(table.num_columns)]
     rows = list(zip(*columns, strict=True)) if columns else []
     if fmt == "json":
-        return json.dumps([dict(zip(names, map(_json_value, row), strict=True)) for row in rows], indent=2)
+        return json.dumps(
+            [dict(zip(names, map(_json_value, row), strict=True)) for row in rows], indent=2
+        )
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")

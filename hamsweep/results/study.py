@@ -6,8 +6,8 @@ name is the spec's name and a random suffix (two sweeps of one spec never share 
 keeps the name it has), its objective carries its metric's name (``set_metric_names``), and each
 Optuna trial carries the Tune trial it ran as (user attributes ``tune_trial``, ``role``,
 ``checkpoint``, ``status``, ``status_reason``, ``best_objective``; see ``search.Searcher``). Trunks
-and confirm trials are not Optuna trials (they would teach the sampler numbers of another objective):
-the study's user attributes ``trunks`` and ``confirm`` name them.
+and confirm trials are not Optuna trials (they would teach the sampler numbers of another
+objective): the study's user attributes ``trunks`` and ``confirm`` name them.
 
 Two numbers per trial, told apart. hamsweep ranks a trial by its best epoch's objective (the
 Parquet column ``trials.best_objective``); every finished Optuna trial carries that number as the
@@ -36,8 +36,16 @@ if TYPE_CHECKING:
     import optuna
 
 __all__ = [
-    "BASELINE_SUFFIX", "JOURNAL", "baseline_study_name", "journal_storage", "new_study_name", "open_baseline_study",
-    "open_study", "record_baseline", "study_name", "tell_stopped",
+    "BASELINE_SUFFIX",
+    "JOURNAL",
+    "baseline_study_name",
+    "journal_storage",
+    "new_study_name",
+    "open_baseline_study",
+    "open_study",
+    "record_baseline",
+    "study_name",
+    "tell_stopped",
 ]
 
 JOURNAL = "optuna.journal"  # the study's journal file in the sweep folder
@@ -85,53 +93,70 @@ def baseline_study_name(name: str) -> str:
 
 
 def open_baseline_study(folder: Path) -> optuna.Study | None:
-    """The PGD-AT baseline's study in ``folder``'s journal; None before a trunk ended (or in a folder
-    from before it existed)."""
+    """The PGD-AT baseline's study in ``folder``'s journal; None before a trunk ended (or in a
+    folder from before it existed)."""
     import optuna
 
     name = study_name(folder)
     if name is None:
         return None
     storage = journal_storage(Path(folder) / JOURNAL)
-    if baseline_study_name(name) not in {s.study_name for s in optuna.get_all_study_summaries(storage)}:
+    if baseline_study_name(name) not in {
+        s.study_name for s in optuna.get_all_study_summaries(storage)
+    }:
         return None
     return optuna.load_study(study_name=baseline_study_name(name), storage=storage)
 
 
-def record_baseline(study: optuna.Study, key: str, attrs: dict[str, Any], values: list[float] | None) -> None:
-    """A PGD-AT baseline (trunk ``key``, its Tune trial in ``attrs["tune_trial"]``) that ended: in the
-    search study's user attribute ``baselines`` and as a trial of the baseline study (COMPLETE with
-    ``values``, or FAIL without). Once per Tune trial: a trunk Tune re-runs after a resume is there."""
+def record_baseline(
+    study: optuna.Study, key: str, attrs: dict[str, Any], values: list[float] | None
+) -> None:
+    """A PGD-AT baseline (trunk ``key``, its Tune trial in ``attrs["tune_trial"]``) that ended: in
+    the search study's user attribute ``baselines`` and as a trial of the baseline study (COMPLETE
+    with ``values``, or FAIL without). Once per Tune trial: a trunk Tune re-runs
+    after a resume is there."""
     import optuna
 
     baseline = optuna.create_study(
-        study_name=baseline_study_name(study.study_name), storage=study._storage,  # noqa: SLF001 - the same journal
-        directions=study.directions, load_if_exists=True,
+        study_name=baseline_study_name(study.study_name),
+        storage=study._storage,
+        directions=study.directions,
+        load_if_exists=True,
     )
     if baseline.metric_names is None and study.metric_names is not None:
         baseline.set_metric_names(study.metric_names)
-    if any(t.user_attrs.get("tune_trial") == attrs["tune_trial"] for t in baseline.get_trials(deepcopy=False)):
+    if any(
+        t.user_attrs.get("tune_trial") == attrs["tune_trial"]
+        for t in baseline.get_trials(deepcopy=False)
+    ):
         return
     if values is not None:
         baselines = {**study.user_attrs.get("baselines", {}), key: attrs}
         study.set_user_attr("baselines", baselines)
         # one number beside the dashboard's "Best Trial": what a search trial has to beat
-        study.set_user_attr("baseline_objective", max(b["best_objective"] for b in baselines.values()))
+        study.set_user_attr(
+            "baseline_objective", max(b["best_objective"] for b in baselines.values())
+        )
     state = optuna.trial.TrialState.COMPLETE if values is not None else optuna.trial.TrialState.FAIL
-    baseline.add_trial(optuna.trial.create_trial(state=state, values=values, user_attrs={"role": "trunk", "trunk": key, **attrs}))
+    baseline.add_trial(
+        optuna.trial.create_trial(
+            state=state, values=values, user_attrs={"role": "trunk", "trunk": key, **attrs}
+        )
+    )
 
 
 def tell_stopped(study: optuna.Study, number: int, attrs: dict[str, Any]) -> None:
-    """Search trial ``number``, stopped by the budget (Tune tells the searcher nothing then), as PRUNED
-    with its user attributes (``best_objective``, ``status``, ...) set first: a finished trial takes
-    none. A trial already finished in the journal stays as it is."""
+    """Search trial ``number``, stopped by the budget (Tune tells the searcher nothing then), as
+    PRUNED with its user attributes (``best_objective``, ``status``, ...) set first: a finished
+    trial takes none. A trial already finished in the journal stays as it is."""
     import optuna
 
     try:
-        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)  # noqa: SLF001 - by number
+        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         for key, value in attrs.items():
             if value is not None:
-                study._storage.set_trial_user_attr(trial_id, key, value)  # noqa: SLF001 - Study has no setter by number
+                study._storage.set_trial_user_attr(trial_id, key, value)
         study.tell(number, state=optuna.trial.TrialState.PRUNED)
-    except (ValueError, RuntimeError, KeyError):  # already finished (UpdateFinishedTrialError is a RuntimeError)
+    except (ValueError, RuntimeError, KeyError):
+        # already finished (UpdateFinishedTrialError is a RuntimeError)
         pass

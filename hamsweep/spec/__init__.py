@@ -16,38 +16,46 @@ Errors are ``SpecError``s whose message starts with the key path and says what i
 
 from __future__ import annotations
 
-from hamsweep.spec._base import validate as validate
-from hamsweep.spec.cluster import CloudProfile as CloudProfile
-from hamsweep.spec.cluster import LocalProfile as LocalProfile
-from hamsweep.spec.cluster import SlurmProfile as SlurmProfile
-from hamsweep.spec.cluster import load_profile as load_profile
-from hamsweep.spec.sweep import DISTRIBUTIONS as DISTRIBUTIONS
-from hamsweep.spec.sweep import SCHEDULERS as SCHEDULERS
-from hamsweep.spec.sweep import BudgetConfig as BudgetConfig
-from hamsweep.spec.sweep import ConfirmConfig as ConfirmConfig
-from hamsweep.spec.sweep import ObjectiveConfig as ObjectiveConfig
-from hamsweep.spec.sweep import ResourcesConfig as ResourcesConfig
-from hamsweep.spec.sweep import SchedulerConfig as SchedulerConfig
-from hamsweep.spec.sweep import SAMPLERS as SAMPLERS
-from hamsweep.spec.sweep import Distribution as Distribution
-from hamsweep.spec.sweep import SearchConfig as SearchConfig
-from hamsweep.spec.sweep import SweepSpec as SweepSpec
-from hamsweep.spec.sweep import load_spec as load_spec
-from hamsweep.spec.sweep import parse_overrides as parse_overrides
-from hamsweep.spec.trial import DATASETS as DATASETS
-from hamsweep.spec.trial import METHODS as METHODS
-from hamsweep.spec.trial import OBJECTIVES as OBJECTIVES
-from hamsweep.spec.trial import MODELS as MODELS
-from hamsweep.spec.trial import TRIAL_SECTIONS as TRIAL_SECTIONS
-from hamsweep.spec.trial import DataConfig as DataConfig
-from hamsweep.spec.trial import EvalConfig as EvalConfig
-from hamsweep.spec.trial import HamConfig as HamConfig
-from hamsweep.spec.trial import ModelConfig as ModelConfig
-from hamsweep.spec.trial import TrainConfig as TrainConfig
-from hamsweep.spec.trial import TrialConfig as TrialConfig
-from hamsweep.spec.trial import config_diff as config_diff
-from hamsweep.spec.trial import config_keys as config_keys
-from hamsweep.spec.trial import flat as flat
+from importlib import import_module
+from typing import Any
+
+# name -> the module that defines it, imported on first use: ``hamsweep.spec._base`` is then
+# importable alone (the method modules build on it while ``spec.trial`` imports them), and the CLI
+# imports only what a command needs
+_LAZY = {
+    "validate": "hamsweep.spec._base",
+    "CloudProfile": "hamsweep.spec.cluster",
+    "LocalProfile": "hamsweep.spec.cluster",
+    "SlurmProfile": "hamsweep.spec.cluster",
+    "load_profile": "hamsweep.spec.cluster",
+    "DISTRIBUTIONS": "hamsweep.spec.sweep",
+    "SAMPLERS": "hamsweep.spec.sweep",
+    "SCHEDULERS": "hamsweep.spec.sweep",
+    "BudgetConfig": "hamsweep.spec.sweep",
+    "ConfirmConfig": "hamsweep.spec.sweep",
+    "Distribution": "hamsweep.spec.sweep",
+    "ObjectiveConfig": "hamsweep.spec.sweep",
+    "ResourcesConfig": "hamsweep.spec.sweep",
+    "SchedulerConfig": "hamsweep.spec.sweep",
+    "SearchConfig": "hamsweep.spec.sweep",
+    "SweepSpec": "hamsweep.spec.sweep",
+    "load_spec": "hamsweep.spec.sweep",
+    "parse_overrides": "hamsweep.spec.sweep",
+    "DATASETS": "hamsweep.spec.trial",
+    "METHODS": "hamsweep.spec.trial",
+    "MODELS": "hamsweep.spec.trial",
+    "OBJECTIVES": "hamsweep.spec.trial",
+    "TRIAL_SECTIONS": "hamsweep.spec.trial",
+    "DataConfig": "hamsweep.spec.trial",
+    "EvalConfig": "hamsweep.spec.trial",
+    "HamConfig": "hamsweep.spec.trial",
+    "ModelConfig": "hamsweep.spec.trial",
+    "TrainConfig": "hamsweep.spec.trial",
+    "TrialConfig": "hamsweep.spec.trial",
+    "config_diff": "hamsweep.spec.trial",
+    "config_keys": "hamsweep.spec.trial",
+    "flat": "hamsweep.spec.trial",
+}
 
 __all__ = [
     "DATASETS",
@@ -60,10 +68,10 @@ __all__ = [
     "TRIAL_SECTIONS",
     "BudgetConfig",
     "CloudProfile",
+    "ConfirmConfig",
     "DataConfig",
     "Distribution",
     "EvalConfig",
-    "ConfirmConfig",
     "HamConfig",
     "LocalProfile",
     "ModelConfig",
@@ -83,3 +91,16 @@ __all__ = [
     "parse_overrides",
     "validate",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hamsweep.spec' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -27,13 +27,16 @@ def pixel_range(key: str, value: float | None) -> None:
     if value is None:
         return
     if value > 1:
-        raise SpecError(key, f"{key} must be in (0, 1] but got {value:g}; did you mean {value:g}/255?")
+        raise SpecError(
+            key, f"{key} must be in (0, 1] but got {value:g}; did you mean {value:g}/255?"
+        )
     if value <= 0:
         raise SpecError(key, f"{key} must be in (0, 1] but got {value:g}")
 
 
 def at_least(model: BaseModel, minimum: int, *keys: str) -> None:
-    """Each of ``model``'s fields ``keys`` must be >= ``minimum``: one-line error naming the first that is not."""
+    """Each of ``model``'s fields ``keys`` must be >= ``minimum``: one-line error naming the first
+    that is not."""
     for key in keys:
         value = getattr(model, key)
         if value < minimum:
@@ -42,7 +45,6 @@ def at_least(model: BaseModel, minimum: int, *keys: str) -> None:
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
 
 
 def validate(model: type[BaseModel], data: Any, prefix: str = "") -> Any:
@@ -74,8 +76,6 @@ def _format_error(err: ValidationError, root: type[BaseModel], prefix: str = "")
     return SpecError(key, msg)
 
 
-
-
 def _model_at(root: type[BaseModel], path: str) -> type[BaseModel] | None:
     """The model class of the section at dotted ``path`` below ``root`` (None if there is none)."""
     model: Any = root
@@ -85,4 +85,3 @@ def _model_at(root: type[BaseModel], path: str) -> type[BaseModel] | None:
             return None
         model = field.annotation
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-

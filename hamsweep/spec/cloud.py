@@ -1,4 +1,5 @@
-"""Ray cluster-launcher configs (``cluster/aws.yaml``, ``cluster/gcp.yaml``): the files ``ray up`` takes.
+"""Ray cluster-launcher configs (``cluster/aws.yaml``, ``cluster/gcp.yaml``):
+the files ``ray up`` takes.
 
 hamsweep does not start such a cluster. It checks the file offline, with the validation ``ray up``
 itself runs before its first cloud call (Ray's JSON schema, then ``prepare_config`` and
@@ -19,10 +20,18 @@ from typing import Any, Literal
 from hamsweep.errors import SpecError
 from hamsweep.spec._base import _Frozen
 
-__all__ = ["LAUNCHER_KEYS", "PROVIDERS", "CloudProfile", "NodeType", "is_launcher_config", "load_cloud_profile"]
+__all__ = [
+    "LAUNCHER_KEYS",
+    "PROVIDERS",
+    "CloudProfile",
+    "NodeType",
+    "is_launcher_config",
+    "load_cloud_profile",
+]
 
 PROVIDERS = ("aws", "gcp")  # Ray node providers whose launcher configs hamsweep ships and checks
-LAUNCHER_KEYS = ("provider", "cluster_name", "available_node_types")  # any of these (and no `kind`): a `ray up` file
+# any of these (and no `kind`): a `ray up` file
+LAUNCHER_KEYS = ("provider", "cluster_name", "available_node_types")
 _TICKED = re.compile(r"`(\w+)`")  # Ray's own ValueErrors name the key in backticks
 _INSTANCE_KEYS = ("InstanceType", "machineType")  # the instance type in an AWS / GCP node_config
 
@@ -31,7 +40,8 @@ class NodeType(_Frozen):
     """One of the launcher's ``available_node_types``, as Ray's autoscaler will see it."""
 
     instance: str  # InstanceType (AWS) or machineType (GCP); "?" when not given
-    resources: dict[str, int]  # what Ray may hand out on one node, e.g. {CPU: 48, GPU: 4}; {} = detected at `ray up`
+    # what Ray may hand out on one node, e.g. {CPU: 48, GPU: 4}; {} = detected at `ray up`
+    resources: dict[str, int]
     max_workers: int  # nodes of this type at most (0 for the head's type)
 
 
@@ -53,37 +63,57 @@ class CloudProfile(_Frozen):
 
     @property
     def message(self) -> str:
-        """Why ``hamsweep run --cluster`` does not take this file, and what to do instead (one line)."""
+        """Why ``hamsweep run --cluster`` does not take this file, and what to
+        do instead (one line)."""
         return (
-            f"{self.path} is a Ray cluster-launcher config ({self.provider}), which hamsweep does not start: run "
-            f"`ray up {self.path}`, then the sweep on its head with --address auto, e.g. `ray exec {self.path} --tmux "
-            f"'cd ~/hamsweep && .venv/bin/hamsweep run SPEC --address auto --out /mnt/shared/runs/NAME'` (cluster/README.md)"
+            f"{self.path} is a Ray cluster-launcher config ({self.provider}), which hamsweep does "
+            f"not start: run `ray up {self.path}`, then the sweep on its head with --address auto, "
+            f"e.g. `ray exec {self.path} --tmux 'cd ~/hamsweep && .venv/bin/hamsweep run SPEC "
+            "--address auto --out /mnt/shared/runs/NAME'` (cluster/README.md)"
         )
 
     def describe(self) -> str:
         head = self.node_types[self.head_node_type]
-        workers = ", ".join(f"up to {t.max_workers} x {name} ({t.instance}{_offer(t.resources)})" for name, t in self.workers.items())
+        workers = ", ".join(
+            f"up to {t.max_workers} x {name} ({t.instance}{_offer(t.resources)})"
+            for name, t in self.workers.items()
+        )
         return (
-            f"Ray cluster launcher on {self.provider} {self.region}, cluster {self.cluster_name}: head {self.head_node_type} "
-            f"({head.instance}), workers {workers or 'none'}; start it with `ray up {self.path}`, then run the sweep on its head "
-            "with --address auto (cluster/README.md)"
+            f"Ray cluster launcher on {self.provider} {self.region}, cluster {self.cluster_name}: "
+            f"head {self.head_node_type} ({head.instance}), workers {workers or 'none'}; start it "
+            f"with `ray up {self.path}`, then run the sweep on its head with --address auto "
+            "(cluster/README.md)"
         )
 
     def check_fits(self, cpu: float, gpu: float) -> None:
-        """A trial must fit on one worker node type, else it would wait forever for a node that never comes."""
+        """A trial must fit on one worker node type, else it would wait forever for a
+        node that never comes."""
         known = [t.resources for t in self.workers.values()]
-        if not known or any(not r for r in known):  # resources detected at `ray up` (AWS): nothing to check offline
+        # resources detected at `ray up` (AWS): nothing to check offline
+        if not known or any(not r for r in known):
             return
         if not any(r.get("GPU", 0) >= gpu for r in known):
             offers = "; ".join(f"{name}{_offer(t.resources)}" for name, t in self.workers.items())
-            raise SpecError("resources.gpu", f"{gpu:g} GPUs per trial but no worker node type of {self.path} has that many ({offers})")
+            raise SpecError(
+                "resources.gpu",
+                f"{gpu:g} GPUs per trial but no worker node "
+                f"type of {self.path} has that many ({offers})",
+            )
         if not any(r.get("CPU", 0) >= cpu and r.get("GPU", 0) >= gpu for r in known):
             offers = "; ".join(f"{name}{_offer(t.resources)}" for name, t in self.workers.items())
-            raise SpecError("resources.cpu", f"{cpu:g} CPUs per trial but no worker node type of {self.path} has that many ({offers})")
+            raise SpecError(
+                "resources.cpu",
+                f"{cpu:g} CPUs per trial but no worker node "
+                f"type of {self.path} has that many ({offers})",
+            )
 
 
 def _offer(resources: dict[str, int]) -> str:
-    return f": {resources.get('CPU', 0)} CPUs + {resources.get('GPU', 0)} GPUs" if resources else ": resources detected at `ray up`"
+    return (
+        f": {resources.get('CPU', 0)} CPUs + {resources.get('GPU', 0)} GPUs"
+        if resources
+        else ": resources detected at `ray up`"
+    )
 
 
 def is_launcher_config(data: dict[str, Any]) -> bool:
@@ -96,7 +126,10 @@ def load_cloud_profile(path: str | Path, data: dict[str, Any]) -> CloudProfile:
     provider = data.get("provider")
     if isinstance(provider, dict) and "type" in provider and provider["type"] not in PROVIDERS:
         got = provider["type"]
-        raise SpecError(f"{path}: provider.type", f"hamsweep checks Ray launcher configs for {', '.join(PROVIDERS)} but got {got!r}")
+        raise SpecError(
+            f"{path}: provider.type",
+            f"hamsweep checks Ray launcher configs for {', '.join(PROVIDERS)} but got {got!r}",
+        )
     try:
         config = _ray_validate(data)
     except SpecError as err:
@@ -131,8 +164,8 @@ def _ray_validate(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ray_error(err: Exception, data: dict[str, Any]) -> SpecError:
-    """One of Ray's own checks failed (e.g. head_node_type not among the node types): its words, on one
-    line, under the key it names in backticks, with the value received."""
+    """One of Ray's own checks failed (e.g. head_node_type not among the node types): its words, on
+    one line, under the key it names in backticks, with the value received."""
     said = " ".join(str(err).split())
     key = m.group(1) if (m := _TICKED.search(said)) else ""
     if key in data:
@@ -143,7 +176,8 @@ def _ray_error(err: Exception, data: dict[str, Any]) -> SpecError:
 
 
 def _schema_error(err: Any) -> SpecError:
-    """A ``jsonschema.ValidationError`` against Ray's schema as one line: 'key.path: what is wrong'."""
+    """A ``jsonschema.ValidationError`` against Ray's schema as one line:
+    'key.path: what is wrong'."""
     key = ".".join(str(p) for p in err.absolute_path)
     rule, want, got = err.validator, err.validator_value, err.instance
     if rule == "required":
@@ -152,10 +186,14 @@ def _schema_error(err: Any) -> SpecError:
     if rule == "additionalProperties":
         valid = list(err.schema.get("properties", {}))
         extra = next((k for k in got if k not in valid), "?")
-        return SpecError(_join(key, extra), f"unknown key {extra!r}; valid keys here are {', '.join(valid)}")
+        return SpecError(
+            _join(key, extra), f"unknown key {extra!r}; valid keys here are {', '.join(valid)}"
+        )
     if rule == "type":
         kinds = " or ".join(want) if isinstance(want, list) else want
-        return SpecError(key, f"must be {'an' if kinds[0] in 'aeiou' else 'a'} {kinds} but got {got!r}")
+        return SpecError(
+            key, f"must be {'an' if kinds[0] in 'aeiou' else 'a'} {kinds} but got {got!r}"
+        )
     if rule == "minimum":
         return SpecError(key, f"must be >= {want} but got {got!r}")
     return SpecError(key, " ".join(err.message.split()))
@@ -169,7 +207,9 @@ def _profile(path: str, config: dict[str, Any]) -> CloudProfile:
     """The facts hamsweep reports and checks, from the config Ray prepared (defaults merged)."""
     types = {
         name: NodeType(
-            instance=str(next((t["node_config"][k] for k in _INSTANCE_KEYS if k in t["node_config"]), "?")),
+            instance=str(
+                next((t["node_config"][k] for k in _INSTANCE_KEYS if k in t["node_config"]), "?")
+            ),
             resources=dict(t["resources"]),
             max_workers=int(t["max_workers"]),
         )
@@ -177,6 +217,10 @@ def _profile(path: str, config: dict[str, Any]) -> CloudProfile:
     }
     provider = config["provider"]
     return CloudProfile(
-        path=path, provider=provider["type"], region=str(provider.get("region", "?")),
-        cluster_name=config["cluster_name"], head_node_type=config["head_node_type"], node_types=types,
+        path=path,
+        provider=provider["type"],
+        region=str(provider.get("region", "?")),
+        cluster_name=config["cluster_name"],
+        head_node_type=config["head_node_type"],
+        node_types=types,
     )

@@ -1,6 +1,6 @@
-"""The sweep spec: a trial config plus ``name``, ``objective``, ``search`` (each searched parameter with
-its distribution and its default), ``scheduler``, ``resources``, ``budget`` and ``confirm``; and the
-readers of spec files and ``--set`` overrides."""
+"""The sweep spec: a trial config plus ``name``, ``objective``, ``search`` (each searched parameter
+with its distribution and its default), ``scheduler``, ``resources``, ``budget`` and ``confirm``;
+and the readers of spec files and ``--set`` overrides."""
 
 from __future__ import annotations
 
@@ -12,7 +12,15 @@ from pydantic import model_validator
 
 from hamsweep.errors import SpecError
 from hamsweep.spec._base import _Frozen, at_least, fraction, validate
-from hamsweep.spec.trial import OBJECTIVES, TRIAL_SECTIONS, Objective, TrialConfig, assign, config_keys, flat
+from hamsweep.spec.trial import (
+    OBJECTIVES,
+    TRIAL_SECTIONS,
+    Objective,
+    TrialConfig,
+    assign,
+    config_keys,
+    flat,
+)
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "nsga2")
 SCHEDULERS = ("asha", "none")
@@ -25,7 +33,8 @@ Bound = float | int | str  # a number, or the dotted key of an int parameter
 class Distribution(_Frozen):
     """One searched parameter, written in YAML as ``{uniform: [lo, hi], default: x}``,
     ``{loguniform: [lo, hi], default: x}``, ``{int: [lo, hi], default: n}`` (``step`` optional)
-    or ``{choice: [a, b, ...], default: a}``. Int bounds may name another key (``train.attack_steps``)."""
+    or ``{choice: [a, b, ...], default: a}``. Int bounds may name another key
+    (``train.attack_steps``)."""
 
     kind: Literal["uniform", "loguniform", "int", "choice"]
     low: Bound | None = None
@@ -38,17 +47,27 @@ class Distribution(_Frozen):
     @classmethod
     def _from_yaml(cls, data: Any) -> Any:
         if not isinstance(data, Mapping):
-            raise ValueError(f"must be a mapping like {{uniform: [0, 1], default: 0.5}} but got {data!r}")
+            raise ValueError(
+                f"must be a mapping like {{uniform: [0, 1], default: 0.5}} but got {data!r}"
+            )
         if "kind" in data:
             return data
         kinds = [k for k in DISTRIBUTIONS if k in data]
         if len(kinds) != 1:
-            raise ValueError(f"needs exactly one of {', '.join(DISTRIBUTIONS)} but got keys {sorted(data)}")
+            raise ValueError(
+                f"needs exactly one of {', '.join(DISTRIBUTIONS)} but got keys {sorted(data)}"
+            )
         if "default" not in data:
-            raise ValueError("needs a default (the value used by `hamsweep train` and as the paper's setting)")
+            raise ValueError(
+                "needs a default (the value used by `hamsweep train` and as the paper's setting)"
+            )
         kind, rest = kinds[0], {k: v for k, v in data.items() if k != kinds[0]}
         value = data[kind]
-        if not isinstance(value, (list, tuple)) or (kind != "choice" and len(value) != 2) or not value:
+        if (
+            not isinstance(value, (list, tuple))
+            or (kind != "choice" and len(value) != 2)
+            or not value
+        ):
             form = "a non-empty list" if kind == "choice" else "a list [low, high]"
             raise ValueError(f"{kind} takes {form} but got {value!r}")
         if kind == "choice":
@@ -59,12 +78,17 @@ class Distribution(_Frozen):
     def _check(self) -> Distribution:
         if self.kind == "choice":
             if self.default not in self.choices:  # type: ignore[operator]
-                raise ValueError(f"default {self.default!r} is not one of the choices {list(self.choices or ())}")
+                raise ValueError(
+                    f"default {self.default!r} is not one of the choices {list(self.choices or ())}"
+                )
             return self
         for name in ("low", "high"):
             bound = getattr(self, name)
             if isinstance(bound, str) and self.kind != "int":
-                raise ValueError(f"{self.kind} bounds must be numbers; only int bounds may name a key, got {bound!r}")
+                raise ValueError(
+                    f"{self.kind} bounds must be numbers; only "
+                    f"int bounds may name a key, got {bound!r}"
+                )
         if self.kind == "loguniform" and isinstance(self.low, (int, float)) and self.low <= 0:
             raise ValueError(f"loguniform needs low > 0 but got {self.low}")
         if self.kind == "int" and not isinstance(self.default, int):
@@ -92,7 +116,8 @@ class SearchConfig(_Frozen):
     max_concurrent: int = 1  # trials running at once
     start_with_defaults: bool = True  # the first trial runs every default (the paper's setting)
     # HAM trials fork from one PGD-AT run per distinct warm-up config (a trunk, which is also the
-    # sweep's PGD-AT baseline) instead of each repeating its warm-up; false = every trial from scratch
+    # sweep's PGD-AT baseline) instead of each repeating its warm-up; false
+    # = every trial from scratch
     share_warmup: bool = True
     params: dict[str, Distribution] = {}  # 'section.field' -> distribution with its default
 
@@ -105,7 +130,8 @@ class SearchConfig(_Frozen):
 class ObjectiveConfig(_Frozen):
     """What the sweep maximises, always measured on the validation split (never the test split)."""
 
-    metric: Objective | tuple[Objective, ...] = "worst_robust"  # a list = multi-objective (e.g. nsga2)
+    # a list = multi-objective (e.g. nsga2)
+    metric: Objective | tuple[Objective, ...] = "worst_robust"
     mode: Literal["max"] = "max"  # accuracies are maximised
 
     @property
@@ -120,7 +146,10 @@ class ObjectiveConfig(_Frozen):
     @model_validator(mode="after")
     def _check(self) -> ObjectiveConfig:
         if not self.metrics or len(set(self.metrics)) != len(self.metrics):
-            raise SpecError("metric", f"needs one metric or a list of distinct ones from {', '.join(OBJECTIVES)}")
+            raise SpecError(
+                "metric",
+                f"needs one metric or a list of distinct ones from {', '.join(OBJECTIVES)}",
+            )
         return self
 
 
@@ -129,7 +158,8 @@ class SchedulerConfig(_Frozen):
 
     name: Literal["asha", "none"] = "asha"
     grace_period: int = 1  # epochs every trial runs before ASHA may stop it
-    reduction_factor: float = 3.0  # ASHA keeps the best 1/reduction_factor of the trials at each rung
+    # ASHA keeps the best 1/reduction_factor of the trials at each rung
+    reduction_factor: float = 3.0
     max_epochs: int | None = None  # ASHA's max_t, in epochs; None = train.epochs
 
     @model_validator(mode="before")
@@ -140,9 +170,13 @@ class SchedulerConfig(_Frozen):
     @model_validator(mode="after")
     def _check(self) -> SchedulerConfig:
         if self.grace_period < 1:
-            raise SpecError("grace_period", f"grace_period must be >= 1 epoch but got {self.grace_period}")
+            raise SpecError(
+                "grace_period", f"grace_period must be >= 1 epoch but got {self.grace_period}"
+            )
         if self.reduction_factor <= 1:
-            raise SpecError("reduction_factor", f"reduction_factor must be > 1 but got {self.reduction_factor}")
+            raise SpecError(
+                "reduction_factor", f"reduction_factor must be > 1 but got {self.reduction_factor}"
+            )
         return self
 
 
@@ -167,7 +201,9 @@ class ResourcesConfig(_Frozen):
         if self.cpu <= 0:
             raise SpecError("cpu", f"cpu must be > 0 but got {self.cpu}")
         if self.gpu < 0 or (self.gpu > 1 and self.gpu != int(self.gpu)):
-            raise SpecError("gpu", f"gpu must be a fraction in [0, 1] or a whole number but got {self.gpu}")
+            raise SpecError(
+                "gpu", f"gpu must be a fraction in [0, 1] or a whole number but got {self.gpu}"
+            )
         return self
 
 
@@ -190,12 +226,13 @@ class ConfirmConfig(_Frozen):
     """After the search, the one stage that touches the test split: the ``top_k`` completed trials
     (by the validation objective) and the PGD-AT baseline, retrained on ``seeds`` new values of
     ``train.seed`` and evaluated per class on the test split from their best checkpoints (chosen on
-    validation, as in the search), with intervals over seeds (``hamsweep.confirm``). ``seeds: 0``
-    retrains nothing: the search's own best checkpoints are evaluated on the test split, one seed,
-    no interval (what ``final_eval`` did before)."""
+    validation, as in the search), with intervals over seeds (``hamsweep.sweep.confirm``).
+    ``seeds: 0`` retrains nothing: the search's own best checkpoints are evaluated on the test
+    split, one seed, no interval (what ``final_eval`` did before)."""
 
     top_k: int = 3  # configs confirmed; 0 = no confirm stage (the test split is never touched)
-    seeds: int = 3  # new train.seed values per config and for the PGD-AT baseline; 0 = the search's checkpoints
+    # new train.seed values per config and for the PGD-AT baseline; 0 = the search's checkpoints
+    seeds: int = 3
     autoattack: bool = False  # also AutoAttack (standard), besides PGD-``eval.attack_steps``
     confidence: float = 0.95  # two-sided coverage of every interval in the confirm tables
 
@@ -212,8 +249,8 @@ class ConfirmConfig(_Frozen):
 
 
 class SweepSpec(TrialConfig):
-    """A spec file: the trial config's sections plus ``name``, ``objective``, ``search``, ``scheduler``,
-    ``resources``, ``budget`` and ``confirm``."""
+    """A spec file: the trial config's sections plus ``name``, ``objective``, ``search``,
+    ``scheduler``, ``resources``, ``budget`` and ``confirm``."""
 
     name: str = "sweep"
     objective: ObjectiveConfig = ObjectiveConfig()
@@ -231,7 +268,9 @@ class SweepSpec(TrialConfig):
         if not isinstance(data, Mapping) or "final_eval" not in data:
             return data
         if "confirm" in data:
-            raise SpecError("final_eval", "is the older name of confirm (with seeds: 0); give only confirm")
+            raise SpecError(
+                "final_eval", "is the older name of confirm (with seeds: 0); give only confirm"
+            )
         old = data["final_eval"] or {}
         if not isinstance(old, Mapping):
             raise SpecError("final_eval", f"must be a mapping like {{top_k: 1}} but got {old!r}")
@@ -241,14 +280,23 @@ class SweepSpec(TrialConfig):
     @model_validator(mode="before")
     @classmethod
     def _select_by(cls, data: Any) -> Any:
-        """A sweep selects checkpoints by its objective: an ``eval.select_by`` that says otherwise is a mistake."""
+        """A sweep selects checkpoints by its objective: an ``eval.select_by`` that says
+        otherwise is a mistake."""
         if not isinstance(data, Mapping) or not isinstance(data.get("eval"), Mapping):
             return data
-        metric = (data.get("objective") or {}).get("metric", "worst_robust") if isinstance(data.get("objective"), (Mapping, type(None))) else None
+        metric = (
+            (data.get("objective") or {}).get("metric", "worst_robust")
+            if isinstance(data.get("objective"), (Mapping, type(None)))
+            else None
+        )
         primary = metric[0] if isinstance(metric, (list, tuple)) and metric else metric
         given = data["eval"].get("select_by")
         if given is not None and primary is not None and given != primary:
-            raise SpecError("eval.select_by", f"{given} differs from objective.metric ({primary}); a sweep selects checkpoints by its objective, so drop eval.select_by")
+            raise SpecError(
+                "eval.select_by",
+                f"{given} differs from objective.metric ({primary}); a sweep selects checkpoints "
+                "by its objective, so drop eval.select_by",
+            )
         return data
 
     @model_validator(mode="after")
@@ -256,16 +304,26 @@ class SweepSpec(TrialConfig):
         multi = len(self.objective.metrics) > 1
         if multi and self.search.sampler not in MULTI_OBJECTIVE_SAMPLERS:
             raise SpecError(
-                "search.sampler", f"{self.search.sampler} optimises one objective; with several objective.metric "
-                f"use one of {', '.join(MULTI_OBJECTIVE_SAMPLERS)}"
+                "search.sampler",
+                f"{self.search.sampler} optimises one objective; with several objective.metric "
+                f"use one of {', '.join(MULTI_OBJECTIVE_SAMPLERS)}",
             )
-        if self.eval.select_by != self.objective.primary:  # only the default can differ (see _select_by)
-            object.__setattr__(self, "eval", self.eval.model_copy(update={"select_by": self.objective.primary}))
+        # only the default can differ (see _select_by)
+        if self.eval.select_by != self.objective.primary:
+            object.__setattr__(
+                self, "eval", self.eval.model_copy(update={"select_by": self.objective.primary})
+            )
         s, epochs = self.scheduler, self.train.epochs
         if s.max_epochs is not None and not s.grace_period <= s.max_epochs <= epochs:
-            raise SpecError("scheduler.max_epochs", f"{s.max_epochs} must be in {s.grace_period}..{epochs} (grace_period..train.epochs)")
+            raise SpecError(
+                "scheduler.max_epochs",
+                f"{s.max_epochs} must be in {s.grace_period}..{epochs} "
+                "(grace_period..train.epochs)",
+            )
         if s.name == "asha" and s.grace_period > epochs:
-            raise SpecError("scheduler.grace_period", f"{s.grace_period} is larger than train.epochs ({epochs})")
+            raise SpecError(
+                "scheduler.grace_period", f"{s.grace_period} is larger than train.epochs ({epochs})"
+            )
         return self
 
     @model_validator(mode="after")
@@ -273,7 +331,9 @@ class SweepSpec(TrialConfig):
         keys = config_keys()
         for key, dist in self.search.params.items():
             if key not in keys:
-                raise SpecError(f"search.params.{key}", f"unknown key; valid keys are {', '.join(keys)}")
+                raise SpecError(
+                    f"search.params.{key}", f"unknown key; valid keys are {', '.join(keys)}"
+                )
             for bound in (dist.low, dist.high):
                 if isinstance(bound, str) and bound not in keys:
                     raise SpecError(f"search.params.{key}", f"bound {bound!r} is not a config key")
@@ -286,7 +346,9 @@ class SweepSpec(TrialConfig):
             if lo > hi:
                 raise SpecError(f"search.params.{key}", f"low {lo} is larger than high {hi}")
             if not dist.contains(dist.default, values):
-                raise SpecError(f"search.params.{key}", f"default {dist.default} is outside [{lo}, {hi}]")
+                raise SpecError(
+                    f"search.params.{key}", f"default {dist.default} is outside [{lo}, {hi}]"
+                )
             self._check_values(key, (lo, hi))
         return self
 
@@ -303,7 +365,9 @@ class SweepSpec(TrialConfig):
             try:
                 self.trial_config(overrides)
             except SpecError as err:
-                raise SpecError(f"search.params.{key}", f"{value!r} can be sampled but is invalid: {err}") from None
+                raise SpecError(
+                    f"search.params.{key}", f"{value!r} can be sampled but is invalid: {err}"
+                ) from None
 
     def base(self) -> dict[str, Any]:
         """The trial sections as plain data, without the sweep's sections; checkpoints are
@@ -317,18 +381,18 @@ class SweepSpec(TrialConfig):
         return {key: dist.default for key, dist in self.search.params.items()}
 
     def trial_config(self, overrides: Mapping[str, Any] | None = None) -> TrialConfig:
-        """The spec's sections, then the searched defaults, then ``overrides`` ('section.field' keys)."""
+        """The spec's sections, then the searched defaults, then ``overrides``
+        ('section.field' keys)."""
         data = self.base()
         for key, value in {**self.defaults(), **(overrides or {})}.items():
             assign(data, key, value)
         return validate(TrialConfig, data)
 
     def search_trial_config(self, params: Mapping[str, Any]) -> TrialConfig:
-        """The config a trial of the search trains with: ``trial_config(params)`` with the test split
-        left alone (only the confirm stage touches it, after the search)."""
+        """The config a trial of the search trains with: ``trial_config(params)`` with the test
+        split left alone (only the confirm stage touches it, after the search)."""
         cfg = self.trial_config(params)
         return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"test": False})})
-
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -337,24 +401,33 @@ def load_spec(path: str | Path) -> SweepSpec:
 
     path = Path(path)
     if not path.is_file():
-        raise SpecError(str(path), "no such spec file; pass a YAML file such as search_spaces/smoke.yaml")
+        raise SpecError(
+            str(path), "no such spec file; pass a YAML file such as search_spaces/smoke.yaml"
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError(str(path), f"is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+        raise SpecError(
+            str(path), f"is not valid YAML{where}: {getattr(err, 'problem', err)}"
+        ) from None
     if not isinstance(data, dict):
-        raise SpecError(str(path), f"must be a mapping of sections ({', '.join(SweepSpec.model_fields)})")
+        raise SpecError(
+            str(path), f"must be a mapping of sections ({', '.join(SweepSpec.model_fields)})"
+        )
     data.setdefault("name", path.stem)
     try:
         return validate(SweepSpec, data)
     except SpecError as err:
-        raise SpecError(f"{path}: {err.key}" if err.key else str(path), str(err).removeprefix(f"{err.key}: ")) from None
+        raise SpecError(
+            f"{path}: {err.key}" if err.key else str(path), str(err).removeprefix(f"{err.key}: ")
+        ) from None
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """``['ham.drop_step=3', 'ham.temperature=null']`` -> ``{'ham.drop_step': 3, ...}`` (values as YAML)."""
+    """``['ham.drop_step=3', 'ham.temperature=null']`` ->
+    ``{'ham.drop_step': 3, ...}`` (values as YAML)."""
     import yaml
 
     out: dict[str, Any] = {}
@@ -367,4 +440,3 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         except yaml.YAMLError:
             raise SpecError(key.strip(), f"value {raw!r} is not valid YAML") from None
     return out
-

@@ -5,22 +5,24 @@ luck. After the search, ``confirm.top_k`` completed trials (by the validation ob
 best epoch) and the PGD-AT baseline are trained again on ``confirm.seeds`` new values of
 ``train.seed`` (init, data order, attacks; the train/validation split stays), each evaluated per
 class on the test split from its best checkpoint (chosen on validation, as in the search). These
-trials are the tail of the sweep's own Tune run (``search.Searcher`` hands them out once every search
-trial has ended): resumable, budgeted and drawn on the dashboard like the others.
+trials are the tail of the sweep's own Tune run (``search.Searcher`` hands them out once every
+search trial has ended): resumable, budgeted and drawn on the dashboard like the others.
 
 Each new seed gets its own trunk per warm-up config (the chosen configs' ``spec.trial.warmup_part``
-with that seed): a PGD-AT run to the last epoch that **is** the baseline of that seed, and from which
-every chosen HAM config of that seed forks at its warm-up epoch. One seed costs one trunk plus the
-post-warm-up part of each config.
+with that seed): a PGD-AT run to the last epoch that **is** the baseline of that seed, and from
+which every chosen HAM config of that seed forks at its warm-up epoch. One seed costs one trunk plus
+the post-warm-up part of each config.
 
 ``write_tables`` turns the stored per-class test counts into the ``confirm`` and ``confirm_classes``
-tables (``hamsweep.stats``: t-intervals over seeds, paired differences against PGD-AT of the same
-seed, per-class intervals and paired per-class differences that keep their coverage at 0 and 100%).
+tables (``hamsweep.core.stats``: t-intervals over seeds, paired differences against PGD-AT of the
+same seed, per-class intervals and paired per-class differences that keep their coverage at 0 and
+100%).
 
-With ``confirm.seeds: 0`` nothing is retrained: ``evaluate_top`` (also ``hamsweep evaluate``) evaluates
-the top-k completed search trials' own ``best.pt`` and the PGD-AT baselines' in the driver, one seed,
-no interval. Every test-split evaluation goes through ``evaluation.evaluate_checkpoint`` into
-``classes`` with ``split = 'test'`` and ``epoch`` = the checkpoint's epoch.
+With ``confirm.seeds: 0`` nothing is retrained: ``evaluate_top`` (also ``hamsweep evaluate``)
+evaluates the top-k completed search trials' own ``best.pt`` and the PGD-AT baselines' in the
+driver, one seed, no interval. Every test-split evaluation goes through
+``evaluation.evaluate_checkpoint`` into ``classes`` with ``split = 'test'`` and ``epoch`` = the
+checkpoint's epoch.
 """
 
 from __future__ import annotations
@@ -35,15 +37,30 @@ from hamsweep.errors import SpecError
 from hamsweep.keys import BASELINE, CONFIG, CONFIRM, KEEP, NUMBER, ROLE, STAGE, TRUNK
 from hamsweep.rundir import atomic_write_text
 from hamsweep.spec import SweepSpec
-from hamsweep.spec.trial import WARMUP_FREE_KEYS, objective_summary, warmup_key
+from hamsweep.spec.trial import WARMUP_FREE_KEYS, warmup_key
 
-__all__ = ["BASELINE_LABEL", "CONFIRM_FILE", "FIRST_NUMBER", "Chosen", "ConfirmPlan", "confirm_cost", "evaluate_top",
-           "new_seeds", "plan_confirm", "read_plan", "write_plan", "write_tables"]
+__all__ = [
+    "BASELINE_LABEL",
+    "CONFIRM_FILE",
+    "FIRST_NUMBER",
+    "Chosen",
+    "ConfirmPlan",
+    "confirm_cost",
+    "evaluate_top",
+    "new_seeds",
+    "plan_confirm",
+    "read_plan",
+    "write_plan",
+    "write_tables",
+]
 
-CONFIRM_FILE = "confirm.json"  # in the sweep folder: the configs chosen for the confirm stage, its seeds and trials
-FIRST_NUMBER = 1_000_000  # confirm trials' numbers (work folders, SLURM job names): never an Optuna number of the search
+# in the sweep folder: the configs chosen for the confirm stage, its seeds and trials
+CONFIRM_FILE = "confirm.json"
+# confirm trials' numbers (work folders, SLURM job names): never an Optuna number of the search
+FIRST_NUMBER = 1_000_000
 BASELINE_LABEL = "PGD-AT"  # how a baseline is named in tables
-_BASELINE_PREFIX = "pgd_at:"  # a baseline's CONFIG: the prefix and its warm-up key at the search's seed
+# a baseline's CONFIG: the prefix and its warm-up key at the search's seed
+_BASELINE_PREFIX = "pgd_at:"
 
 
 @dataclass(frozen=True)
@@ -58,16 +75,19 @@ class Chosen:
 
 @dataclass(frozen=True)
 class ConfirmPlan:
-    """What the confirm stage trains: the chosen configs, the new seeds, and every trial's Tune config
-    in the order they are handed out (for each seed its baselines first, then the chosen configs)."""
+    """What the confirm stage trains: the chosen configs, the new seeds, and every trial's Tune
+    config in the order they are handed out (for each seed its baselines first, then the
+    chosen configs)."""
 
     chosen: tuple[Chosen, ...]
     seeds: tuple[int, ...]
     trials: tuple[dict[str, Any], ...]
-    baselines: dict[str, dict[str, Any]]  # baseline CONFIG -> its searched warm-up values (without the seed)
+    # baseline CONFIG -> its searched warm-up values (without the seed)
+    baselines: dict[str, dict[str, Any]]
 
     def label(self, config: str) -> str:
-        """'#12' for a chosen config, 'PGD-AT' for the baseline (with its values when there are several)."""
+        """'#12' for a chosen config, 'PGD-AT' for the baseline
+        (with its values when there are several)."""
         chosen = next((c for c in self.chosen if c.trial == config), None)
         if chosen is not None:
             return f"#{chosen.number}"
@@ -79,54 +99,84 @@ class ConfirmPlan:
 
 
 def new_seeds(spec: SweepSpec) -> tuple[int, ...]:
-    """``confirm.seeds`` values of ``train.seed`` that no search trial trained with: the next integers
-    after the largest the search used."""
+    """``confirm.seeds`` values of ``train.seed`` that no search trial trained with: the next
+    integers after the largest the search used."""
     dist = spec.search.params.get("train.seed")
-    used = [spec.train.seed] if dist is None else list(dist.choices or ()) + [b for b in (dist.low, dist.high) if isinstance(b, int)]
+    used = (
+        [spec.train.seed]
+        if dist is None
+        else list(dist.choices or ()) + [b for b in (dist.low, dist.high) if isinstance(b, int)]
+    )
     start = max(int(u) for u in used) + 1
     return tuple(range(start, start + spec.confirm.seeds))
 
 
 def _baseline_params(params: dict[str, Any]) -> dict[str, Any]:
-    """A config's searched values that its PGD-AT baseline shares: all but HAM's (``WARMUP_FREE_KEYS``)."""
+    """A config's searched values that its PGD-AT baseline shares:
+    all but HAM's (``WARMUP_FREE_KEYS``)."""
     return {k: v for k, v in params.items() if k not in WARMUP_FREE_KEYS}
 
 
 def _baseline_config(spec: SweepSpec, params: dict[str, Any]) -> str:
-    """The baseline CONFIG of a config: PGD-AT with its warm-up part, keyed at the search's seed (so it
-    is the search trunk's key when the search had one)."""
-    from hamsweep.trunk import trunk_config
+    """The baseline CONFIG of a config: PGD-AT with its warm-up part, keyed at the search's seed (so
+    it is the search trunk's key when the search had one)."""
+    from hamsweep.sweep.trunk import trunk_config
 
     return _BASELINE_PREFIX + warmup_key(trunk_config(spec, _baseline_params(params)))
 
 
 def plan_confirm(spec: SweepSpec, chosen: list[Chosen]) -> ConfirmPlan:
     """The confirm trials of ``chosen`` (see the module docstring); none when nothing was chosen."""
-    from hamsweep.trunk import plan
+    from hamsweep.sweep.trunk import plan
 
     shared, seeds = plan(spec), new_seeds(spec) if chosen else ()
     baselines = {_baseline_config(spec, c.params): _baseline_params(c.params) for c in chosen}
     trials: list[dict[str, Any]] = []
     for s, seed in enumerate(seeds):
         for b, (config, params) in enumerate(baselines.items()):
-            keep = _fork_epochs(spec, shared, [c for c in chosen if _baseline_config(spec, c.params) == config])
-            trials.append({ROLE: TRUNK, STAGE: CONFIRM, CONFIG: config, KEEP: keep, **params, "train.seed": seed,
-                           NUMBER: -(FIRST_NUMBER + 1 + s * len(baselines) + b)})
+            keep = _fork_epochs(
+                spec, shared, [c for c in chosen if _baseline_config(spec, c.params) == config]
+            )
+            trials.append(
+                {
+                    ROLE: TRUNK,
+                    STAGE: CONFIRM,
+                    CONFIG: config,
+                    KEEP: keep,
+                    **params,
+                    "train.seed": seed,
+                    NUMBER: -(FIRST_NUMBER + 1 + s * len(baselines) + b),
+                }
+            )
         for i, c in enumerate(chosen):
-            trials.append({STAGE: CONFIRM, CONFIG: c.trial, BASELINE: _baseline_config(spec, c.params), **c.params,
-                           "train.seed": seed, NUMBER: FIRST_NUMBER + s * len(chosen) + i})
+            trials.append(
+                {
+                    STAGE: CONFIRM,
+                    CONFIG: c.trial,
+                    BASELINE: _baseline_config(spec, c.params),
+                    **c.params,
+                    "train.seed": seed,
+                    NUMBER: FIRST_NUMBER + s * len(chosen) + i,
+                }
+            )
     return ConfirmPlan(tuple(chosen), seeds, tuple(trials), baselines)
 
 
 def _fork_epochs(spec: SweepSpec, shared: Any, chosen: list[Chosen]) -> list[int]:
     """The warm-up epochs at which ``chosen`` fork from their trunk: the checkpoints it keeps."""
     cfgs = [spec.search_trial_config(c.params) for c in chosen]
-    return sorted({cfg.ham.warmup_epochs for cfg in cfgs if shared.forks(cfg)})
+    return sorted({cfg.fork_epoch() for cfg in cfgs if shared.forks(cfg)})
 
 
 def write_plan(out: Path, p: ConfirmPlan) -> None:
-    """The plan as ``confirm.json`` (atomically): what was chosen, read by ``status`` and the tables."""
-    data = {"seeds": list(p.seeds), "chosen": [asdict(c) for c in p.chosen], "trials": list(p.trials), "baselines": p.baselines}
+    """The plan as ``confirm.json`` (atomically): what was chosen,
+    read by ``status`` and the tables."""
+    data = {
+        "seeds": list(p.seeds),
+        "chosen": [asdict(c) for c in p.chosen],
+        "trials": list(p.trials),
+        "baselines": p.baselines,
+    }
     atomic_write_text(Path(out) / CONFIRM_FILE, json.dumps(data, indent=1))
 
 
@@ -142,10 +192,10 @@ def read_plan(out: Path) -> ConfirmPlan | None:
 
 # ---- the confirm tables ----
 def write_tables(out: Path, spec: SweepSpec) -> int:
-    """Recompute the ``confirm`` and ``confirm_classes`` tables from the confirm trials' per-class test
-    counts (completed trials only: a failed seed is left out, and ``seeds`` says how many remain);
-    returns the number of configs (baselines included) in them."""
-    from hamsweep import results
+    """Recompute the ``confirm`` and ``confirm_classes`` tables from the confirm trials' per-class
+    test counts (completed trials only: a failed seed is left out, and ``seeds`` says how many
+    remain); returns the number of configs (baselines included) in them."""
+    from hamsweep.results import store as results
 
     p = read_plan(out)
     if p is None:
@@ -156,10 +206,24 @@ def write_tables(out: Path, spec: SweepSpec) -> int:
     configs = [c for c in [*p.baselines, *(c.trial for c in p.chosen)] if c in counts]
     rows, class_rows = [], []
     for config in configs:
-        baseline = None if config in p.baselines else next(t[BASELINE] for t in p.trials if t.get(CONFIG) == config)
+        baseline = (
+            None
+            if config in p.baselines
+            else next(t[BASELINE] for t in p.trials if t.get(CONFIG) == config)
+        )
         cost = _cost_cells(spec, costs, config, baseline, counts)
-        rows += [{**r, **cost} for r in _summary_rows(spec, p, config, counts, baseline, _search_value(con, p, config),
-                                                      hours.get(config, (0.0, 0.0)))]
+        rows += [
+            {**r, **cost}
+            for r in _summary_rows(
+                spec,
+                p,
+                config,
+                counts,
+                baseline,
+                _search_value(con, p, config),
+                hours.get(config, (0.0, 0.0)),
+            )
+        ]
         class_rows += _class_rows(spec, p, config, counts, baseline)
     results.replace_table(out, results.CONFIRM, rows)
     results.replace_table(out, results.CONFIRM_CLASSES, class_rows)
@@ -171,8 +235,8 @@ _Counts = dict[str, dict[str, dict[int, tuple[list[str], list[int], list[int]]]]
 
 
 def _test_counts(con: Any) -> _Counts:
-    sql = f"""SELECT t.config, c.attack, t.seed, list(c.class_name ORDER BY c.class_id), list(c.n ORDER BY c.class_id),
-                     list(c.correct ORDER BY c.class_id)
+    sql = f"""SELECT t.config, c.attack, t.seed, list(c.class_name ORDER BY c.class_id),
+                     list(c.n ORDER BY c.class_id), list(c.correct ORDER BY c.class_id)
               FROM trials t JOIN classes c ON c.trial = t.trial
               WHERE t.stage = '{CONFIRM}' AND t.status = 'completed' AND c.split = 'test'
               GROUP BY ALL ORDER BY t.config, c.attack, t.seed"""
@@ -184,12 +248,16 @@ def _test_counts(con: Any) -> _Counts:
 
 def _hours(con: Any) -> dict[str, tuple[float, float]]:
     """config -> (GPU-hours, wall hours) of its confirm trials."""
-    sql = f"SELECT config, sum(gpu_seconds) / 3600, sum(wall_seconds) / 3600 FROM trials WHERE stage = '{CONFIRM}' GROUP BY config"
+    sql = (
+        "SELECT config, sum(gpu_seconds) / 3600, sum(wall_seconds) / 3600 FROM trials "
+        f"WHERE stage = '{CONFIRM}' GROUP BY config"
+    )
     return {c: (g or 0.0, w or 0.0) for c, g, w in con.execute(sql).fetchall()}
 
 
 def _costs(con: Any) -> dict[str, dict[int, tuple[float, float]]]:
-    """config -> seed -> (own, inherited) device-seconds of its confirm trial of that seed (``results.COST_COLUMNS``)."""
+    """config -> seed -> (own, inherited) device-seconds of its confirm trial of that seed
+    (``results.COST_COLUMNS``)."""
     sql = f"""SELECT config, seed, sum(device_seconds), sum(inherited_device_seconds) FROM trials
               WHERE stage = '{CONFIRM}' GROUP BY config, seed"""
     found: dict[str, dict[int, tuple[float, float]]] = {}
@@ -198,17 +266,29 @@ def _costs(con: Any) -> dict[str, dict[int, tuple[float, float]]]:
     return found
 
 
-def _cost_cells(spec: SweepSpec, costs: dict[str, dict[int, tuple[float, float]]], config: str, baseline: str | None,
-                counts: _Counts) -> dict[str, Any]:
-    """The confirm table's cost columns of ``config``: means over its evaluated seeds of its own, inherited and
-    total device-hours, and the mean over the seeds both have of its total / the baseline's total (paired)."""
+def _cost_cells(
+    spec: SweepSpec,
+    costs: dict[str, dict[int, tuple[float, float]]],
+    config: str,
+    baseline: str | None,
+    counts: _Counts,
+) -> dict[str, Any]:
+    """The confirm table's cost columns of ``config``: means over its evaluated seeds of its own,
+    inherited and total device-hours, and the mean over the seeds both have of its total / the
+    baseline's total (paired)."""
     import numpy as np
 
-    seeds = sorted({s for by_seed in counts[config].values() for s in by_seed} & set(costs.get(config, {})))
+    seeds = sorted(
+        {s for by_seed in counts[config].values() for s in by_seed} & set(costs.get(config, {}))
+    )
     own = np.array([costs[config][s][0] for s in seeds]) / 3600
     inherited = np.array([costs[config][s][1] for s in seeds]) / 3600
-    cells: dict[str, Any] = {"device": spec.resources.device, "own_device_hours": _mean(own),
-                             "inherited_device_hours": _mean(inherited), "device_hours": _mean(own + inherited)}
+    cells: dict[str, Any] = {
+        "device": spec.resources.device,
+        "own_device_hours": _mean(own),
+        "inherited_device_hours": _mean(inherited),
+        "device_hours": _mean(own + inherited),
+    }
     base = costs.get(baseline, {}) if baseline else {}
     paired = [s for s in seeds if s in base and sum(base[s]) > 0]
     ratios = [sum(costs[config][s]) / sum(base[s]) for s in paired]
@@ -221,14 +301,17 @@ def _mean(x: Any) -> float | None:
 
 
 def _search_value(con: Any, p: ConfirmPlan, config: str) -> float | None:
-    """The validation objective that got ``config`` chosen; for a baseline, its search trunk's best."""
+    """The validation objective that got ``config`` chosen;
+    for a baseline, its search trunk's best."""
     chosen = next((c for c in p.chosen if c.trial == config), None)
     if chosen is not None:
         return chosen.value
     key = config.removeprefix(_BASELINE_PREFIX)
     row = con.execute(
-        f"SELECT max(best_objective) FROM trials WHERE role = '{TRUNK}' AND coalesce(stage, 'search') = 'search' AND trunk_key = ?",
-        [key]).fetchone()
+        f"SELECT max(best_objective) FROM trials WHERE role = '{TRUNK}' "
+        "AND coalesce(stage, 'search') = 'search' AND trunk_key = ?",
+        [key],
+    ).fetchone()
     return row[0] if row else None
 
 
@@ -241,9 +324,16 @@ def _per_seed(counts: _Counts, config: str, attack: str) -> tuple[list[int], Any
     return seeds, np.array([by_seed[s][1] for s in seeds]), np.array([by_seed[s][2] for s in seeds])
 
 
-def _summary_rows(spec: SweepSpec, p: ConfirmPlan, config: str, counts: _Counts, baseline: str | None,
-                  search_value: float | None, hours: tuple[float, float]) -> list[dict[str, Any]]:
-    from hamsweep import stats
+def _summary_rows(
+    spec: SweepSpec,
+    p: ConfirmPlan,
+    config: str,
+    counts: _Counts,
+    baseline: str | None,
+    search_value: float | None,
+    hours: tuple[float, float],
+) -> list[dict[str, Any]]:
+    from hamsweep.core import stats
 
     conf, metric = spec.confirm.confidence, spec.objective.primary
     chosen = next((c for c in p.chosen if c.trial == config), None)
@@ -256,23 +346,48 @@ def _summary_rows(spec: SweepSpec, p: ConfirmPlan, config: str, counts: _Counts,
         paired = [s for s in seeds if s in base_seeds]
         for key in stats.CONFIRM_KEYS:
             ci = stats.t_interval(values[key], conf)
-            row = {"config": config, "label": p.label(config), "role": BASELINE if chosen is None else CONFIRM,
-                   "number": chosen.number if chosen else None, "baseline": baseline, "attack": attack, "metric": key,
-                   "seeds": ci.n, "mean": ci.mean, "std": _null(ci.std), "ci_low": _null(ci.low), "ci_high": _null(ci.high),
-                   "confidence": conf, "search_objective": metric, "search_value": search_value,
-                   "gpu_hours": hours[0], "wall_hours": hours[1], "paired_seeds": len(paired)}
+            row = {
+                "config": config,
+                "label": p.label(config),
+                "role": BASELINE if chosen is None else CONFIRM,
+                "number": chosen.number if chosen else None,
+                "baseline": baseline,
+                "attack": attack,
+                "metric": key,
+                "seeds": ci.n,
+                "mean": ci.mean,
+                "std": _null(ci.std),
+                "ci_low": _null(ci.low),
+                "ci_high": _null(ci.high),
+                "confidence": conf,
+                "search_objective": metric,
+                "search_value": search_value,
+                "gpu_hours": hours[0],
+                "wall_hours": hours[1],
+                "paired_seeds": len(paired),
+            }
             if paired:
-                d = stats.paired_difference([values[key][seeds.index(s)] for s in paired],
-                                            [base[key][base_seeds.index(s)] for s in paired], conf)
-                row.update(diff_mean=d.mean, diff_low=_null(d.low), diff_high=_null(d.high), verdict=d.verdict())
+                d = stats.paired_difference(
+                    [values[key][seeds.index(s)] for s in paired],
+                    [base[key][base_seeds.index(s)] for s in paired],
+                    conf,
+                )
+                row.update(
+                    diff_mean=d.mean,
+                    diff_low=_null(d.low),
+                    diff_high=_null(d.high),
+                    verdict=d.verdict(),
+                )
             rows.append(row)
     return rows
 
 
-def _class_rows(spec: SweepSpec, p: ConfirmPlan, config: str, counts: _Counts, baseline: str | None) -> list[dict[str, Any]]:
+def _class_rows(
+    spec: SweepSpec, p: ConfirmPlan, config: str, counts: _Counts, baseline: str | None
+) -> list[dict[str, Any]]:
     import numpy as np
 
-    from hamsweep import stats
+    from hamsweep.core import stats
 
     conf, rows = spec.confirm.confidence, []
     for attack, by_seed in counts[config].items():
@@ -281,35 +396,63 @@ def _class_rows(spec: SweepSpec, p: ConfirmPlan, config: str, counts: _Counts, b
         base_mean, paired, diff = None, [], None
         if baseline and counts.get(baseline, {}).get(attack):
             base_seeds, bn, bc = _per_seed(counts, baseline, attack)
-            with np.errstate(invalid="ignore", divide="ignore"):  # a class without examples: nan, left out
+            # a class without examples: nan, left out
+            with np.errstate(invalid="ignore", divide="ignore"):
                 base_mean = np.nanmean(bc / bn, axis=0)
             paired = [s for s in seeds if s in base_seeds]
-            diff = _class_diff(seeds, n, correct, base_seeds, bn, bc, paired, conf) if paired else None
+            diff = (
+                _class_diff(seeds, n, correct, base_seeds, bn, bc, paired, conf) if paired else None
+            )
         names = next(iter(by_seed.values()))[0]
         for c, name in enumerate(names):
-            rows.append({"config": config, "label": p.label(config), "attack": attack, "class_id": c, "class_name": name,
-                         "seeds": len(seeds), "mean": _null(mean[c]), "ci_low": _null(low[c]), "ci_high": _null(high[c]),
-                         "baseline_mean": None if base_mean is None else _null(base_mean[c]), "confidence": conf,
-                         "paired_seeds": len(paired) if baseline else None, **_diff_cells(diff, c, len(paired), conf)})
+            rows.append(
+                {
+                    "config": config,
+                    "label": p.label(config),
+                    "attack": attack,
+                    "class_id": c,
+                    "class_name": name,
+                    "seeds": len(seeds),
+                    "mean": _null(mean[c]),
+                    "ci_low": _null(low[c]),
+                    "ci_high": _null(high[c]),
+                    "baseline_mean": None if base_mean is None else _null(base_mean[c]),
+                    "confidence": conf,
+                    "paired_seeds": len(paired) if baseline else None,
+                    **_diff_cells(diff, c, len(paired), conf),
+                }
+            )
     return rows
 
 
-def _class_diff(seeds: list[int], n: Any, correct: Any, base_seeds: list[int], bn: Any, bc: Any, paired: list[int],
-                conf: float) -> tuple[Any, Any, Any]:
+def _class_diff(
+    seeds: list[int],
+    n: Any,
+    correct: Any,
+    base_seeds: list[int],
+    bn: Any,
+    bc: Any,
+    paired: list[int],
+    conf: float,
+) -> tuple[Any, Any, Any]:
     """stats.class_differences of the config against its baseline over the seeds both have."""
-    from hamsweep import stats
+    from hamsweep.core import stats
 
     mine, theirs = [seeds.index(s) for s in paired], [base_seeds.index(s) for s in paired]
     return stats.class_differences(n[mine], correct[mine], bn[theirs], bc[theirs], conf)
 
 
-def _diff_cells(diff: tuple[Any, Any, Any] | None, c: int, paired: int, conf: float) -> dict[str, Any]:
+def _diff_cells(
+    diff: tuple[Any, Any, Any] | None, c: int, paired: int, conf: float
+) -> dict[str, Any]:
     """A class's difference columns: null without a paired seed (and for the baseline itself)."""
-    from hamsweep import stats
+    from hamsweep.core import stats
 
     if diff is None or math.isnan(diff[0][c]):
         return {"diff_mean": None, "diff_low": None, "diff_high": None, "verdict": None}
-    d = stats.Interval(float(diff[0][c]), math.nan, float(diff[1][c]), float(diff[2][c]), paired, conf)
+    d = stats.Interval(
+        float(diff[0][c]), math.nan, float(diff[1][c]), float(diff[2][c]), paired, conf
+    )
     return {"diff_mean": d.mean, "diff_low": d.low, "diff_high": d.high, "verdict": d.verdict()}
 
 
@@ -319,14 +462,16 @@ def _null(x: float) -> float | None:
 
 
 # ---- confirm.seeds: 0, the search's own checkpoints on the test split ----
-def evaluate_top(out: Path, spec: SweepSpec, k: int, *, autoattack: bool = False, console: Any = None) -> int:
+def evaluate_top(
+    out: Path, spec: SweepSpec, k: int, *, autoattack: bool = False, console: Any = None
+) -> int:
     """Evaluate the top-``k`` completed trials' best checkpoints on the test split, and the PGD-AT
     baselines (the trunks run to the end) beside them; returns how many. ``console``: rich's, for
     one line per evaluation."""
     from rich.console import Console
 
-    from hamsweep import results
-    from hamsweep.tables import top_trials
+    from hamsweep.results import store as results
+    from hamsweep.results.tables import top_trials
 
     console = console or Console()
     rows = top_trials(out, k, spec.objective.primary, completed_only=True)
@@ -338,19 +483,26 @@ def evaluate_top(out: Path, spec: SweepSpec, k: int, *, autoattack: bool = False
     for row in rows:
         evals, epoch, names = _evaluate(out, spec, row, autoattack)
         writer.append(results.CLASSES, results.eval_rows(row["trial"], epoch, evals, names))
-        worst = min(c / n for e in evals if e.attack != "clean" for n, c in zip(e.n, e.correct) if n)
+        worst = min(
+            c / n for e in evals if e.attack != "clean" for n, c in zip(e.n, e.correct) if n
+        )
         name = "PGD-AT baseline" if row.get("role") == TRUNK else f"#{row['number']}"
-        console.print(f"test evaluation: trial {row['trial']} ({name}) test worst-class robust {100 * worst:.1f}%", highlight=False)
+        console.print(
+            f"test evaluation: trial {row['trial']} ({name}) "
+            f"test worst-class robust {100 * worst:.1f}%",
+            highlight=False,
+        )
     return len(rows)
 
 
-def _evaluate(out: Path, spec: SweepSpec, row: dict[str, Any], autoattack: bool) -> tuple[list[Any], int, tuple[str, ...]]:
-    from hamsweep import data
-    from hamsweep.evaluation import evaluate_checkpoint
-    from hamsweep.train import BEST, pick_device
-    from hamsweep.trunk import trunk_config
-
-    from hamsweep.results import param_column
+def _evaluate(
+    out: Path, spec: SweepSpec, row: dict[str, Any], autoattack: bool
+) -> tuple[list[Any], int, tuple[str, ...]]:
+    from hamsweep.core import data
+    from hamsweep.core.evaluation import evaluate_checkpoint
+    from hamsweep.core.train import BEST, pick_device
+    from hamsweep.results.store import param_column
+    from hamsweep.sweep.trunk import trunk_config
 
     params = {k: row[param_column(k)] for k in spec.search.params}
     if row.get("role") == TRUNK:  # a trunk's row holds only its warm-up keys; HAM's are null
@@ -359,18 +511,24 @@ def _evaluate(out: Path, spec: SweepSpec, row: dict[str, Any], autoattack: bool)
         cfg = spec.trial_config(params)
     path = Path(out) / (row["checkpoint"] or "-") / BEST
     if not row["checkpoint"] or not path.is_file():
-        raise SpecError(str(out), f"trial {row['trial']} has no best checkpoint ({path}); it cannot be evaluated")
+        raise SpecError(
+            str(out),
+            f"trial {row['trial']} has no best checkpoint ({path}); it cannot be evaluated",
+        )
     dataset = data.load(cfg.data)
-    evals, epoch = evaluate_checkpoint(path, cfg, dataset, device=pick_device(cfg.train.device), autoattack=autoattack)
+    evals, epoch = evaluate_checkpoint(
+        path, cfg, dataset, device=pick_device(cfg.train.device), autoattack=autoattack
+    )
     return evals, epoch, tuple(dataset.classes)
 
 
 # ---- what the stage costs (printed by `hamsweep validate`) ----
 def confirm_cost(spec: SweepSpec) -> tuple[float, int]:
-    """(predicted training epochs of the confirm stage, its trials), for ``confirm.top_k`` HAM configs
-    sharing one warm-up config: per seed one trunk of ``train.epochs`` plus each config's epochs after
-    its warm-up (``ham.warmup_epochs`` averaged over its values, as ``trunk.predicted_cost`` does)."""
-    from hamsweep.trunk import plan
+    """(predicted training epochs of the confirm stage, its trials), for ``confirm.top_k`` HAM
+    configs sharing one warm-up config: per seed one trunk of ``train.epochs`` plus each config's
+    epochs after its warm-up (``ham.warmup_epochs`` averaged over its values, as
+    ``trunk.predicted_cost`` does)."""
+    from hamsweep.sweep.trunk import plan
 
     c = spec.confirm
     if not c.retrains:
@@ -378,5 +536,6 @@ def confirm_cost(spec: SweepSpec) -> tuple[float, int]:
     epochs, p = spec.train.epochs, plan(spec)
     if not p.shared:
         return float(c.seeds * (c.top_k + 1) * epochs), c.seeds * (c.top_k + 1)
-    after = sum(epochs - w for w in p.fork_epochs) / len(p.fork_epochs)  # the warm-ups forks can have
+    # the warm-ups forks can have
+    after = sum(epochs - w for w in p.fork_epochs) / len(p.fork_epochs)
     return c.seeds * (epochs + c.top_k * after), c.seeds * (c.top_k + 1)

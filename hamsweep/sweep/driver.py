@@ -16,15 +16,28 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from rich.console import Console
 
-from hamsweep import disk, rundir
-from hamsweep.errors import Interrupted, SpecError
+from hamsweep import rundir
+from hamsweep.errors import Interrupted, RestoreFailed, SpecError
 from hamsweep.spec import SweepSpec, validate
+from hamsweep.sweep import disk
+from hamsweep.sweep.jobs import TrialJobs
 
-__all__ = ["RAY_DIR", "TOKEN", "TrialJobs", "check_fits_here", "check_room", "drive", "prepare_sweep", "resolve_spec", "run_sweep", "wide_console"]
+__all__ = [
+    "RAY_DIR",
+    "TOKEN",
+    "TrialJobs",
+    "check_fits_here",
+    "check_room",
+    "drive",
+    "prepare_sweep",
+    "resolve_spec",
+    "run_sweep",
+    "wide_console",
+]
 
 RAY_DIR = "ray"  # Tune's experiment folder inside the sweep folder (state, trials, checkpoints)
 TOKEN = "ray_token"  # Ray's auth token for this sweep, mode 0600
@@ -43,28 +56,9 @@ _TUNE_ENV = {
 }
 
 
-class TrialJobs(Protocol):
-    """Trials that train outside Ray's workers (``hamsweep.launch.jobs.TrialJobs``: one SLURM job
-    each): Tune runs a light trainable that relays their results, the Recorder polls and stops them."""
-
-    def trainable(self, spec: SweepSpec, experiment: Path) -> tuple[Any, dict[str, float]]:
-        """The function Tune runs per trial, and the Ray resources it reserves."""
-
-    def start(self) -> None:
-        """Before Tune starts (a resumed sweep may have left jobs behind)."""
-
-    def poll(self) -> None:
-        """Each step of Tune's loop: look at the jobs (sparingly)."""
-
-    def stop(self, number: int | None) -> None:
-        """Trial ``number`` ended early or restarts: end its work."""
-
-    def close(self) -> None:
-        """The driver is ending: end every job whose trial did not finish."""
-
-
 def wide_console() -> Console:
-    """A console for the driver: logs (not a terminal) get wide lines instead of rich's 80 columns."""
+    """A console for the driver: logs (not a terminal) get wide lines
+    instead of rich's 80 columns."""
     import sys
 
     return Console() if sys.stdout.isatty() else Console(width=200)
@@ -78,21 +72,28 @@ def resolve_spec(spec: SweepSpec) -> SweepSpec:
 
 
 def run_sweep(
-    spec: SweepSpec, out: Path | None, *, resume: bool = False, address: str | None = None, console: Console | None = None
+    spec: SweepSpec,
+    out: Path | None,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    console: Console | None = None,
 ) -> Path:
     """Run (or resume) the sweep into ``out``; every input is checked before anything starts."""
     out = prepare_sweep(spec, out, resume=resume, check_here=address is None)
     return drive(out, address=address, console=console)
 
 
-def prepare_sweep(spec: SweepSpec, out: Path | None, *, resume: bool, check_here: bool = True) -> Path:
+def prepare_sweep(
+    spec: SweepSpec, out: Path | None, *, resume: bool, check_here: bool = True
+) -> Path:
     """Check everything a sweep needs, then write its folder's spec, manifest and token: what a
     driver, here or in a cluster job, starts from. ``check_here``: trials must fit this machine."""
     out = Path(out if out is not None else rundir.default_out(spec.name)).resolve()
     rundir.prepare(out, resume=resume)
     spec = resolve_spec(spec)
     if resume:
-        from hamsweep.results import check_schema
+        from hamsweep.results.store import check_schema
 
         check_schema(out)  # first: a newer hamsweep's folder is left as it is, never repaired
         _check_same_spec(out, spec)
@@ -106,18 +107,26 @@ def prepare_sweep(spec: SweepSpec, out: Path | None, *, resume: bool, check_here
 
 
 def check_room(spec: SweepSpec, out: Path, *, check_here: bool) -> None:
-    """Room for the sweep, checked before anything is written (``prepare_sweep``, ``hamsweep validate``):
-    ``check_here`` (its Ray runs on this machine): trials that fit this machine, and the disk of Ray's
-    session folder; always: the disk of ``out``."""
+    """Room for the sweep, checked before anything is written
+    (``prepare_sweep``, ``hamsweep validate``): ``check_here`` (its Ray runs on this machine):
+    trials that fit this machine, and the disk of Ray's session folder; always: the disk of
+    ``out``."""
     if check_here:
         check_fits_here(spec)
     disk.check_before(spec, out, _ray_temp_dir(out) if check_here else None)
 
 
-def drive(out: Path, *, address: str | None = None, console: Console | None = None, jobs: TrialJobs | None = None) -> Path:
+def drive(
+    out: Path,
+    *,
+    address: str | None = None,
+    console: Console | None = None,
+    jobs: TrialJobs | None = None,
+) -> Path:
     """Run the sweep of a prepared folder to its end, continuing from its state if it has any.
     ``address``: a running Ray cluster (its auth from the environment); None = start a local Ray.
-    ``jobs``: where trials train when not in Ray's workers (SLURM mode jobs); None = in Ray's workers."""
+    ``jobs``: where trials train when not in Ray's workers (SLURM mode jobs);
+    None = in Ray's workers."""
     console = console or wide_console()
     spec = validate(SweepSpec, rundir.read_spec(out))
     temp = _ray_temp_dir(out)
@@ -135,26 +144,39 @@ def drive(out: Path, *, address: str | None = None, console: Console | None = No
     unfinished = recorder.unfinished()
     if unfinished and recorder.budget_hit is None:
         # Tune catches Ctrl-C itself and returns from fit() with trials left: not a finished sweep
-        raise Interrupted(f"stopped with {unfinished} of {spec.search.num_samples} trials unfinished; continue with: hamsweep resume {out}")
+        raise Interrupted(
+            f"stopped with {unfinished} of {spec.search.num_samples} trials unfinished; "
+            f"continue with: hamsweep resume {out}"
+        )
     if recorder.budget_hit:
-        console.print(f"{recorder.budget_hit}: {unfinished} of {spec.search.num_samples} trials not run to the end", highlight=False)
+        console.print(
+            f"{recorder.budget_hit}: {unfinished} of {spec.search.num_samples} trials "
+            "not run to the end",
+            highlight=False,
+        )
     _finish(spec, out, console, recorder.tune_trials)
     return out
 
 
 def _check_same_spec(out: Path, spec: SweepSpec) -> None:
-    saved = validate(SweepSpec, rundir.read_spec(out)).model_dump(mode="json")  # an older spec.yaml in today's words
+    # an older spec.yaml in today's words
+    saved = validate(SweepSpec, rundir.read_spec(out)).model_dump(mode="json")
     now = spec.model_dump(mode="json")
     diff = [k for k in now if saved.get(k) != now[k]]
     if diff:
-        raise SpecError("--resume", f"the spec differs from {out / rundir.SPEC} in {', '.join(diff)}; resume with the same spec")
+        raise SpecError(
+            "--resume",
+            f"the spec differs from {out / rundir.SPEC} in {', '.join(diff)}; "
+            "resume with the same spec",
+        )
 
 
 def _set_aside_damage(out: Path) -> None:
-    """Damaged Parquet parts, journal tail or newest checkpoints are set aside, and said so (``repair``)."""
+    """Damaged Parquet parts, journal tail or newest checkpoints are set aside,
+    and said so (``repair``)."""
     import sys
 
-    from hamsweep.repair import set_aside_damage
+    from hamsweep.sweep.repair import set_aside_damage
 
     for line in set_aside_damage(out, RAY_DIR):
         print(f"hamsweep: {line}", file=sys.stderr)
@@ -165,13 +187,18 @@ def check_fits_here(spec: SweepSpec) -> None:
     r = spec.resources
     cpus = os.cpu_count() or 1
     if r.cpu > cpus:
-        raise SpecError("resources.cpu", f"{r.cpu:g} CPUs per trial but this machine has {cpus}; add --set resources.cpu={cpus} or use --address")
+        raise SpecError(
+            "resources.cpu",
+            f"{r.cpu:g} CPUs per trial but this machine has {cpus}; "
+            f"add --set resources.cpu={cpus} or use --address",
+        )
     if r.gpu > 0:
         gpus = _gpu_count()
         if r.gpu > gpus:
             raise SpecError(
-                "resources.gpu", f"{r.gpu:g} GPU per trial but this machine has {gpus}; add --set resources.gpu=0 "
-                "to train on the CPU, or run where there are GPUs (--address, or a cluster)"
+                "resources.gpu",
+                f"{r.gpu:g} GPU per trial but this machine has {gpus}; add --set resources.gpu=0 "
+                "to train on the CPU, or run where there are GPUs (--address, or a cluster)",
             )
 
 
@@ -183,7 +210,7 @@ def _gpu_count() -> int:
 
 def _check_data(spec: SweepSpec) -> None:
     """Load the data once in the driver: a missing dataset fails here, not in every trial."""
-    from hamsweep import data
+    from hamsweep.core import data
 
     data.load(spec.trial_config().data)
 
@@ -205,14 +232,24 @@ def _ray_temp_dir(out: Path) -> Path:
 def _start_ray(address: str | None, token: Path, temp: Path) -> None:
     os.environ.update(_TUNE_ENV)
     if address is None:
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # a single-machine Ray binds 127.0.0.1
+        # a single-machine Ray binds 127.0.0.1
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         os.environ["RAY_AUTH_MODE"] = "token"
         os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
     import ray
 
-    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING, "include_dashboard": False}
+    kwargs: dict[str, Any] = {
+        "log_to_driver": False,
+        "logging_level": logging.WARNING,
+        "include_dashboard": False,
+    }
     if address is None:
-        kwargs.update(num_cpus=os.cpu_count(), num_gpus=_gpu_count(), object_store_memory=256 * 1024**2, _temp_dir=str(temp))
+        kwargs.update(
+            num_cpus=os.cpu_count(),
+            num_gpus=_gpu_count(),
+            object_store_memory=256 * 1024**2,
+            _temp_dir=str(temp),
+        )
         ray.init(**kwargs)
     else:
         ray.init(address=address, **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
@@ -229,65 +266,128 @@ def _stop_ray(address: str | None, temp: Path) -> None:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _fit(spec: SweepSpec, out: Path, console: Console, jobs: TrialJobs | None, ray_temp: Path | None) -> Any:
+def _fit(
+    spec: SweepSpec, out: Path, console: Console, jobs: TrialJobs | None, ray_temp: Path | None
+) -> Any:
     from ray import tune
 
-    from hamsweep import trial
-    from hamsweep.dashboard import make_view
-    from hamsweep.recorder import Recorder
+    from hamsweep.sweep import trial
+    from hamsweep.sweep.dashboard import make_view
+    from hamsweep.sweep.recorder import Recorder
+    from hamsweep.sweep.search import restore_into_folder, resuming
 
     path = str(out / RAY_DIR)
     # a folder with Tune's state continues it. Not one with tuner.pkl alone (a driver killed before
-    # Tune's first snapshot): Tune would restore it with num_samples 1 and never propose another trial
+    # Tune's first snapshot): Tune would restore it with num_samples 1 and never propose
+    # another trial
     restore = tune.Tuner.can_restore(path) and any((out / RAY_DIR).glob("experiment_state-*.json"))
-    recorder = Recorder(spec, out, make_view(console), started=_started(out), restored=restore, jobs=jobs,
-                        ray_temp=ray_temp).activate()
+    recorder = Recorder(
+        spec,
+        out,
+        make_view(console),
+        started=_started(out),
+        restored=restore,
+        jobs=jobs,
+        ray_temp=ray_temp,
+    ).attach()
     if jobs is None:
-        fn = tune.with_parameters(trial.trainable, spec_data=spec.model_dump(mode="json"), experiment=str(out / RAY_DIR))
+        fn = tune.with_parameters(
+            trial.trainable, spec_data=spec.model_dump(mode="json"), experiment=str(out / RAY_DIR)
+        )
         trainable = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     else:
         trainable = tune.with_resources(*jobs.trainable(spec, out / RAY_DIR))
-    if restore:
-        # the searcher comes back from Tune's snapshot, the Recorder from the pickled run config
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = _tuner(spec, out, trainable, recorder)
-    try:
-        tuner.fit()
-    except Exception:
-        # a write of Tune's own (its state, the Optuna journal) that the full disk refused
-        full = recorder.disk_full or recorder.disk_low()
-        if full is None:
-            raise
-        raise full from None
+    # a searcher unpickled from Tune's snapshot reads this folder's journal and trunks, wherever
+    # the snapshot was written (a moved or copied folder)
+    with resuming(out if restore else None):
+        if restore:
+            # the searcher comes back from Tune's snapshot, the Recorder from the pickled run config
+            tuner = restore_into_folder(
+                tune.Tuner.restore(
+                    path, trainable=trainable, resume_unfinished=True, resume_errored=True
+                )
+            )
+        else:
+            tuner = _tuner(spec, out, trainable, recorder)
+        refuse = _RefuseRestart(out)
+        logging.getLogger(_TUNE_CONTROLLER).addFilter(refuse)
+        try:
+            tuner.fit()
+        except Exception:
+            if refuse.error is not None:
+                raise refuse.error from None
+            # a write of Tune's own (its state, the Optuna journal) that the full disk refused
+            full = recorder.disk_full or recorder.disk_low()
+            if full is None:
+                raise
+            raise full from None
+        finally:
+            logging.getLogger(_TUNE_CONTROLLER).removeFilter(refuse)
     return recorder
+
+
+_TUNE_CONTROLLER = "ray.tune.execution.tune_controller"
+
+
+class _RefuseRestart(logging.Filter):
+    """Tune meets a snapshot it cannot restore by logging "Failed to restore the run state." and
+    starting the experiment over: every trial again, under new ids, beside the rows of the old
+    ones. A resume stops there instead, before any trial starts (the exception goes up through
+    Tune's logging call), and says why."""
+
+    def __init__(self, out: Path) -> None:
+        super().__init__()
+        self.out, self.error = out, None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Failed to restore the run state") and record.exc_info:
+            cause = record.exc_info[1]
+            self.error = RestoreFailed(
+                f"could not restore the sweep's Tune state in {self.out / RAY_DIR} "
+                f"({type(cause).__name__}: {cause}); stopped before any trial started, rather "
+                "than start the sweep over"
+            )
+            raise self.error
+        return True
 
 
 def _tuner(spec: SweepSpec, out: Path, trainable: Any, recorder: Any) -> Any:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from hamsweep import trial
-    from hamsweep.search import make_scheduler, make_searcher
+    from hamsweep.sweep import trial
+    from hamsweep.sweep.count import trial_count
+    from hamsweep.sweep.schedulers import make_scheduler
+    from hamsweep.sweep.search import make_searcher
 
     optuna_search = make_searcher(spec, out)
-    optuna_search.waiting_sink = recorder.set_waiting  # the dashboard shows proposals waiting for a trunk epoch
-    optuna_search.confirm_sink = recorder.set_confirm  # the confirm stage, planned once the search has ended
+    # the dashboard shows proposals waiting for a trunk epoch
+    optuna_search.waiting_sink = recorder.set_waiting
+    # the confirm stage, planned once the search has ended
+    optuna_search.confirm_sink = recorder.set_confirm
     searcher = ConcurrencyLimiter(optuna_search, max_concurrent=spec.search.max_concurrent)
     # Tune counts the trunks and the confirm stage as trials; the searcher says FINISHED when it has
-    # handed out all: at most each config and one baseline per config on each seed
-    c = spec.confirm
-    trials = spec.search.num_samples + len(optuna_search.plan.trunks) + (2 * c.top_k * c.seeds if c.retrains else 0)
+    # handed out all
+    trials = trial_count(spec)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=make_scheduler(spec), num_samples=trials, reuse_actors=True,
-            trial_dirname_creator=trial.trial_dirname, trial_name_creator=trial.trial_dirname,
+            search_alg=searcher,
+            scheduler=make_scheduler(spec),
+            num_samples=trials,
+            reuse_actors=True,
+            trial_dirname_creator=trial.trial_dirname,
+            trial_name_creator=trial.trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name=RAY_DIR, storage_path=str(out), callbacks=[recorder], stop=recorder, verbose=0,
+            name=RAY_DIR,
+            storage_path=str(out),
+            callbacks=[recorder],
+            stop=recorder,
+            verbose=0,
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-            # every folder stays (a snapshot may name an older one); their weights are pruned (trial.prune_checkpoints)
+            # every folder stays (a snapshot may name an older one);
+            # their weights are pruned (trial.prune_checkpoints)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         ),
     )
@@ -304,12 +404,15 @@ def _started(out: Path) -> float:
 
 def _finish(spec: SweepSpec, out: Path, console: Console, tune_trials: set[str]) -> None:
     """Compaction, the confirm tables (or, with ``confirm.seeds: 0``, the test evaluation of the
-    search's best checkpoints), and the tables: the search's ranking, then the confirmed one. Parquet
-    rows of trials outside ``tune_trials`` come from trials a killed driver had started after Tune's
-    last snapshot, which Tune never resumes: dropped."""
-    from hamsweep import confirm, results, tables
+    search's best checkpoints), and the tables: the search's ranking, then the confirmed one.
+    Parquet rows of trials outside ``tune_trials`` come from trials a killed driver had started
+    after Tune's last snapshot, which Tune never resumes: dropped."""
+    from hamsweep.results import store as results
+    from hamsweep.results import tables
+    from hamsweep.sweep import confirm
 
-    shutil.rmtree(out / RAY_DIR / "work", ignore_errors=True)  # every trial ended: Ray holds the checkpoints
+    # every trial ended: Ray holds the checkpoints
+    shutil.rmtree(out / RAY_DIR / "work", ignore_errors=True)
     c = spec.confirm
     if c.top_k and not c.retrains:
         confirm.evaluate_top(out, spec, c.top_k, autoattack=c.autoattack, console=console)
@@ -319,6 +422,13 @@ def _finish(spec: SweepSpec, out: Path, console: Console, tune_trials: set[str])
         if confirm.write_tables(out, spec):
             console.print(tables.confirmed_table(out, spec))
         else:
-            console.print("confirm stage: no search trial ran all its epochs, so none was confirmed", highlight=False)
+            console.print(
+                "confirm stage: no search trial ran all its epochs, so none was confirmed",
+                highlight=False,
+            )
     table = results.CONFIRM if c.retrains else results.TRIALS
-    console.print(f"results: {out} (query with: hamsweep query {out} \"SELECT * FROM {table}\")", highlight=False, soft_wrap=True)
+    console.print(
+        f'results: {out} (query with: hamsweep query {out} "SELECT * FROM {table}")',
+        highlight=False,
+        soft_wrap=True,
+    )

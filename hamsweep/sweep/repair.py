@@ -30,33 +30,40 @@ DAMAGED = ".damaged"  # suffix of a piece set aside
 
 
 def set_aside_damage(out: Path, ray_dir: str) -> list[str]:
-    """Check ``out`` (see the module docstring; ``ray_dir``: Tune's experiment folder in it); returns
-    one line per piece set aside."""
+    """Check ``out`` (see the module docstring; ``ray_dir``: Tune's experiment folder in it);
+    returns one line per piece set aside."""
     return [*_parquet(Path(out)), *_journal(Path(out)), *_checkpoints(Path(out) / ray_dir)]
 
 
 def _parquet(out: Path) -> list[str]:
     import pyarrow.parquet as pq
 
-    from hamsweep.results import SCHEMAS
+    from hamsweep.results.store import SCHEMAS
 
     lines = []
     for table in SCHEMAS:
-        if unfinished := sorted((out / table).glob(".part-*.tmp")):  # a write a kill or a full disk cut short
+        # a write a kill or a full disk cut short
+        if unfinished := sorted((out / table).glob(".part-*.tmp")):
             for tmp in unfinished:
                 tmp.unlink()
-            lines.append(f"removed {len(unfinished)} unfinished temporary part file(s) of {table} (never read as rows)")
+            lines.append(
+                f"removed {len(unfinished)} unfinished temporary part file(s) of {table} (never "
+                "read as rows)"
+            )
         for part in sorted((out / table).glob("part-*.parquet")):
             try:
                 pq.read_metadata(part)
-            except Exception:  # noqa: BLE001 - any failure to read the footer is damage
+            except Exception:
                 os.replace(part, part.with_name(part.name + DAMAGED))
-                lines.append(f"set aside a damaged Parquet part of {table}: {part} -> {part.name}{DAMAGED} (its rows are not read)")
+                lines.append(
+                    f"set aside a damaged Parquet part of {table}: {part} -> {part.name}{DAMAGED} "
+                    "(its rows are not read)"
+                )
     return lines
 
 
 def _journal(out: Path) -> list[str]:
-    from hamsweep.study import JOURNAL
+    from hamsweep.results.study import JOURNAL
 
     path = out / JOURNAL
     if not path.is_file():
@@ -78,15 +85,23 @@ def _journal(out: Path) -> list[str]:
     tmp = out / f".{JOURNAL}.tmp-{os.getpid()}"
     tmp.write_bytes(raw[:good])
     os.replace(tmp, path)
-    return [f"set aside a damaged Optuna journal: kept as {kept.name}; {path.name} holds its first {good} valid bytes of {len(raw)}"]
+    return [
+        f"set aside a damaged Optuna journal: kept as {kept.name}; {path.name} holds its first "
+        f"{good} valid bytes of {len(raw)}"
+    ]
 
 
 def _checkpoints(experiment: Path) -> list[str]:
-    from hamsweep import results
-    from hamsweep.train import LAST
-    from hamsweep.trial import whole_checkpoint
+    from hamsweep.core.train import LAST
+    from hamsweep.results import store as results
+    from hamsweep.sweep.dashboard import ENDED
+    from hamsweep.sweep.trial import whole_checkpoint
 
-    ended = {r["trial"] for r in results.read_table(experiment.parent, results.TRIALS).to_pylist() if r["status"] in ("completed", "stopped", "failed")}
+    ended = {
+        r["trial"]
+        for r in results.read_table(experiment.parent, results.TRIALS).to_pylist()
+        if r["status"] in ENDED
+    }
     lines = []
     for trial in sorted(experiment.glob("trial_*")):
         if trial.name.removeprefix("trial_") in ended:
@@ -95,7 +110,11 @@ def _checkpoints(experiment: Path) -> list[str]:
         if not complete:
             continue
         newest = complete[-1] / LAST
-        if not whole_checkpoint(complete[-1]):  # a last.pt that does not load, or without its history
+        # a last.pt that does not load, or without its history
+        if not whole_checkpoint(complete[-1]):
             os.replace(newest, newest.with_name(LAST + DAMAGED))
-            lines.append(f"set aside a damaged checkpoint: {newest} -> {LAST}{DAMAGED}; {trial.name} continues from its previous one (or starts over)")
+            lines.append(
+                f"set aside a damaged checkpoint: {newest} -> {LAST}{DAMAGED}; {trial.name} "
+                "continues from its previous one (or starts over)"
+            )
     return lines

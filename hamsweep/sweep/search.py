@@ -1,39 +1,66 @@
-"""Spec -> what proposes and stops trials: the Optuna sampler and define-by-run space (through Ray's
-``OptunaSearch``), the Optuna journal in the sweep folder, and ASHA.
+"""Spec -> what proposes trials: the Optuna sampler and define-by-run space (through Ray's
+``OptunaSearch``: ``OptunaAdapter``) and the Optuna journal in the sweep folder. ASHA, which stops
+trials early, is ``hamsweep.sweep.schedulers`` (its names are re-exported here).
+``Searcher``, what Ray Tune sees, composes the adapter with the stage scheduler
+(``hamsweep.sweep.stages``), which says what to hand out when.
 
 Optuna runs with a no-op pruner here: early stopping is ASHA's job. Optuna is still told the truth
 about every trial: one intermediate value per epoch, COMPLETE only for trials that ran all their
 epochs, PRUNED for trials ASHA (or the budget) stopped, FAIL for crashed or diverged ones, so that
 TPE never takes an epoch-3 number for a final one. Every finished trial also carries the number
 hamsweep ranks it by, its best epoch's objective, as the user attribute ``best_objective`` (a PRUNED
-trial's value is Optuna's: its last intermediate value; see ``hamsweep.study``).
+trial's value is Optuna's: its last intermediate value; see ``hamsweep.results.study``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+import pickle
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import SearchAlgorithm, SearchGenerator
+from ray.tune.search import Searcher as TuneSearcher
 from ray.tune.search.optuna import OptunaSearch
 
 from hamsweep.errors import SpecError
-from hamsweep.keys import BEST, CONFIG, CONFIRM, FORK, KEEP, NUMBER, OBJECTIVE, ROLE, TRUNK, best_key, role, stage, trial_params
+from hamsweep.keys import (
+    BEST,
+    CONFIG,
+    FORK,
+    NUMBER,
+    OBJECTIVE,
+    best_key,
+    role,
+)
+from hamsweep.results.study import (
+    JOURNAL,
+    journal_storage,
+    new_study_name,
+    open_study,
+    record_baseline,
+    study_name,
+)
 from hamsweep.spec import Distribution, SweepSpec, flat
-from hamsweep.spec.trial import warmup_key
-from hamsweep.study import JOURNAL, journal_storage, new_study_name, open_study, record_baseline, study_name
-from hamsweep.trunk import Plan, plan, ready_epochs, trunk_config
+
+# Asha and make_scheduler live in schedulers; their names stay here: old sweep folders pickle
+# hamsweep.search.Asha (hamsweep._moved maps hamsweep.search to this module)
+from hamsweep.sweep.schedulers import Asha, full_epochs, make_scheduler  # noqa: F401
+from hamsweep.sweep.stages import Candidate, Stages
 
 if TYPE_CHECKING:
     import optuna
+
+    from hamsweep.sweep.trunk import Plan
 
 __all__ = [
     "BEST",
     "JOURNAL",
     "NUMBER",
     "OBJECTIVE",
+    "OptunaAdapter",
     "Searcher",
     "Space",
     "best_key",
@@ -43,7 +70,8 @@ __all__ = [
 ]
 
 
-logging.getLogger("optuna").setLevel(logging.WARNING)  # one "trial finished" line per trial is noise here
+# one "trial finished" line per trial is noise here
+logging.getLogger("optuna").setLevel(logging.WARNING)
 
 
 class Space:
@@ -53,7 +81,8 @@ class Space:
 
     def __init__(self, params: Mapping[str, Distribution], fixed: Mapping[str, Any]) -> None:
         self.params = dict(_dependency_order(params))
-        self.fixed = dict(fixed)  # the spec's values of every key, for bounds naming unsearched keys
+        # the spec's values of every key, for bounds naming unsearched keys
+        self.fixed = dict(fixed)
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         values = dict(self.fixed)
@@ -77,9 +106,15 @@ def _dependency_order(params: Mapping[str, Distribution]) -> list[tuple[str, Dis
     done: dict[str, Distribution] = {}
     pending = dict(params)
     while pending:
-        ready = [k for k, d in pending.items() if not any(b in pending for b in (d.low, d.high) if isinstance(b, str))]
+        ready = [
+            k
+            for k, d in pending.items()
+            if not any(b in pending for b in (d.low, d.high) if isinstance(b, str))
+        ]
         if not ready:
-            raise SpecError("search.params", f"the bounds of {', '.join(pending)} name each other in a cycle")
+            raise SpecError(
+                "search.params", f"the bounds of {', '.join(pending)} name each other in a cycle"
+            )
         for key in ready:
             done[key] = pending.pop(key)
     return list(done.items())
@@ -96,7 +131,9 @@ def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     s, seed = spec.search.sampler, spec.search.seed
     if s == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, constant_liar=True
+        )
     if s == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if s == "cmaes":
@@ -106,8 +143,9 @@ def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     return optuna.samplers.NSGAIISampler(seed=seed)
 
 
-class Searcher(OptunaSearch):
-    """Ray's OptunaSearch, made truthful and restart-safe:
+class OptunaAdapter(OptunaSearch):
+    """Ray's OptunaSearch, made truthful and restart-safe: it proposes from the journal study and
+    tells the study how each search trial went. What to hand out when is ``Stages``' job.
 
     - per-epoch intermediate values (``objective`` at step ``epoch``);
     - a trial that ended before ``full_epochs`` without error is PRUNED (ASHA or the budget
@@ -118,216 +156,117 @@ class Searcher(OptunaSearch):
     - an update to an Optuna trial that already finished is ignored: after a driver crash,
       Tune's snapshot can be older than the journal, and Tune re-runs such a trial;
     - on restore, Optuna trials left RUNNING by the crashed driver that Tune does not know are
-      marked FAIL, so they do not stay RUNNING forever in the study.
-
-    With shared warm-ups (``trunk.plan``) it first hands Tune each trunk (role ``trunk``, numbered
-    -1, -2, ...: not an Optuna trial), then proposals. A HAM proposal whose trunk has not reached
-    its warm-up epoch yet is **deferred**, not started: it would hold a GPU idle. Deferred
-    proposals start as soon as their epoch is there, before any new one is asked for; while they
-    wait, new proposals are asked for (up to ``max_concurrent`` waiting, never more than
-    ``num_samples`` in all), so that one whose epoch is there can run. A proposal whose trunk ended
-    without its epoch (it failed) trains its own warm-up.
-
-    Once every search trial has ended it hands out the confirm stage (``hamsweep.confirm``): the
-    ``confirm.top_k`` COMPLETE trials with the highest objective and their PGD-AT baselines on new
-    seeds, each seed's trunks first, each config as soon as its trunk's epoch is there; then FINISHED.
-    ``confirm_sink`` hears of the plan when it is made.
+      marked FAIL, so they do not stay RUNNING forever in the study;
+    - on restore, the study is read from the journal of the folder being resumed (``use_journal``),
+      not the one the pickle names.
     """
 
-    def __init__(self, *args: Any, full_epochs: int, spec: SweepSpec | None = None, folder: Path | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, full_epochs: int, **kwargs: Any) -> None:
         self.full_epochs = full_epochs
         self._last_step: dict[str, int] = {}  # trial id -> the last epoch reported to Optuna
-        self.spec, self.folder = spec, folder
-        self.plan: Plan = plan(spec) if spec is not None else Plan(reason="no spec")
-        self._trunk_trials: dict[str, str] = {}  # Tune trial id -> the key of the trunk it trains
-        self._trunks_ended: set[str] = set()  # keys of trunks whose trial ended (finished or failed)
-        # proposals waiting for a trunk epoch: (Optuna trial, config, (trunk key, epoch))
-        self._deferred: list[tuple[Any, dict[str, Any], tuple[str, int]]] = []
-        self.waiting_sink: Any = None  # called with [(trunk key, epoch)] whenever the deferred proposals change
-        self._complete: dict[str, tuple[int, dict[str, Any], float]] = {}  # COMPLETE trial id -> (number, params, best)
-        self._confirm: list[dict[str, Any]] | None = None  # confirm trials not handed out yet; None: not planned
-        self.confirm_sink: Any = None  # called with the ConfirmPlan when it is made
+        self._best: dict[str, tuple[float, int | None]] = {}  # trial id -> (best, its epoch)
         super().__init__(*args, **kwargs)
         if self._ot_study is not None:
             self._check_directions()
 
-    # ---- proposals, trunks first ----
-    def suggest(self, trial_id: str) -> dict | str | None:
-        started = set(self._trunk_trials.values())
-        if trunk := next((t for t in self.plan.trunks if t.key not in started), None):
-            self._trunk_trials[trial_id] = trunk.key
-            self._name_in_study("trunks", trunk.key, trial_id)
-            return {ROLE: TRUNK, NUMBER: -1 - trunk.index, KEEP: list(self.plan.fork_epochs), **trunk.params}
-        config = self._release_deferred(trial_id)
-        if config is None and self._may_ask():
-            config = self._ask(trial_id)
-        if config is None and self._search_over():
-            return self._next_confirm(trial_id)
-        return config
+    def _check_directions(self) -> None:
+        import optuna
 
-    def _release_deferred(self, trial_id: str) -> dict | None:
-        for i, (ot_trial, config, point) in enumerate(self._deferred):
-            if (ready := self._start(config, point)) is not None:
-                del self._deferred[i]
-                self._ot_trials[trial_id] = ot_trial
-                self._tell_waiting()
-                self._mark_started(trial_id, ready)
-                return ready
-        return None
+        wrong = [d for d in self._ot_study.directions if d != optuna.study.StudyDirection.MAXIMIZE]
+        if wrong or len(self._ot_study.directions) != (
+            len(self.metric) if isinstance(self.metric, list) else 1
+        ):
+            raise SpecError(
+                "objective",
+                f"the Optuna study {self._study_name!r} in the journal has directions "
+                f"{[d.name for d in self._ot_study.directions]}, not this spec's objective; "
+                "use a new folder",
+            )
 
-    def _mark_started(self, trial_id: str, config: dict[str, Any]) -> None:
-        """The Optuna trial names the Tune trial it runs as (``hamsweep.study``)."""
+    # ---- proposals ----
+    def trial_of(self, trial_id: str) -> Any:
+        """The Optuna trial proposed for Tune trial ``trial_id``."""
+        return self._ot_trials[trial_id]
+
+    def forget(self, trial_id: str) -> None:
+        """The proposal made for ``trial_id`` does not start as it (it waits for its trunk): its
+        Optuna trial is ``adopt``-ed by the Tune trial it starts as."""
+        del self._ot_trials[trial_id]
+
+    def adopt(self, trial_id: str, handle: Any) -> None:
+        """A proposal that waited starts as Tune trial ``trial_id``."""
+        self._ot_trials[trial_id] = handle
+
+    def mark_started(self, trial_id: str, config: dict[str, Any]) -> None:
+        """The Optuna trial names the Tune trial it runs as (``hamsweep.results.study``)."""
         ot_trial = self._ot_trials[trial_id]
         ot_trial.set_user_attr("tune_trial", trial_id)
         ot_trial.set_user_attr("role", "search")
         if config.get(FORK):
             ot_trial.set_user_attr("fork", config[FORK])
 
-    def _may_ask(self) -> bool:
-        """Whether to ask Optuna for another proposal: always, unless proposals wait for a trunk (then
-        at most ``max_concurrent`` wait, and no more are asked for than the sweep has trials)."""
-        if self.spec is None:
-            return True
-        proposed = len(self._ot_trials) + len(self._deferred)
-        waiting_ok = not self.plan.shared or len(self._deferred) < self.spec.search.max_concurrent
-        return waiting_ok and proposed < self.spec.search.num_samples
-
-    # ---- the confirm stage ----
-    def _search_over(self) -> bool:
-        """Every search proposal has been handed to Tune and has ended."""
-        if self.spec is None or self._deferred or len(self._ot_trials) < self.spec.search.num_samples:
-            return False
-        return all(t in self._completed_trials for t in self._ot_trials)
-
-    def _next_confirm(self, trial_id: str) -> dict | str | None:
-        """The next confirm trial that can start now (a trunk, or a config whose trunk epoch is
-        there); None while they wait; FINISHED once all are handed out."""
-        from ray.tune.search import Searcher as _Base
-
-        if self._confirm is None:
-            self._plan_confirm()
-        for i, config in enumerate(self._confirm or ()):
-            ready = self._start(config, self._fork_point(config))
-            if ready is not None:
-                del self._confirm[i]  # type: ignore[union-attr]
-                if role(config) == TRUNK:  # its forks train their own warm-up if it fails (_trunks_ended)
-                    self._trunk_trials[trial_id] = warmup_key(trunk_config(self.spec, trial_params(config)))  # type: ignore[arg-type]
-                self._name_in_study("confirm", trial_id, {"config": config.get(CONFIG), "seed": config.get("train.seed"),
-                                                          "role": role(config)})
-                self._tell_waiting()
-                return ready
-        return None if self._confirm else _Base.FINISHED
-
-    def _name_in_study(self, attr: str, key: str, value: Any) -> None:
+    def name_in_study(self, attr: str, key: str, value: Any) -> None:
         """A trunk or a confirm trial (no Optuna trials) in the study's user attribute ``attr``."""
         if self._ot_study is not None:
-            self._ot_study.set_user_attr(attr, {**self._ot_study.user_attrs.get(attr, {}), key: value})
+            named = {**self._ot_study.user_attrs.get(attr, {}), key: value}
+            self._ot_study.set_user_attr(attr, named)
 
-    def _plan_confirm(self) -> None:
-        from hamsweep.confirm import Chosen, plan_confirm
-
-        assert self.spec is not None  # noqa: S101 - _search_over checked it
-        best = sorted(self._complete.items(), key=lambda kv: (-kv[1][2], kv[1][0]))[: self.spec.confirm.top_k]
-        chosen = [Chosen(tid, number, params, value) for tid, (number, params, value) in best] if self.spec.confirm.retrains else []
-        p = plan_confirm(self.spec, chosen)
-        self._confirm = list(p.trials)
-        if self.confirm_sink is not None:
-            self.confirm_sink(p)
-
-    def _ask(self, trial_id: str) -> dict | None:
-        config = super().suggest(trial_id)
-        if not isinstance(config, dict):
-            return config
-        point = self._fork_point(config)
-        ready = self._start(config, point)
-        if ready is None:
-            self._deferred.append((self._ot_trials.pop(trial_id), config, point))
-            self._tell_waiting()
-        else:
-            self._mark_started(trial_id, ready)
-        return ready
-
-    def _fork_point(self, config: dict[str, Any]) -> tuple[str, int] | None:
-        """(trunk key, warm-up epoch) where a proposal (or a confirm config) forks; None: it trains
-        from scratch (a trunk, too)."""
-        if self.spec is None or not self.plan.shared or role(config) == TRUNK:
-            return None
-        cfg = self.spec.search_trial_config(trial_params(config))
-        if stage(config) == CONFIRM:  # its trunk is the PGD-AT run of its own seed, handed out before it
-            return (warmup_key(cfg), cfg.ham.warmup_epochs) if self.plan.forks(cfg) else None
-        trunk = self.plan.trunk_of(cfg)
-        return (trunk.key, cfg.ham.warmup_epochs) if trunk is not None else None
-
-    def _start(self, config: dict[str, Any], point: tuple[str, int] | None) -> dict[str, Any] | None:
-        """``config`` as it starts now (forking from its trunk), or None while its trunk epoch is not there."""
-        if point is None:
-            return config
-        key, epoch = point
-        if epoch in ready_epochs(self.folder, key):  # type: ignore[arg-type]
-            return {**config, FORK: key}
-        if key in self._trunks_ended:
-            return config  # its trunk failed before that epoch: it trains its own warm-up
-        return None
-
-    def _tell_waiting(self) -> None:
-        if self.waiting_sink is not None:
-            confirm = [p for c in self._confirm or () if (p := self._fork_point(c)) is not None]
-            self.waiting_sink([point for _, _, point in self._deferred] + confirm)
-
-    def _check_directions(self) -> None:
-        import optuna
-
-        wrong = [d for d in self._ot_study.directions if d != optuna.study.StudyDirection.MAXIMIZE]
-        if wrong or len(self._ot_study.directions) != (len(self.metric) if isinstance(self.metric, list) else 1):
-            raise SpecError(
-                "objective", f"the Optuna study {self._study_name!r} in the journal has directions "
-                f"{[d.name for d in self._ot_study.directions]}, not this spec's objective; use a new folder"
-            )
-
+    # ---- results ----
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         from optuna.exceptions import UpdateFinishedTrialError
 
-        if BEST in result and not result.get("failed"):  # as the driver's trials table keeps it (recorder)
-            self._best_seen()[trial_id] = (result[BEST], result.get("best_epoch"))
-        if isinstance(self.metric, list) or trial_id not in self._ot_trials or OBJECTIVE not in result or result.get("failed"):
+        if BEST in result and not result.get("failed"):  # as the driver's trials table keeps it
+            self._best[trial_id] = (result[BEST], result.get("best_epoch"))
+        if (
+            isinstance(self.metric, list)
+            or trial_id not in self._ot_trials
+            or OBJECTIVE not in result
+            or result.get("failed")
+        ):
             return  # Optuna keeps no intermediate values for several objectives
         if result["epoch"] <= self._last_step.get(trial_id, 0):
             return  # the last result arrives twice: as a result and with the completion
         self._last_step[trial_id] = result["epoch"]
-        try:
+        # an Optuna trial finished in the journal already is left as it is (see the class docstring)
+        with contextlib.suppress(UpdateFinishedTrialError, ValueError, RuntimeError):
             self._ot_trials[trial_id].report(result[OBJECTIVE], result["epoch"])
-        except (UpdateFinishedTrialError, ValueError, RuntimeError):
-            pass  # finished in the journal already (see the class docstring)
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> Candidate | None:
+        """Tells the study how a search trial ended. Returns (number, params, best objective) of a
+        COMPLETE trial (a candidate for the confirm stage), else None."""
         import optuna
 
-        if trial_id in self._trunk_trials:
-            self._trunks_ended.add(self._trunk_trials[trial_id])  # proposals still waiting for it train their own warm-up
-            self._record_baseline(trial_id, result or {}, error)
-            return
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return
+            return None
         if result:
-            self.on_trial_result(trial_id, result)  # Tune hands a trial's last result only to this method
+            self.on_trial_result(trial_id, result)  # Tune hands a trial's last result only here
         self._completed_trials.add(trial_id)
         state, values = self._outcome(result or {}, error)
         ot_trial = self._ot_trials[trial_id]
-        if state == optuna.trial.TrialState.COMPLETE:  # a candidate for the confirm stage
-            self._complete[trial_id] = (ot_trial.number, dict(ot_trial.params), float((result or {})[BEST]))
+        candidate = None
+        if state == optuna.trial.TrialState.COMPLETE:
+            candidate = (ot_trial.number, dict(ot_trial.params), float((result or {})[BEST]))
         self._mark_ended(ot_trial, trial_id, state, result or {}, error)
-        try:
-            self._ot_study.tell(self._ot_trials[trial_id], values, state=state)
-        except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
-            pass  # finished in the journal already
+        finished = optuna.exceptions.UpdateFinishedTrialError  # in the journal already
+        with contextlib.suppress(finished, ValueError, RuntimeError):
+            self._ot_study.tell(ot_trial, values, state=state)
+        return candidate
 
-    def _mark_ended(self, ot_trial: Any, trial_id: str, state: Any, result: Mapping[str, Any], error: bool) -> None:
-        """Before ``tell`` (a finished Optuna trial takes no more attributes): how it ended, and where its checkpoint is."""
+    def _mark_ended(
+        self, ot_trial: Any, trial_id: str, state: Any, result: Mapping[str, Any], error: bool
+    ) -> None:
+        """Before ``tell`` (a finished Optuna trial takes no more attributes): how it ended, and
+        where its checkpoint is."""
         from optuna.exceptions import UpdateFinishedTrialError
 
         reason = _reason(result, error, complete=state.name == "COMPLETE")
-        attrs: dict[str, Any] = {"status": state.name, "status_reason": reason, **self._best_attrs(trial_id)}
+        attrs: dict[str, Any] = {
+            "status": state.name,
+            "status_reason": reason,
+            **self._best_attrs(trial_id),
+        }
         if result.get("checkpoint_dir_name"):
             attrs["checkpoint"] = f"ray/trial_{trial_id}/{result['checkpoint_dir_name']}"
         try:
@@ -336,33 +275,38 @@ class Searcher(OptunaSearch):
         except (UpdateFinishedTrialError, ValueError, RuntimeError):
             pass  # finished in the journal already (see the class docstring)
 
-    def _best_seen(self) -> dict[str, tuple[float, int | None]]:
-        """Tune trial id -> (best objective, its epoch) of its last result that did not fail. Created
-        here, not in ``__init__``: a searcher pickled by an older hamsweep comes back without it."""
-        return self.__dict__.setdefault("_best", {})
-
     def _best_attrs(self, trial_id: str) -> dict[str, Any]:
         """The user attributes ``best_objective`` and ``best_epoch``: the number hamsweep ranks by
         (``trials.best_objective``); none for a trial that reported no result."""
-        if trial_id not in self._best_seen():
+        if trial_id not in self._best:
             return {}
-        best, epoch = self._best_seen()[trial_id]
+        best, epoch = self._best[trial_id]
         return {"best_objective": float(best), "best_epoch": epoch}
 
-    def _record_baseline(self, trial_id: str, result: Mapping[str, Any], error: bool) -> None:
-        """A search trunk (the PGD-AT baseline) that ended, in the baseline study; not confirm trunks."""
-        if self._ot_study is None or trial_id not in self._ot_study.user_attrs.get("trunks", {}).values():
+    def record_baseline(
+        self, trial_id: str, key: str, result: Mapping[str, Any], error: bool
+    ) -> None:
+        """A search trunk (the PGD-AT baseline of warm-up ``key``) that ended, in the baseline
+        study; not confirm trunks."""
+        if (
+            self._ot_study is None
+            or trial_id not in self._ot_study.user_attrs.get("trunks", {}).values()
+        ):
             return
         failed = error or bool(result.get("failed")) or BEST not in result
-        attrs = {"tune_trial": trial_id, "status_reason": _reason(result, error, complete=True),
-                 **({} if failed else {"best_objective": float(result[BEST]), "best_epoch": result.get("best_epoch")})}
+        attrs = {"tune_trial": trial_id, "status_reason": _reason(result, error, complete=True)}
+        if not failed:
+            attrs |= {"best_objective": float(result[BEST]), "best_epoch": result.get("best_epoch")}
         try:
-            record_baseline(self._ot_study, self._trunk_trials[trial_id], attrs, None if failed else self._values(result))
-        except (ValueError, RuntimeError):  # a value Optuna refuses (NaN): the sweep goes on without it
-            logging.getLogger(__name__).warning("the PGD-AT baseline %s is not in the baseline study", trial_id, exc_info=True)
+            record_baseline(self._ot_study, key, attrs, None if failed else self._values(result))
+        except (ValueError, RuntimeError):  # a value Optuna refuses (NaN): the sweep goes on
+            logging.getLogger(__name__).warning(
+                "the PGD-AT baseline %s is not in the baseline study", trial_id, exc_info=True
+            )
 
     def _values(self, result: Mapping[str, Any]) -> list[float]:
-        """The objective values Optuna is told for a trial that ran all its epochs: each at its best epoch."""
+        """The objective values Optuna is told for a trial that ran all its epochs: each at its
+        best epoch."""
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         return [float(result[m]) for m in metrics]
 
@@ -377,14 +321,23 @@ class Searcher(OptunaSearch):
             return TrialState.PRUNED, None
         return TrialState.COMPLETE, self._values(result)
 
-    def restore(self, checkpoint_path: str) -> None:
-        super().restore(checkpoint_path)
-        self._fail_orphans()
+    def use_journal(self, path: Path) -> None:
+        """Read and write the study in the journal at ``path``. The pickled storage names the
+        absolute path of the journal it was made with: once the sweep folder is moved or copied,
+        that is another folder's journal, or none. The study, its trials and this adapter share the
+        one storage object, so its file is swapped in place; the storage replays the new file."""
+        from optuna.storages.journal import JournalFileBackend
 
-    def _fail_orphans(self) -> None:
+        storage = self._storage
+        if Path(storage._backend._file_path) != Path(path):
+            storage._backend = JournalFileBackend(str(path))
+
+    def fail_orphans(self, waiting: Iterable[Any] = ()) -> None:
+        """Optuna trials left RUNNING that are neither Tune's (``_ot_trials``) nor ``waiting``
+        (proposals not handed out yet) become FAIL: the driver that asked for them is gone."""
         from optuna.trial import TrialState
 
-        known = {t.number for t in [*self._ot_trials.values(), *(d[0] for d in self._deferred)]}
+        known = {t.number for t in [*self._ot_trials.values(), *waiting]}
         for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.number not in known:
                 self._ot_study.tell(t.number, state=TrialState.FAIL)
@@ -393,8 +346,199 @@ class Searcher(OptunaSearch):
 def _reason(result: Mapping[str, Any], error: bool, complete: bool) -> str:
     """Why a trial ended, in words (user attribute ``status_reason``)."""
     epoch = result.get("epoch", 0)
-    return ("error: its worker failed" if error else f"failed: {result['failed']}" if result.get("failed")
-            else f"ran all {epoch} epochs" if complete else f"stopped at epoch {epoch} (ASHA or the budget)")
+    return (
+        "error: its worker failed"
+        if error
+        else f"failed: {result['failed']}"
+        if result.get("failed")
+        else f"ran all {epoch} epochs"
+        if complete
+        else f"stopped at epoch {epoch} (ASHA or the budget)"
+    )
+
+
+class Searcher(TuneSearcher):
+    """What Ray Tune sees: ``stages`` (``hamsweep.sweep.stages.Stages``) says what to hand out next,
+    ``optuna`` (``OptunaAdapter``) proposes and keeps the journal study. Tune pickles it into the
+    sweep folder (``save``, and whole with the Tuner); one pickled before the split, a single
+    OptunaSearch holding both jobs' attributes, comes back as the two (``_split_old_state``)."""
+
+    def __init__(self, optuna: OptunaAdapter, stages: Stages) -> None:
+        super().__init__(metric=optuna.metric, mode=optuna.mode)
+        self.optuna, self.stages = optuna, stages
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if (trunk := self.stages.next_trunk(trial_id)) is not None:
+            self.optuna.name_in_study("trunks", self.stages.trunk_trials[trial_id], trial_id)
+            return trunk
+        config = self._release(trial_id)
+        if config is None and self.stages.may_ask():
+            config = self._ask(trial_id)
+        if config is None and self.stages.search_over():
+            return self._next_confirm(trial_id)
+        return config
+
+    def _release(self, trial_id: str) -> dict | None:
+        if (released := self.stages.release(trial_id)) is None:
+            return None
+        handle, config = released
+        self.optuna.adopt(trial_id, handle)
+        self.optuna.mark_started(trial_id, config)
+        return config
+
+    def _ask(self, trial_id: str) -> dict | None:
+        config = self.optuna.suggest(trial_id)
+        if not isinstance(config, dict):
+            return config
+        ready = self.stages.offer(trial_id, self.optuna.trial_of(trial_id), config)
+        if ready is None:
+            self.optuna.forget(trial_id)
+        else:
+            self.optuna.mark_started(trial_id, ready)
+        return ready
+
+    def _next_confirm(self, trial_id: str) -> dict | str | None:
+        config = self.stages.next_confirm(trial_id)
+        if isinstance(config, dict):
+            named = {"config": config.get(CONFIG), "seed": config.get("train.seed")}
+            self.optuna.name_in_study("confirm", trial_id, {**named, "role": role(config)})
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.optuna.on_trial_result(trial_id, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        if trial_id in self.stages.trunk_trials:
+            key = self.stages.trunk_ended(trial_id)
+            self.optuna.record_baseline(trial_id, key, result or {}, error)
+        elif self.stages.running(trial_id):
+            candidate = self.optuna.on_trial_complete(trial_id, result, error)
+            self.stages.search_ended(trial_id, candidate)
+
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict, **spec: Any
+    ) -> bool:
+        return self.optuna.set_search_properties(metric, mode, config, **spec)
+
+    # ---- the scheduler's parts that the driver sets or reads through the searcher ----
+    @property
+    def spec(self) -> SweepSpec | None:
+        return self.stages.spec
+
+    @property
+    def plan(self) -> Plan:
+        return self.stages.plan
+
+    @property
+    def waiting_sink(self) -> Any:
+        return self.stages.waiting_sink
+
+    @waiting_sink.setter
+    def waiting_sink(self, sink: Any) -> None:
+        self.stages.waiting_sink = sink
+
+    @property
+    def confirm_sink(self) -> Any:
+        return self.stages.confirm_sink
+
+    @confirm_sink.setter
+    def confirm_sink(self, sink: Any) -> None:
+        self.stages.confirm_sink = sink
+
+    # ---- Tune's snapshots ----
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__.copy(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(_split_old_state(pickle.load(f)))
+        self._in_resumed_folder()
+        self.optuna.fail_orphans(self.stages.waiting_handles())
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(_split_old_state(state))
+        self._in_resumed_folder()
+
+    def _in_resumed_folder(self) -> None:
+        """Read the journal and the trunk checkpoints of the folder being resumed (``resuming``)."""
+        if _resumed is not None:
+            self.stages.folder = _resumed
+            self.optuna.use_journal(_resumed / JOURNAL)
+
+
+_resumed: Path | None = None  # the sweep folder this process resumes (``resuming``)
+
+
+class Generator(SearchGenerator):
+    """What Tune builds around the searcher, built on restore (``restore_into_folder``) so that
+    it restores into the folder being resumed: Tune's own gives the trials it creates after a
+    restore the storage of the experiment it pickled, the absolute path of the folder the sweep
+    was written in (the trials it restores get the folder being resumed), so a moved or copied
+    sweep would put new trials' checkpoints in the old folder, or fail them where it is gone."""
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        if _resumed is not None and self._experiment is not None:
+            # the driver's storage_path is the sweep folder (the spec's storage and the
+            # experiment's are one object)
+            self._experiment.storage.storage_fs_path = _resumed.as_posix()
+
+
+def restore_into_folder(tuner: Any) -> Any:
+    """``tuner`` (restored by ``Tuner.restore``) with a ``Generator`` around its searcher, which
+    the sweep's pickled Tuner holds bare (Tune itself wraps it in a plain SearchGenerator)."""
+    config = tuner._local_tuner._tune_config
+    if not isinstance(config.search_alg, SearchAlgorithm):
+        config.search_alg = Generator(config.search_alg)
+    return tuner
+
+
+@contextlib.contextmanager
+def resuming(folder: Path | None) -> Iterator[None]:
+    """While the driver restores and runs Tune's snapshot of ``folder``: a Searcher unpickled from
+    it reads ``folder``'s journal and trunk checkpoints. The snapshot holds the absolute paths of
+    the folder it was written in, and a user may have moved or copied the sweep folder since (the
+    old one is then another sweep's, or gone). Tune hands the searcher a staging copy of its
+    state, never the sweep folder, so the driver says which folder it is. None: a new sweep."""
+    global _resumed
+    _resumed = None if folder is None else Path(folder).absolute()
+    try:
+        yield
+    finally:
+        _resumed = None
+
+
+# the pre-split Searcher's attributes that are the stage scheduler's now (the rest is Optuna's)
+_STAGE_ATTRS = {
+    "spec": "spec",
+    "folder": "folder",
+    "plan": "plan",
+    "_trunk_trials": "trunk_trials",
+    "_trunks_ended": "trunks_ended",
+    "_deferred": "deferred",
+    "_complete": "complete",
+    "_confirm": "confirm",
+    "waiting_sink": "waiting_sink",
+    "confirm_sink": "confirm_sink",
+}
+
+
+def _split_old_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The state of a Searcher pickled before the split (hamsweep 8b70c57 and before: one
+    OptunaSearch with the stage attributes) as the two parts; a state after the split as it is."""
+    if "stages" in state:
+        return state
+    old = dict(state)
+    stages = Stages()  # no spec: its plan is the pickled one, below
+    stages.__dict__.update({new: old.pop(key) for key, new in _STAGE_ATTRS.items() if key in old})
+    stages.started = set(old.get("_ot_trials", {}))  # the proposals handed to Tune ...
+    stages.ended = set(old.get("_completed_trials", ()))  # ... and those that ended
+    optuna = OptunaAdapter.__new__(OptunaAdapter)
+    optuna.__dict__.update({"_last_step": {}, "_best": {}, **old})  # _best came later
+    return {"_metric": optuna._metric, "_mode": optuna._mode, "optuna": optuna, "stages": stages}
 
 
 def make_searcher(spec: SweepSpec, folder: Path) -> Searcher:
@@ -406,60 +550,19 @@ def make_searcher(spec: SweepSpec, folder: Path) -> Searcher:
     name = study_name(folder) or new_study_name(spec.name)  # a folder keeps its study's name
     metrics = spec.objective.metrics
     multi = len(metrics) > 1
-    searcher = Searcher(
+    defaults = fresh and spec.search.start_with_defaults and spec.search.params
+    optuna = OptunaAdapter(
         space=Space(spec.search.params, flat(spec.trial_config())),
         metric=[best_key(m) for m in metrics] if multi else BEST,
         mode=["max"] * len(metrics) if multi else "max",
-        points_to_evaluate=[spec.defaults()] if fresh and spec.search.start_with_defaults and spec.search.params else None,
+        points_to_evaluate=[spec.defaults()] if defaults else None,
         sampler=make_sampler(spec),
         study_name=name,
         storage=journal_storage(journal),
         full_epochs=full_epochs(spec),
-        spec=spec,
-        folder=Path(folder),
     )
     if not fresh:  # a driver killed before Tune's first snapshot: nothing it proposed will run
-        searcher._fail_orphans()
-    if searcher._ot_study.metric_names is None:  # optuna-dashboard names the objective, not "Objective 0"
-        searcher._ot_study.set_metric_names(list(metrics))
-    return searcher
-
-
-def full_epochs(spec: SweepSpec) -> int:
-    """Epochs a trial runs when nothing stops it early (ASHA's max_t)."""
-    return spec.scheduler.max_epochs or spec.train.epochs
-
-
-class Asha(ASHAScheduler):
-    """ASHA over the search trials only: a trunk is the PGD-AT baseline and runs to its last epoch,
-    never compared at a rung, and so does every trial of the confirm stage. Rungs count epochs of
-    the full schedule (a fork's first result is epoch ``warmup_epochs + 1``), so a fork meets the
-    same rungs as the trial trained from scratch."""
-
-    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        if role(trial.config) != TRUNK and stage(trial.config) != CONFIRM:
-            super().on_trial_add(tune_controller, trial)
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        if trial.trial_id not in self._trial_info:
-            return self.CONTINUE
-        return super().on_trial_result(tune_controller, trial, result)
-
-    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
-        if trial.trial_id in self._trial_info:
-            super().on_trial_complete(tune_controller, trial, result)
-
-    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-        if trial.trial_id in self._trial_info:
-            super().on_trial_remove(tune_controller, trial)
-
-
-def make_scheduler(spec: SweepSpec) -> ASHAScheduler | None:
-    """ASHA on the epoch counter, comparing the primary objective; None for ``scheduler: none``."""
-    s = spec.scheduler
-    if s.name == "none":
-        return None
-    return Asha(
-        time_attr="epoch", metric=OBJECTIVE, mode="max", max_t=full_epochs(spec),
-        grace_period=s.grace_period, reduction_factor=s.reduction_factor,
-    )
+        optuna.fail_orphans()
+    if optuna._ot_study.metric_names is None:  # optuna-dashboard names it, not "Objective 0"
+        optuna._ot_study.set_metric_names(list(metrics))
+    return Searcher(optuna, Stages(spec, Path(folder)))

@@ -10,11 +10,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hamsweep import rundir
 from hamsweep.errors import SpecError
-from hamsweep.results import CLASSES, EPOCHS, PartWriter, class_rows, compact, epoch_rows, read_table
+from hamsweep.results.read import read_table
+from hamsweep.results.schema import (
+    CLASS_STATE,
+    CLASSES,
+    EPOCHS,
+    class_rows,
+    class_state_rows,
+    epoch_rows,
+)
+from hamsweep.results.writer import PartWriter, compact
 from hamsweep.spec import TrialConfig, config_diff
 
 if TYPE_CHECKING:
-    from hamsweep.train import EpochRecord
+    from hamsweep.core.train import EpochRecord
 
 __all__ = ["TRIAL", "epoch_line", "train_one"]
 
@@ -24,7 +33,9 @@ TRIAL = "train"  # the trial id of a standalone run in its tables
 def _check_same_config(out: Path, cfg: TrialConfig) -> None:
     if diff := config_diff(rundir.read_spec(out), cfg):
         raise SpecError(
-            "--resume", f"the config differs from {out / rundir.SPEC} in {', '.join(diff)}; resume with the same spec and --set"
+            "--resume",
+            f"the config differs from {out / rundir.SPEC} in {', '.join(diff)}; resume with the "
+            "same spec and --set",
         )
 
 
@@ -45,9 +56,12 @@ def epoch_line(record: EpochRecord, epochs: int) -> str:
     return line
 
 
-def train_one(name: str, cfg: TrialConfig, out: Path | None, *, resume: bool, console: Console | None = None) -> Path:
-    """Check the folder, load the data, then train; nothing is written before the inputs are known good."""
-    from hamsweep import data, train
+def train_one(
+    name: str, cfg: TrialConfig, out: Path | None, *, resume: bool, console: Console | None = None
+) -> Path:
+    """Check the folder, load the data, then train; nothing is written before the
+    inputs are known good."""
+    from hamsweep.core import data, train
 
     console = console or Console()
     out = Path(out) if out is not None else rundir.default_out(name)
@@ -62,21 +76,29 @@ def train_one(name: str, cfg: TrialConfig, out: Path | None, *, resume: bool, co
     def report(record: EpochRecord, _checkpoint: Path) -> None:
         writer.append(EPOCHS, epoch_rows(TRIAL, record, cfg.eval.cvar_fraction))
         writer.append(CLASSES, class_rows(TRIAL, record, dataset.classes))
+        writer.append(CLASS_STATE, class_state_rows(TRIAL, record, dataset.classes))
         console.print(epoch_line(record, cfg.train.epochs), highlight=False, soft_wrap=True)
 
     if resume and (record := train.last_record(out / "checkpoint")) is not None:
-        report(record, out / "checkpoint")  # the killed run may have died between checkpoint and Parquet
+        # the killed run may have died between checkpoint and Parquet
+        report(record, out / "checkpoint")
     with _progress(console) as (progress, task):
+
         def on_batch(done: int, total: int) -> None:
             if progress is not None:
                 progress.update(task, completed=done, total=total)
 
         train.run(cfg, workdir=out, report=report, on_batch=on_batch, dataset=dataset)
     compact(out)
-    from hamsweep.summary import render
+    from hamsweep.report.summary import render
 
     console.print(render(read_table(out, EPOCHS), read_table(out, CLASSES), cfg.eval.cvar_fraction))
-    console.print(f"results: {out} (Parquet tables in {out}/epochs and {out}/classes)", highlight=False, soft_wrap=True)
+    tables = [EPOCHS, CLASSES] + ([CLASS_STATE] if (out / CLASS_STATE).is_dir() else [])
+    console.print(
+        f"results: {out} (Parquet tables in {', '.join(f'{out}/{t}' for t in tables)})",
+        highlight=False,
+        soft_wrap=True,
+    )
     return out
 
 
@@ -86,8 +108,12 @@ class _progress:
     def __init__(self, console: Console) -> None:
         self.progress = (
             Progress(
-                TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                console=console, transient=True,
+                TextColumn("training"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
             )
             if console.is_terminal
             else None

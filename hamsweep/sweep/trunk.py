@@ -22,19 +22,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hamsweep.core import datasets, methods
 from hamsweep.spec import SweepSpec, TrialConfig
 from hamsweep.spec.trial import WARMUP_FREE_KEYS, warmup_key
 
 __all__ = ["TRUNKS", "Plan", "Trunk", "epoch_dir", "plan", "ready_epochs", "snapshot"]
 
-TRUNKS = "trunks"  # in the sweep folder: trunks/<key>/epoch-NNNN/, a copy of the trunk's checkpoint folder
+# in the sweep folder: trunks/<key>/epoch-NNNN/, a copy of the trunk's checkpoint folder
+TRUNKS = "trunks"
 _EPOCH = "epoch-"  # a trunk epoch's folder: epoch-0020
 MAX_TRUNKS = 16  # more combinations than this share too little to be worth a full PGD-AT run each
 
 
 @dataclass(frozen=True)
 class Trunk:
-    """One shared warm-up: the searched warm-up keys' values, and the key of the config they give."""
+    """One shared warm-up: the searched warm-up keys' values,
+    and the key of the config they give."""
 
     key: str  # ``spec.trial.warmup_key`` of its config
     params: dict[str, Any]  # searched warm-up keys -> this trunk's value
@@ -43,10 +46,12 @@ class Trunk:
 
 @dataclass(frozen=True)
 class Plan:
-    """The trunks of a sweep and the epochs forks may start from; empty with ``reason`` when nothing is shared."""
+    """The trunks of a sweep and the epochs forks may start from;
+    empty with ``reason`` when nothing is shared."""
 
     trunks: tuple[Trunk, ...] = ()
-    fork_epochs: tuple[int, ...] = ()  # values of ham.warmup_epochs a trial may have (1..epochs-1)
+    # the fork epochs a trial may have (values of ham.warmup_epochs in 1..epochs-1)
+    fork_epochs: tuple[int, ...] = ()
     reason: str | None = None  # why nothing is shared
 
     @property
@@ -54,12 +59,13 @@ class Plan:
         return bool(self.trunks)
 
     def forks(self, cfg: TrialConfig) -> bool:
-        """Whether a trial of this config forks from a trunk: the sweep shares, it trains HAM, and its
-        warm-up is neither empty nor the whole run."""
-        return self.shared and cfg.train.method == "ham" and 0 < cfg.ham.warmup_epochs < cfg.train.epochs
+        """Whether a trial of this config forks from a trunk: the sweep shares, and its method forks
+        (HAM) with a warm-up that is neither empty nor the whole run (``Method.fork_epoch``)."""
+        return self.shared and cfg.fork_epoch() is not None
 
     def trunk_of(self, cfg: TrialConfig) -> Trunk | None:
-        """The search trunk a trial forks from, or None (not HAM, no warm-up, or a warm-up of its own)."""
+        """The search trunk a trial forks from,
+        or None (not HAM, no warm-up, or a warm-up of its own)."""
         if not self.forks(cfg):
             return None
         key = warmup_key(cfg)
@@ -68,7 +74,7 @@ class Plan:
 
 def trunk_config(spec: SweepSpec, params: dict[str, Any]) -> TrialConfig:
     """A trunk's config: the search trial of ``params`` trained as PGD-AT to the last epoch."""
-    return spec.search_trial_config({**params, "train.method": "pgd_at"})
+    return spec.search_trial_config({**params, "train.method": methods.TRUNK_METHOD})
 
 
 def plan(spec: SweepSpec) -> Plan:
@@ -76,28 +82,39 @@ def plan(spec: SweepSpec) -> Plan:
     params = spec.search.params
     if not spec.search.share_warmup:
         return Plan(reason="search.share_warmup is false")
-    methods = params["train.method"].choices if "train.method" in params else (spec.train.method,)
-    if "ham" not in (methods or ()):
-        return Plan(reason="no trial trains with HAM")
-    epochs = _values(spec, "ham.warmup_epochs")
-    fork_epochs = tuple(sorted({int(w) for w in epochs or () if 0 < int(w) < spec.train.epochs}))
+    names = params["train.method"].choices if "train.method" in params else (spec.train.method,)
+    forking = [m for m in map(methods.get, names or ()) if m.fork_key]
+    if not forking:
+        forkers = [m.title for m in map(methods.get, methods.names()) if m.fork_key]
+        return Plan(reason=f"no trial trains with {' or '.join(forkers)}")
+    keys = [m.fork_key for m in forking if m.fork_key]
+    epochs = [w for key in keys for w in _values(spec, key) or ()]
+    fork_epochs = tuple(sorted({int(w) for w in epochs if 0 < int(w) < spec.train.epochs}))
     if not fork_epochs:
-        return Plan(reason="no trial has a warm-up to share (ham.warmup_epochs is 0 or the whole run)")
+        return Plan(
+            reason=f"no trial has a warm-up to share ({' / '.join(keys)} is 0 or the whole run)"
+        )
     searched = [k for k in params if k not in WARMUP_FREE_KEYS]
     values = {k: _values(spec, k) for k in searched}
     if continuous := [k for k, v in values.items() if v is None]:
         kinds = ", ".join(f"{k} ({params[k].kind})" for k in continuous)
-        return Plan(reason=f"{kinds} is searched over a range, so each trial has a warm-up of its own; "
-                           "search it with choice (or int) to share")
+        return Plan(
+            reason=f"{kinds} is searched over a range, so each trial has a warm-up of its own; "
+            "search it with choice (or int) to share"
+        )
     combos = [dict(zip(values, c)) for c in itertools.product(*values.values())]
     if len(combos) > MAX_TRUNKS:
-        return Plan(reason=f"the searched warm-up keys ({', '.join(searched)}) make {len(combos)} trunks (at most {MAX_TRUNKS})")
+        return Plan(
+            reason=f"the searched warm-up keys ({', '.join(searched)}) make {len(combos)} trunks "
+            f"(at most {MAX_TRUNKS})"
+        )
     trunks = tuple(Trunk(warmup_key(trunk_config(spec, c)), c, i) for i, c in enumerate(combos))
     return Plan(trunks, fork_epochs)
 
 
 def _values(spec: SweepSpec, key: str) -> tuple[Any, ...] | None:
-    """Every value ``key`` can take in the sweep; None for a continuous range (or a bound naming a key)."""
+    """Every value ``key`` can take in the sweep;
+    None for a continuous range (or a bound naming a key)."""
     dist = spec.search.params.get(key)
     if dist is None:
         section, name = key.split(".")
@@ -122,7 +139,8 @@ def snapshot(checkpoint_dir: Path, dest: Path) -> None:
         return  # a restarted trunk reaches the same epoch again, with the same state
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(checkpoint_dir, tmp, ignore=shutil.ignore_patterns(".*"))  # never a temporary file
+    # never a temporary file
+    shutil.copytree(checkpoint_dir, tmp, ignore=shutil.ignore_patterns(".*"))
     os.replace(tmp, dest)
 
 
@@ -150,37 +168,47 @@ class Cost:
 
 def predicted_cost(spec: SweepSpec) -> Cost:
     """Expected epochs under ASHA's rungs (a trial reaches rung k with probability 1/rf^k) with
-    ``ham.warmup_epochs`` uniform over its values; trunks run all ``train.epochs``."""
+    the fork epoch (``ham.warmup_epochs``) uniform over its values; trunks run all
+    ``train.epochs``."""
     n, p = spec.search.num_samples, plan(spec)
     segments = _asha_segments(spec)
     without = n * sum(length * prob for _, length, prob in segments)
     if not p.shared:
         return Cost(without, without, 0)
-    after = [sum(max(0, start + length - max(start, w)) * prob for start, length, prob in segments) for w in p.fork_epochs]
+    after = [
+        sum(max(0, start + length - max(start, w)) * prob for start, length, prob in segments)
+        for w in p.fork_epochs
+    ]
     shared = len(p.trunks) * spec.train.epochs + n * sum(after) / len(after)
     return Cost(without, shared, len(p.trunks) * len(p.fork_epochs))
 
 
 def _asha_segments(spec: SweepSpec) -> list[tuple[int, int, float]]:
-    """(first epoch, epochs, probability a trial runs them) between ASHA's rungs, as Ray places them."""
+    """(first epoch, epochs, probability a trial runs them) between ASHA's rungs,
+    as Ray places them."""
     import math
 
     s, max_t = spec.scheduler, spec.scheduler.max_epochs or spec.train.epochs
     if s.name == "none":
         return [(0, max_t, 1.0)]
     rungs = int(math.log(max_t / s.grace_period) / math.log(s.reduction_factor) + 1)
-    points = [0, *sorted({min(max_t, int(s.grace_period * s.reduction_factor**k)) for k in range(rungs)}), max_t]
+    points = [
+        0,
+        *sorted({min(max_t, int(s.grace_period * s.reduction_factor**k)) for k in range(rungs)}),
+        max_t,
+    ]
     points = sorted(set(points))
-    return [(a, b - a, s.reduction_factor ** -i) for i, (a, b) in enumerate(zip(points, points[1:]))]
-
-
-_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "imagenette": 10, "stl10": 10}  # else data.num_classes (imagefolder: approximate)
+    return [
+        (a, b - a, s.reduction_factor**-i) for i, (a, b) in enumerate(itertools.pairwise(points))
+    ]
 
 
 def checkpoint_bytes(spec: SweepSpec) -> int:
-    """Disk one trunk checkpoint takes: the weights in last.pt and best.pt, and SGD's momentum (float32)."""
-    from hamsweep import models
+    """Disk one trunk checkpoint takes: the weights in last.pt and best.pt,
+    and SGD's momentum (float32)."""
+    from hamsweep.core import models
 
-    classes = _CLASSES.get(spec.data.name, spec.data.num_classes)
+    # the model is sized before any data is read (imagefolder: data.num_classes stands in)
+    classes = datasets.class_count(spec.data.name, spec.data.num_classes)
     model = models.build(spec.model, classes, in_channels=3)  # every dataset here is RGB
     return 3 * 4 * sum(p.numel() for p in model.parameters())

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from hamsweep.metrics import SUMMARY_KEYS, class_accuracy, class_counts, cvar_k, summarize, wilson_lower
+from hamsweep.core.metrics import (
+    SUMMARY_KEYS,
+    class_accuracy,
+    class_counts,
+    cvar_k,
+    summarize,
+    wilson_lower,
+)
 
 Z = 1.959963984540054
 
@@ -31,7 +38,8 @@ def test_class_accuracy_table() -> None:
 
 def test_wilson_textbook_values() -> None:
     assert wilson_lower(np.array([10]), np.array([8]))[0] == pytest.approx(0.4902, abs=1e-4)
-    assert wilson_lower(np.array([10]), np.array([10]))[0] == pytest.approx(10 / (10 + Z**2))  # = 0.7225
+    # = 0.7225
+    assert wilson_lower(np.array([10]), np.array([10]))[0] == pytest.approx(10 / (10 + Z**2))
     assert wilson_lower(np.array([10]), np.array([0]))[0] == 0.0
 
 
@@ -52,19 +60,25 @@ def test_summarize_table() -> None:
     s = summarize(N, CORRECT, cvar_fraction=0.2)
     accs = [1.0, 0.25, 0.8]  # the three classes with examples
     m = sum(accs) / 3
-    assert s["mean"] == pytest.approx(m)  # 0.68333, class-balanced (the example-weighted mean is 19/35)
+    # 0.68333, class-balanced (the example-weighted mean is 19/35)
+    assert s["mean"] == pytest.approx(m)
     assert s["worst"] == 0.25
     assert s["std"] == pytest.approx(math.sqrt(sum((a - m) ** 2 for a in accs) / 3))  # 0.31710
     assert s["cvar"] == 0.25  # k = ceil(0.2 * 3) = 1
-    assert s["lcb"] == pytest.approx(min(_wilson_lower_by_hand(c, n) for c, n in [(10, 10), (5, 20), (4, 5)]))
-    assert s["lcb"] == pytest.approx(_wilson_lower_by_hand(5, 20))  # 5/20 is the least certain-good class
+    assert s["lcb"] == pytest.approx(
+        min(_wilson_lower_by_hand(c, n) for c, n in [(10, 10), (5, 20), (4, 5)])
+    )
+    # 5/20 is the least certain-good class
+    assert s["lcb"] == pytest.approx(_wilson_lower_by_hand(5, 20))
     assert s["worst_class"] == 1
     assert s["n"] == 35
     assert set(s) == {*SUMMARY_KEYS, "worst_class", "n"}
     assert all(type(s[k]) is float for k in SUMMARY_KEYS) and type(s["worst_class"]) is int
 
 
-@pytest.mark.parametrize(("fraction", "cvar"), [(0.5, (0.25 + 0.8) / 2), (0.66, (0.25 + 0.8) / 2), (1.0, 2.05 / 3)])
+@pytest.mark.parametrize(
+    ("fraction", "cvar"), [(0.5, (0.25 + 0.8) / 2), (0.66, (0.25 + 0.8) / 2), (1.0, 2.05 / 3)]
+)
 def test_summarize_cvar_k(fraction: float, cvar: float) -> None:
     assert summarize(N, CORRECT, cvar_fraction=fraction)["cvar"] == pytest.approx(cvar)
 
@@ -81,7 +95,15 @@ def test_summarize_without_examples() -> None:
 
 @pytest.mark.parametrize(
     ("num_classes", "fraction", "k"),
-    [(10, 0.2, 2), (100, 0.07, 7), (50, 0.14, 7), (100, 0.2, 20), (3, 0.01, 1), (7, 1.0, 7), (3, 0.2, 1)],
+    [
+        (10, 0.2, 2),
+        (100, 0.07, 7),
+        (50, 0.14, 7),
+        (100, 0.2, 20),
+        (3, 0.01, 1),
+        (7, 1.0, 7),
+        (3, 0.2, 1),
+    ],
 )
 def test_cvar_k(num_classes: int, fraction: float, k: int) -> None:
     # 0.07 * 100 and 0.14 * 50 are 7.000000000000001 in floating point: still k = 7
@@ -91,7 +113,9 @@ def test_cvar_k(num_classes: int, fraction: float, k: int) -> None:
 def test_class_counts_matches_a_loop() -> None:
     g = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 6, (1000,), generator=g)  # class 6 of 7 never appears
-    pred = torch.where(torch.rand(1000, generator=g) < 0.6, labels, torch.randint(0, 7, (1000,), generator=g))
+    pred = torch.where(
+        torch.rand(1000, generator=g) < 0.6, labels, torch.randint(0, 7, (1000,), generator=g)
+    )
     n, correct = class_counts(pred, labels, num_classes=7)
     assert n.dtype == correct.dtype == torch.int64 and n.shape == correct.shape == (7,)
     for c in range(7):
@@ -108,10 +132,18 @@ def test_class_counts_empty_batch() -> None:
 @pytest.mark.parametrize(
     ("pred", "labels", "match"),
     [
-        (torch.zeros(3, dtype=torch.long), torch.zeros(4, dtype=torch.long), "must both have shape"),
+        (
+            torch.zeros(3, dtype=torch.long),
+            torch.zeros(4, dtype=torch.long),
+            "must both have shape",
+        ),
         (torch.zeros(3, 10), torch.zeros(3, dtype=torch.long), "must both have shape"),
         (torch.zeros(3), torch.zeros(3), "integer class indices"),
-        (torch.zeros(3, dtype=torch.long), torch.tensor([0, 1, 5]), r"must be in 0\.\.4 but got values in 0\.\.5"),
+        (
+            torch.zeros(3, dtype=torch.long),
+            torch.tensor([0, 1, 5]),
+            r"must be in 0\.\.4 but got values in 0\.\.5",
+        ),
         (torch.zeros(3, dtype=torch.long), torch.tensor([0, -1, 2]), r"labels must be in 0\.\.4"),
     ],
 )

@@ -7,13 +7,15 @@ import re
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import killed_and_resumed, tiny_config
 
-from hamsweep import ham
+from hamsweep.core.methods import ham
+from hamsweep.core.train import EpochRecord, Trainer, lr_at, run
 from hamsweep.errors import DivergenceError, SpecError
-from hamsweep.results import EPOCHS, PartWriter, epoch_rows, read_table
-from hamsweep.standalone import epoch_line
-from hamsweep.train import EpochRecord, Trainer, last_record, lr_at, run
+from hamsweep.results.read import read_table
+from hamsweep.results.schema import EPOCHS, epoch_rows
+from hamsweep.results.writer import PartWriter
+from hamsweep.sweep.standalone import epoch_line
 
 
 def _states_equal(a: dict, b: dict) -> bool:
@@ -39,7 +41,9 @@ def test_warmup_epochs_are_exactly_pgd_at(tmp_path, dataset):
     assert rec_a2.phase == "ham" and rec_a2.attack_steps < rec_a2.attack_steps_full
 
 
-def test_ham_keeping_every_easy_ae_with_uniform_weights_trains_exactly_like_pgd_at(tmp_path, dataset):
+def test_ham_keeping_every_easy_ae_with_uniform_weights_trains_exactly_like_pgd_at(
+    tmp_path, dataset
+):
     ham = tiny_config(train={"epochs": 1}, ham={"warmup_epochs": 0, "keep_easy_fraction": 1.0})
     pgd_at = tiny_config(train={"epochs": 1, "method": "pgd_at"})
     a, b = Trainer(ham, tmp_path / "a", dataset), Trainer(pgd_at, tmp_path / "b", dataset)
@@ -49,21 +53,12 @@ def test_ham_keeping_every_easy_ae_with_uniform_weights_trains_exactly_like_pgd_
 
 
 def test_resume_from_checkpoint_continues_exactly(tmp_path, dataset):
-    cfg = tiny_config(train={"epochs": 3}, ham={"warmup_epochs": 1, "keep_easy_fraction": 0.5, "temperature": 1.0})
+    cfg = tiny_config(
+        train={"epochs": 3}, ham={"warmup_epochs": 1, "keep_easy_fraction": 0.5, "temperature": 1.0}
+    )
     straight = run(cfg, workdir=tmp_path / "straight", dataset=dataset)
 
-    class Killed(Exception):
-        pass
-
-    def die_after_two(record, _ckpt):
-        if record.epoch == 2:
-            raise Killed
-
-    with pytest.raises(Killed):
-        run(cfg, workdir=tmp_path / "killed", report=die_after_two, dataset=dataset)
-    assert last_record(tmp_path / "killed" / "checkpoint").epoch == 2
-    resumed = run(cfg, workdir=tmp_path / "killed", dataset=dataset)
-    assert [r.epoch for r in resumed] == [3]
+    resumed = killed_and_resumed(cfg, tmp_path / "killed", 2, dataset)
     final_a = torch.load(tmp_path / "straight/checkpoint/last.pt", weights_only=False)
     final_b = torch.load(tmp_path / "killed/checkpoint/last.pt", weights_only=False)
     assert _states_equal(final_a["model"], final_b["model"])
@@ -85,7 +80,7 @@ def test_divergence_names_epoch_and_batch(tmp_path, dataset):
 def test_all_easy_batch_takes_no_step_and_produces_no_nan(tmp_path, dataset):
     from dataclasses import replace
 
-    from hamsweep.data import Split
+    from hamsweep.core.data import Split
 
     cfg = tiny_config(train={"epochs": 1}, ham={"warmup_epochs": 0})
     labels0 = Split(dataset.train.images, torch.zeros_like(dataset.train.labels))
@@ -104,15 +99,18 @@ def test_all_easy_batch_takes_no_step_and_produces_no_nan(tmp_path, dataset):
 
 
 def test_epoch_bookkeeping_and_evaluation_counts(tmp_path, dataset):
-    cfg = tiny_config(train={"epochs": 2}, ham={"warmup_epochs": 1}, eval={"test": True, "every_epochs": 2})
+    cfg = tiny_config(
+        train={"epochs": 2}, ham={"warmup_epochs": 1}, eval={"test": True, "every_epochs": 2}
+    )
     records = run(cfg, workdir=tmp_path, dataset=dataset)
     first, second = records
     assert first.evals == ()  # every_epochs = 2: no evaluation after epoch 1
     assert first.attack_steps == first.attack_steps_full == first.images * 3
     assert 0 <= second.hard_fraction <= second.kept_fraction <= 1
+    # M = 1 full step, then K - M = 2 steps on the kept (rho = 0: kept = hard)
     assert second.attack_steps == pytest.approx(
         second.images * 1 + second.train_examples * 2, abs=0
-    )  # M = 1 full step, then K - M = 2 steps on the kept (rho = 0: kept = hard)
+    )
     assert second.decision_forwards == second.images
     splits = {(e.split, e.attack): e for e in second.evals}
     assert set(splits) == {("val", "clean"), ("val", "pgd3"), ("test", "clean"), ("test", "pgd3")}
@@ -131,7 +129,9 @@ def test_trades_trains(tmp_path, dataset):
 
 
 def test_bf16_autocast_and_channels_last_train(tmp_path, dataset):
-    cfg = tiny_config(train={"epochs": 1, "precision": "bf16", "channels_last": True}, ham={"warmup_epochs": 0})
+    cfg = tiny_config(
+        train={"epochs": 1, "precision": "bf16", "channels_last": True}, ham={"warmup_epochs": 0}
+    )
     (record,) = run(cfg, workdir=tmp_path, dataset=dataset)
     assert record.phase == "ham" and math.isfinite(record.train_loss)
     assert sum(record.evals[0].n) == len(dataset.val)
@@ -139,14 +139,21 @@ def test_bf16_autocast_and_channels_last_train(tmp_path, dataset):
 
 def test_a_checkpoint_is_not_resumed_under_another_config(tmp_path, dataset):
     run(tiny_config(train={"epochs": 1}), workdir=tmp_path, dataset=dataset)
-    with pytest.raises(SpecError, match=r"last\.pt: was written by another config \(differs in train\.lr\)"):
+    with pytest.raises(
+        SpecError, match=r"last\.pt: was written by another config \(differs in train\.lr\)"
+    ):
         Trainer(tiny_config(train={"epochs": 1, "lr": 0.2}), tmp_path, dataset)
 
 
 def _pgd_at(cfg, **ham):
-    """``cfg`` as a PGD-AT run (a trunk): method pgd_at, and HAM knobs that a warm-up never reads."""
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"method": "pgd_at"}),
-                                  "ham": cfg.ham.model_copy(update=ham)})
+    """``cfg`` as a PGD-AT run (a trunk): method pgd_at, and HAM knobs that a warm-up never
+    reads."""
+    return cfg.model_copy(
+        update={
+            "train": cfg.train.model_copy(update={"method": "pgd_at"}),
+            "ham": cfg.ham.model_copy(update=ham),
+        }
+    )
 
 
 def _trunk_snapshot(cfg, workdir, epoch, dataset):
@@ -164,11 +171,21 @@ def _trunk_snapshot(cfg, workdir, epoch, dataset):
 
 
 @pytest.mark.parametrize("select_after_warmup", [True, False])
-def test_a_fork_from_a_pgd_at_trunk_equals_the_trial_trained_from_scratch(tmp_path, dataset, select_after_warmup):
-    cfg = tiny_config(train={"epochs": 4}, ham={"warmup_epochs": 2, "keep_easy_fraction": 0.3, "temperature": 1.0,
-                                                 "select_after_warmup": select_after_warmup})
+def test_a_fork_from_a_pgd_at_trunk_equals_the_trial_trained_from_scratch(
+    tmp_path, dataset, select_after_warmup
+):
+    cfg = tiny_config(
+        train={"epochs": 4},
+        ham={
+            "warmup_epochs": 2,
+            "keep_easy_fraction": 0.3,
+            "temperature": 1.0,
+            "select_after_warmup": select_after_warmup,
+        },
+    )
     scratch = run(cfg, workdir=tmp_path / "scratch", dataset=dataset)
-    trunk = _pgd_at(cfg, drop_step=3, keep_easy_fraction=0.0, warmup_epochs=0)  # HAM knobs do not matter to a trunk
+    # HAM knobs do not matter to a trunk
+    trunk = _pgd_at(cfg, drop_step=3, keep_easy_fraction=0.0, warmup_epochs=0)
     snap = _trunk_snapshot(trunk, tmp_path / "trunk", 2, dataset)
     forked = run(cfg, workdir=tmp_path / "fork", fork=snap, dataset=dataset)
     assert [r.epoch for r in forked] == [3, 4] and [r.phase for r in forked] == ["ham", "ham"]
@@ -177,19 +194,32 @@ def test_a_fork_from_a_pgd_at_trunk_equals_the_trial_trained_from_scratch(tmp_pa
         for timing in ("seconds", "images_per_s"):
             a.pop(timing), b.pop(timing)
         assert a == b  # every per-class count, the loss, the hard fraction
-    final = [torch.load(tmp_path / w / "checkpoint/last.pt", weights_only=False) for w in ("scratch", "fork")]
+    final = [
+        torch.load(tmp_path / w / "checkpoint/last.pt", weights_only=False)
+        for w in ("scratch", "fork")
+    ]
     assert _states_equal(final[0]["model"], final[1]["model"])
     assert _states_equal(final[0]["optimizer"]["state"][0], final[1]["optimizer"]["state"][0])
-    assert torch.equal(final[0]["generator"], final[1]["generator"]) and final[0]["best"] == final[1]["best"]
-    best = [torch.load(tmp_path / w / "checkpoint/best.pt", weights_only=False) for w in ("scratch", "fork")]
-    assert best[0]["epoch"] == best[1]["epoch"] and _states_equal(best[0]["model"], best[1]["model"])
+    assert (
+        torch.equal(final[0]["generator"], final[1]["generator"])
+        and final[0]["best"] == final[1]["best"]
+    )
+    best = [
+        torch.load(tmp_path / w / "checkpoint/best.pt", weights_only=False)
+        for w in ("scratch", "fork")
+    ]
+    assert best[0]["epoch"] == best[1]["epoch"] and _states_equal(
+        best[0]["model"], best[1]["model"]
+    )
     if select_after_warmup:
         assert best[0]["epoch"] > 2  # a HAM trial is represented by a HAM epoch, not a PGD-AT one
 
 
 def test_a_fork_is_refused_when_the_warmup_would_differ(tmp_path, dataset):
     cfg = tiny_config(train={"epochs": 3}, ham={"warmup_epochs": 1})
-    other_lr = _pgd_at(cfg).model_copy(update={"train": cfg.train.model_copy(update={"method": "pgd_at", "lr": 0.01})})
+    other_lr = _pgd_at(cfg).model_copy(
+        update={"train": cfg.train.model_copy(update={"method": "pgd_at", "lr": 0.01})}
+    )
     snap = _trunk_snapshot(other_lr, tmp_path / "trunk", 1, dataset)
     with pytest.raises(SpecError, match=r"warm-up of another config \(differs in train\.lr\)"):
         run(cfg, workdir=tmp_path / "fork", fork=snap, dataset=dataset)
@@ -198,8 +228,12 @@ def test_a_fork_is_refused_when_the_warmup_would_differ(tmp_path, dataset):
         run(cfg, workdir=tmp_path / "fork2", fork=late, dataset=dataset)
 
 
-def test_flip_backs_are_counted_in_ham_epochs_only_and_land_in_the_epochs_table(tmp_path, dataset, monkeypatch):
-    seen: list[tuple[str, int]] = []  # (easy_rule, flip-backs) of every HAM batch, read off the real attack
+def test_flip_backs_are_counted_in_ham_epochs_only_and_land_in_the_epochs_table(
+    tmp_path, dataset, monkeypatch
+):
+    seen: list[
+        tuple[str, int]
+    ] = []  # (easy_rule, flip-backs) of every HAM batch, read off the real attack
     real = ham.ham_attack
 
     def spy(*args, **kwargs):
@@ -209,16 +243,97 @@ def test_flip_backs_are_counted_in_ham_epochs_only_and_land_in_the_epochs_table(
 
     monkeypatch.setattr(ham, "ham_attack", spy)
     # a step of eps overshoots enough that a few AEs flip back even on this tiny model
-    cfg = tiny_config(train={"epochs": 2, "step_size": 8 / 255, "attack_steps": 4},
-                      ham={"warmup_epochs": 1, "drop_step": 3, "easy_rule": "never_misclassified"})
+    cfg = tiny_config(
+        train={"epochs": 2, "step_size": 8 / 255, "attack_steps": 4},
+        ham={"warmup_epochs": 1, "drop_step": 3, "easy_rule": "never_misclassified"},
+    )
     warm, first = run(cfg, workdir=tmp_path / "run", dataset=dataset)
     assert warm.phase == "pgd_at" and warm.flip_backs is None
     assert first.phase == "ham" and first.flip_backs == sum(n for _, n in seen) > 0
-    assert {rule for rule, _ in seen} == {"never_misclassified"}  # the config's rule reaches the attack
-    assert f"flip-backs {first.flip_backs}" in epoch_line(first, 2) and "flip-backs" not in epoch_line(warm, 2)
+    # the config's rule reaches the attack
+    assert {rule for rule, _ in seen} == {"never_misclassified"}
+    assert f"flip-backs {first.flip_backs}" in epoch_line(
+        first, 2
+    ) and "flip-backs" not in epoch_line(warm, 2)
     writer = PartWriter(tmp_path / "results")
     for record in (warm, first):
         writer.append(EPOCHS, epoch_rows("t", record, 0.2))
-    assert read_table(tmp_path / "results", EPOCHS).column("flip_backs").to_pylist() == [None, first.flip_backs]
-    old = {k: v for k, v in first.to_dict().items() if k != "flip_backs"}  # a record saved before the column
+    assert read_table(tmp_path / "results", EPOCHS).column("flip_backs").to_pylist() == [
+        None,
+        first.flip_backs,
+    ]
+    # a record saved before the column
+    old = {k: v for k, v in first.to_dict().items() if k != "flip_backs"}
     assert EpochRecord.from_dict(old).flip_backs is None
+
+
+def test_ham_epochs_record_each_class_hard_fraction_in_the_class_state_table(
+    tmp_path, dataset, monkeypatch
+):
+    import duckdb
+
+    from hamsweep.results.schema import CLASS_STATE, class_state_rows
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # (labels, easy) of every HAM batch
+    real = ham.ham_attack
+
+    def spy(model, x, y, **kwargs):
+        hb = real(model, x, y, **kwargs)
+        seen.append((y.clone(), hb.easy.clone()))
+        return hb
+
+    monkeypatch.setattr(ham, "ham_attack", spy)
+    cfg = tiny_config(train={"epochs": 2}, ham={"warmup_epochs": 1, "drop_step": 1})
+    warm, first = run(cfg, workdir=tmp_path / "run", dataset=dataset)
+    assert warm.class_state == {}  # PGD-AT keeps nothing per class
+    labels = torch.cat([y for y, _ in seen]).tolist()
+    hard = torch.cat([~e for _, e in seen]).tolist()
+    expected = []
+    for c in range(4):
+        mine = [h for lab, h in zip(labels, hard) if lab == c]
+        expected.append(sum(mine) / len(mine) if mine else None)
+    assert first.class_state["hard_fraction"] == pytest.approx(expected)
+    writer = PartWriter(tmp_path / "results")
+    for record in (warm, first):
+        writer.append(CLASS_STATE, class_state_rows("t", record, dataset.classes))
+    rows = duckdb.sql(
+        f"SELECT epoch, phase, class_id, hard_fraction, weight "
+        f"FROM '{tmp_path}/results/{CLASS_STATE}/*.parquet' ORDER BY class_id"
+    ).fetchall()
+    assert [r[:3] for r in rows] == [(2, "ham", c) for c in range(4)]
+    assert [r[3] for r in rows] == pytest.approx(expected)
+    assert {r[4] for r in rows} == {None}  # HAM keeps no class weight
+    # records saved before the field load with none
+    old = {k: v for k, v in first.to_dict().items() if k != "class_state"}
+    assert EpochRecord.from_dict(old).class_state == {}
+
+
+def test_a_method_s_eval_model_is_what_the_epoch_is_evaluated_and_selected_by(
+    tmp_path, dataset, monkeypatch
+):
+    import copy
+
+    from hamsweep.core.evaluation import evaluate
+    from hamsweep.core.methods.pgd_at import PgdAt
+
+    frozen: dict[str, torch.nn.Module] = {}
+    seen: list[tuple] = []  # (the evaluations end_epoch was given, the trained model then)
+
+    def eval_model(self, learner):
+        if "m" not in frozen:  # the model after the first epoch, never trained further
+            frozen["m"] = copy.deepcopy(learner.model)
+        return frozen["m"]
+
+    def end_epoch(self, learner, record):
+        seen.append((record.evals, copy.deepcopy(learner.model)))
+
+    monkeypatch.setattr(PgdAt, "eval_model", eval_model)
+    monkeypatch.setattr(PgdAt, "end_epoch", end_epoch)
+    cfg = tiny_config(train={"method": "pgd_at", "epochs": 2})
+    records = run(cfg, workdir=tmp_path / "run", dataset=dataset)
+    mine = tuple(evaluate(frozen["m"], dataset.val, "val", cfg, 4, seed=1))
+    assert records[-1].evals == mine  # the epoch reports the method's model ...
+    given, trained = seen[-1]  # ... end_epoch saw the trained one's
+    assert given == tuple(evaluate(trained, dataset.val, "val", cfg, 4, seed=1))
+    best = torch.load(tmp_path / "run" / "checkpoint" / "best.pt", weights_only=False)
+    assert _states_equal(best["model"], frozen["m"].state_dict())

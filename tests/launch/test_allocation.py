@@ -11,6 +11,7 @@ route, so nothing in them can leave them either.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -26,8 +27,12 @@ from conftest import REPO
 
 SUBNET = "10.213.0"  # a private /24 that exists only inside the two namespaces
 RESULT = "RESULT "  # prefix of the line on which a namespace program prints its findings (JSON)
-RUN_S = 240.0  # one namespace program: up to two Ray node starts on a busy 2-core machine, with room
-WORKER_EXIT_S = 30.0  # a worker polls the stop marker every second, then stops `ray start` (SIGTERM)
+RUN_S = (
+    240.0  # one namespace program: up to two Ray node starts on a busy 2-core machine, with room
+)
+WORKER_EXIT_S = (
+    30.0  # a worker polls the stop marker every second, then stops `ray start` (SIGTERM)
+)
 GONE_S = 5.0  # Ray's daemons may take a moment to exit after their `ray start --block`
 
 
@@ -58,13 +63,22 @@ class NetnsPair:
     ip_b: str
     logs: Path  # where the programs' output goes
 
-    def start(self, ns: str, what: str, code: str, *args: str, env: dict[str, str] | None = None) -> Program:
-        """``python -c code args`` inside namespace ``ns`` with a SLURM task's environment (plus ``env``)."""
+    def start(
+        self, ns: str, what: str, code: str, *args: str, env: dict[str, str] | None = None
+    ) -> Program:
+        """``python -c code args`` inside namespace ``ns`` with a SLURM task's environment
+        (plus ``env``)."""
         log = self.logs / f"{what.split()[0]}-{secrets.token_hex(2)}.log"
         cmd = ["ip", "netns", "exec", ns, sys.executable, "-c", code, *args]
         with log.open("wb") as f:
-            proc = subprocess.Popen(cmd, env={**_task_env(), **(env or {})}, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                env={**_task_env(), **(env or {})},
+                cwd=REPO,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         return Program(proc, what, log)
 
     def pids(self) -> set[int]:
@@ -79,14 +93,19 @@ class NetnsPair:
 def _ip(*args: str) -> None:
     proc = subprocess.run(["ip", *args], capture_output=True, text=True)
     if proc.returncode != 0:
-        pytest.fail(f"`ip {' '.join(args)}` failed ({proc.returncode}): {proc.stderr.strip()}; these tests need root and "
-                    "iproute2 to build two network namespaces (the test machine and CI run as root)", pytrace=False)
+        pytest.fail(
+            f"`ip {' '.join(args)}` failed ({proc.returncode}): {proc.stderr.strip()}; "
+            "these tests need root and iproute2 to build two network namespaces "
+            "(the test machine and CI run as root)",
+            pytrace=False,
+        )
 
 
 @pytest.fixture
 def netns(tmp_path: Path) -> Iterator[NetnsPair]:
-    """A fresh namespace pair named after this process, so that concurrent runs never share one, with
-    `lo` up in each (a node's own daemons talk over 127.0.0.1). Deleted afterwards, whatever happened."""
+    """A fresh namespace pair named after this process, so that concurrent runs never share one,
+    with `lo` up in each (a node's own daemons talk over 127.0.0.1).
+    Deleted afterwards, whatever happened."""
     stem = f"hs{os.getpid()}{secrets.token_hex(2)}"  # interface names have at most 15 characters
     pair = NetnsPair(f"{stem}a", f"{stem}b", f"{SUBNET}.1", f"{SUBNET}.2", tmp_path)
     made: list[str] = []
@@ -96,7 +115,20 @@ def netns(tmp_path: Path) -> Iterator[NetnsPair]:
             made.append(ns)
             _ip("-n", ns, "link", "set", "lo", "up")
         # both ends are created inside their namespaces: the main network never sees the link
-        _ip("link", "add", pair.a, "netns", pair.a, "type", "veth", "peer", "name", pair.b, "netns", pair.b)
+        _ip(
+            "link",
+            "add",
+            pair.a,
+            "netns",
+            pair.a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            pair.b,
+            "netns",
+            pair.b,
+        )
         for ns, ip in ((pair.a, pair.ip_a), (pair.b, pair.ip_b)):
             _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", ns)
             _ip("-n", ns, "link", "set", ns, "up")
@@ -109,14 +141,13 @@ def netns(tmp_path: Path) -> Iterator[NetnsPair]:
 
 
 def _kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, 9)
-    except ProcessLookupError:
-        pass
 
 
 def _task_env() -> dict[str, str]:
-    """What SLURM gives each task here: 1 CPU, no GPU (node_resources reads these); no Ray settings of ours."""
+    """What SLURM gives each task here: 1 CPU, no GPU (node_resources reads these);
+    no Ray settings of ours."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     return {**env, "SLURM_CPUS_PER_TASK": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
 
@@ -138,29 +169,47 @@ def _token(path: Path) -> Path:
 
 
 def _tag() -> str:
-    return f"t{os.getpid()}{secrets.token_hex(2)}"  # short: Ray's unix sockets live under /tmp/hamsweep-ray-<tag>
+    # short: Ray's unix sockets live under /tmp/hamsweep-ray-<tag>
+    return f"t{os.getpid()}{secrets.token_hex(2)}"
 
 
 def _finish(prog: Program, *, beside: Program | None = None, stop: Path | None = None) -> dict:
-    """The RESULT of ``prog``, which must exit 0 within RUN_S; fails at once if ``beside`` (another rank)
-    exits before the ``stop`` marker exists, rather than waiting for ``prog`` to give up on it."""
+    """The RESULT of ``prog``, which must exit 0 within RUN_S; fails at once if ``beside``
+    (another rank) exits before the ``stop`` marker exists, rather than waiting for ``prog`` to
+    give up on it."""
     deadline = time.monotonic() + RUN_S
     while prog.proc.poll() is None:
-        if beside is not None and stop is not None and beside.proc.poll() is not None and not stop.exists():
-            pytest.fail(f"{beside.what} exited ({beside.proc.returncode}) while {prog.what} ran:\n{beside.tail()}",
-                        pytrace=False)
+        if (
+            beside is not None
+            and stop is not None
+            and beside.proc.poll() is not None
+            and not stop.exists()
+        ):
+            pytest.fail(
+                f"{beside.what} exited ({beside.proc.returncode}) while {prog.what} ran:\n"
+                f"{beside.tail()}",
+                pytrace=False,
+            )
         if time.monotonic() > deadline:
-            pytest.fail(f"{prog.what} did not finish within {RUN_S:.0f} s:\n{prog.tail()}", pytrace=False)
+            pytest.fail(
+                f"{prog.what} did not finish within {RUN_S:.0f} s:\n{prog.tail()}", pytrace=False
+            )
         time.sleep(0.2)
-    assert prog.proc.returncode == 0, f"{prog.what} exited with {prog.proc.returncode}:\n{prog.tail()}"
-    lines = [line for line in prog.log.read_text(errors="replace").splitlines() if line.startswith(RESULT)]
+    assert prog.proc.returncode == 0, (
+        f"{prog.what} exited with {prog.proc.returncode}:\n{prog.tail()}"
+    )
+    lines = [
+        line
+        for line in prog.log.read_text(errors="replace").splitlines()
+        if line.startswith(RESULT)
+    ]
     assert lines, f"{prog.what} printed no {RESULT!r}line:\n{prog.tail()}"
-    return json.loads(lines[-1][len(RESULT):])
+    return json.loads(lines[-1][len(RESULT) :])
 
 
 def _leftovers(temp: Path, netns: NetnsPair) -> dict[int, str]:
-    """Processes of the cluster still alive GONE_S after the ranks exited: those in our namespaces, and
-    any whose command line names the Ray temp folder (raylet, gcs_server, workers, agents)."""
+    """Processes of the cluster still alive GONE_S after the ranks exited: those in our namespaces,
+    and any whose command line names the Ray temp folder (raylet, gcs_server, workers, agents)."""
     deadline = time.monotonic() + GONE_S
     while (pids := _naming(temp) | netns.pids()) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -177,7 +226,9 @@ def _naming(temp: Path) -> set[int]:
 
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
     except OSError:
         return ""  # gone meanwhile
 
@@ -212,12 +263,14 @@ with RayNodes(Path(sys.argv[1]), sys.argv[2], single=False).head(sys.argv[3]) as
     while len(alive := [n for n in ray.nodes() if n["Alive"]]) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     both_s = time.monotonic() - t0
-    pinned = [where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+    pinned = [where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], \
+soft=False)).remote()
               for n in alive]
     ran = ray.get(pinned, timeout=120)
     nodes = {n["NodeManagerAddress"]: n["Resources"] for n in alive}
     ray.shutdown()
-print("RESULT " + json.dumps({"address": address, "nodes": nodes, "ran": ran, "head_s": head_s, "both_s": both_s,
+print("RESULT " + json.dumps({"address": address, "nodes": nodes, "ran": ran, "head_s": head_s, \
+"both_s": both_s,
                               "total_s": time.monotonic() - t0}))
 """
 
@@ -228,42 +281,62 @@ def test_two_namespaces_form_one_cluster_and_the_stop_marker_ends_the_worker(net
     folder = sweep_dir / "slurm" / f"ray-{tag}"
     t0 = time.monotonic()
     worker = netns.start(netns.b, "worker (rank 1)", WORKER, str(sweep_dir), tag, netns.ip_b)
-    head = netns.start(netns.a, "head (rank 0, with the driver)", HEAD_AND_DRIVER, str(sweep_dir), tag, netns.ip_a)
+    head = netns.start(
+        netns.a, "head (rank 0, with the driver)", HEAD_AND_DRIVER, str(sweep_dir), tag, netns.ip_a
+    )
     try:
         found = _finish(head, beside=worker, stop=folder / "stop")
         try:
-            worker.proc.wait(max(0.0, (folder / "stop").stat().st_mtime + WORKER_EXIT_S - time.time()))
+            worker.proc.wait(
+                max(0.0, (folder / "stop").stat().st_mtime + WORKER_EXIT_S - time.time())
+            )
         except subprocess.TimeoutExpired:
-            pytest.fail(f"the worker still ran {WORKER_EXIT_S:.0f} s after rank 0 wrote its stop marker:\n{worker.tail()}",
-                        pytrace=False)
-        worker_s = time.time() - (folder / "stop").stat().st_mtime  # an upper bound: measured once it is gone
+            pytest.fail(
+                f"the worker still ran {WORKER_EXIT_S:.0f} s after rank 0 wrote its stop marker:\n"
+                f"{worker.tail()}",
+                pytrace=False,
+            )
+        # an upper bound: measured once it is gone
+        worker_s = time.time() - (folder / "stop").stat().st_mtime
     finally:
         head.kill()
         worker.kill()
 
-    assert worker.proc.returncode == 0, f"the worker exited with {worker.proc.returncode}:\n{worker.tail()}"
+    assert worker.proc.returncode == 0, (
+        f"the worker exited with {worker.proc.returncode}:\n{worker.tail()}"
+    )
     assert set(found["nodes"]) == {netns.ip_a, netns.ip_b}, found
-    assert sorted(found["ran"]) == sorted([netns.ip_a, netns.ip_b]), f"one task was pinned to each node: {found}"
-    assert all(res.get("CPU") == 1 and "GPU" not in res for res in found["nodes"].values()), found  # node_resources
+    assert sorted(found["ran"]) == sorted([netns.ip_a, netns.ip_b]), (
+        f"one task was pinned to each node: {found}"
+    )
+    # node_resources
+    assert all(res.get("CPU") == 1 and "GPU" not in res for res in found["nodes"].values()), found
     assert json.loads((folder / "head.json").read_text())["address"] == found["address"]
     assert found["address"].startswith(f"{netns.ip_a}:") and (folder / "stop").exists()
     assert not (left := _leftovers(temp, netns)), f"Ray processes outlived their node: {left}"
     assert not temp.exists(), f"{temp} was not removed"
-    print(f"\nhead up {found['head_s']:.1f} s, both nodes {found['both_s']:.1f} s, rank 0 done {found['total_s']:.1f} s, "
-          f"worker gone {worker_s:.1f} s after the stop marker; test {time.monotonic() - t0:.1f} s")
+    print(
+        f"\nhead up {found['head_s']:.1f} s, both nodes {found['both_s']:.1f} s, "
+        f"rank 0 done {found['total_s']:.1f} s, "
+        f"worker gone {worker_s:.1f} s after the stop marker; test {time.monotonic() - t0:.1f} s"
+    )
 
 
-# rank 0's head, and two clients in its namespace: one with another token file, then one with the sweep's
+# rank 0's head, and two clients in its namespace: one with another token file,
+# then one with the sweep's
 HEAD_AND_CLIENTS = """
 import json, os, subprocess, sys
 from pathlib import Path
 from hamsweep.launch.allocation import RayNodes
 
-CLIENT = "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False); print('nodes', len(ray.nodes()))"
+CLIENT = "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False); \
+print('nodes', len(ray.nodes()))"
 
 def client(address, token, **extra):
-    env = {**os.environ, "RAY_AUTH_TOKEN_PATH": token, **extra}  # RAY_AUTH_MODE=token: head() set it here
-    proc = subprocess.run([sys.executable, "-c", CLIENT, address], env=env, capture_output=True, text=True, timeout=90)
+    env = {**os.environ, "RAY_AUTH_TOKEN_PATH": token, **extra}  \
+# RAY_AUTH_MODE=token: head() set it here
+    proc = subprocess.run([sys.executable, "-c", CLIENT, address], env=env, capture_output=True, \
+text=True, timeout=90)
     return {"rc": proc.returncode, "out": (proc.stdout + proc.stderr)[-3000:]}
 
 out = Path(sys.argv[1])
@@ -277,8 +350,15 @@ print("RESULT " + json.dumps(found))
 
 def test_the_head_refuses_a_client_with_another_token(netns, sweep_dir, tmp_path):
     wrong = _token(tmp_path / "other_token")
-    head = netns.start(netns.a, "head (rank 0, with two clients)", HEAD_AND_CLIENTS, str(sweep_dir), _tag(), netns.ip_a,
-                       str(wrong))
+    head = netns.start(
+        netns.a,
+        "head (rank 0, with two clients)",
+        HEAD_AND_CLIENTS,
+        str(sweep_dir),
+        _tag(),
+        netns.ip_a,
+        str(wrong),
+    )
     try:
         found = _finish(head)
     finally:
@@ -287,14 +367,16 @@ def test_the_head_refuses_a_client_with_another_token(netns, sweep_dir, tmp_path
     refused, joined = found["wrong"], found["right"]
     assert refused["rc"] != 0, f"a client with another token joined:\n{refused['out']}"
     assert "InvalidAuthToken" in refused["out"], refused["out"]
-    assert joined["rc"] == 0 and "nodes 1" in joined["out"], f"the sweep's own token was refused:\n{joined['out']}"
+    assert joined["rc"] == 0 and "nodes 1" in joined["out"], (
+        f"the sweep's own token was refused:\n{joined['out']}"
+    )
 
 
 # SweepJob as rank 0 of a two-node job, as submitit runs it; `drive` (the sweep) is replaced by a
 # driver that only connects to the head
 SWEEP_JOB_RANK0 = """
 import json, sys
-import hamsweep.sweep
+import hamsweep.sweep.driver
 from hamsweep.launch.allocation import SweepJob
 
 def connect(out, address):
@@ -303,18 +385,25 @@ def connect(out, address):
     print("RESULT " + json.dumps({"address": address, "nodes": len(ray.nodes())}))
     ray.shutdown()
 
-hamsweep.sweep.drive = connect
+hamsweep.sweep.driver.drive = connect
 SweepJob(sys.argv[1])()
 """
 
 
 def test_rank_0_of_a_multi_node_job_drives_through_its_head(netns, sweep_dir):
-    """SweepJob looks up the node's address through Ray before it starts the head: the token settings
-    must be in place before that import, or the head refuses the driver. (In a namespace without a
-    default route that address is 127.0.0.1; a single rank needs no other.)"""
-    job = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": str(10_000 + os.getpid() % 10_000), "SLURM_JOB_NUM_NODES": "2",
-           "SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_NODEID": "0", "SLURM_LOCALID": "0",
-           "SLURM_RESTART_COUNT": str(int(secrets.token_hex(2), 16))}
+    """SweepJob looks up the node's address through Ray before it starts the head: the token
+    settings must be in place before that import, or the head refuses the driver. (In a namespace
+    without a default route that address is 127.0.0.1; a single rank needs no other.)"""
+    job = {
+        "SUBMITIT_EXECUTOR": "slurm",
+        "SLURM_JOB_ID": str(10_000 + os.getpid() % 10_000),
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_NTASKS": "2",
+        "SLURM_PROCID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_RESTART_COUNT": str(int(secrets.token_hex(2), 16)),
+    }
     rank0 = netns.start(netns.a, "SweepJob (rank 0 of 2)", SWEEP_JOB_RANK0, str(sweep_dir), env=job)
     try:
         found = _finish(rank0)

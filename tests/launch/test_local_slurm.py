@@ -28,12 +28,17 @@ def sbatch(*args: str) -> str:
     return run("sbatch", "--parsable", *args).strip()
 
 
-def wait_for(what: str, probe: Callable[[], T], until: Callable[[T], bool], timeout_s: float = WAIT_S) -> T:
+def wait_for(
+    what: str, probe: Callable[[], T], until: Callable[[T], bool], timeout_s: float = WAIT_S
+) -> T:
     """Polls `probe` until its value passes `until`; fails with the last value after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while not until(value := probe()):
         if time.monotonic() > deadline:
-            pytest.fail(f"no {what} after {timeout_s:.0f} s (last seen: {value!r}); squeue:\n{run('squeue')}")
+            pytest.fail(
+                f"no {what} after {timeout_s:.0f} s (last seen: {value!r}); "
+                f"squeue:\n{run('squeue')}"
+            )
         time.sleep(0.1)
     return value
 
@@ -70,7 +75,15 @@ def test_partitions_are_real(slurm: LocalSlurm):
 def test_fake_gpus_reach_the_job(slurm: LocalSlurm, tmp_path: Path, gpus: int):
     assert slurm.gpus == 2
     out = tmp_path / "out"
-    job = sbatch("--partition", "gpu", f"--gres=gpu:{gpus}", "--output", str(out), "--wrap", "echo $CUDA_VISIBLE_DEVICES")
+    job = sbatch(
+        "--partition",
+        "gpu",
+        f"--gres=gpu:{gpus}",
+        "--output",
+        str(out),
+        "--wrap",
+        "echo $CUDA_VISIBLE_DEVICES",
+    )
     wait_for("COMPLETED in sacct", lambda: sacct_states(job), until=lambda s: s == ["COMPLETED"])
     assert out.read_text().strip() == ",".join(str(i) for i in range(gpus))
 
@@ -84,7 +97,9 @@ def test_more_gpus_than_the_node_has_are_refused(slurm: LocalSlurm):
 def test_a_requeued_job_runs_again(slurm: LocalSlurm, tmp_path: Path):
     out = tmp_path / "out"
     # the first run waits to be requeued; the second (SLURM_RESTART_COUNT=1) ends at once
-    script = 'echo "run ${SLURM_RESTART_COUNT:-0}"; [ "${SLURM_RESTART_COUNT:-0}" -ge 1 ] || sleep 60'
+    script = (
+        'echo "run ${SLURM_RESTART_COUNT:-0}"; [ "${SLURM_RESTART_COUNT:-0}" -ge 1 ] || sleep 60'
+    )
     job = sbatch("--open-mode=append", "--output", str(out), "--wrap", script)
     wait_for("first run", lambda: text(out), until=lambda t: "run 0" in t)
     run("scontrol", "requeue", job)
@@ -94,8 +109,15 @@ def test_a_requeued_job_runs_again(slurm: LocalSlurm, tmp_path: Path):
     wait_for("requeued job pending", lambda: squeue_state(job), until=lambda s: s == "PENDING")
     time.sleep(1.1)
     run("scontrol", "update", f"JobId={job}", "StartTime=now")
-    wait_for("COMPLETED after the requeue", lambda: sacct_states(job), until=lambda s: s == ["REQUEUED", "COMPLETED"])
-    assert [line for line in out.read_text().splitlines() if line.startswith("run")] == ["run 0", "run 1"]
+    wait_for(
+        "COMPLETED after the requeue",
+        lambda: sacct_states(job),
+        until=lambda s: s == ["REQUEUED", "COMPLETED"],
+    )
+    assert [line for line in out.read_text().splitlines() if line.startswith("run")] == [
+        "run 0",
+        "run 1",
+    ]
 
 
 def _executor(folder: Path) -> submitit.AutoExecutor:
@@ -109,7 +131,11 @@ def test_submitit_gets_a_result(slurm: LocalSlurm, tmp_path: Path):
     job = _executor(tmp_path).submit(os.getenv, "SLURM_JOB_PARTITION")
     assert job.result() == slurm.default_partition
     # the result file comes before the job's end; submitit's state comes from sacct
-    wait_for("COMPLETED from submitit", lambda: job.get_info(mode="force").get("State"), until=lambda s: s == "COMPLETED")
+    wait_for(
+        "COMPLETED from submitit",
+        lambda: job.get_info(mode="force").get("State"),
+        until=lambda s: s == "COMPLETED",
+    )
 
 
 def test_submitit_sees_a_cancelled_job(slurm: LocalSlurm, tmp_path: Path):
@@ -117,7 +143,12 @@ def test_submitit_sees_a_cancelled_job(slurm: LocalSlurm, tmp_path: Path):
     wait_for("running job", lambda: squeue_state(job.job_id), until=lambda s: s == "RUNNING")
     job.cancel()
     # submitit asks sacct, at most every 2 s this early in a job's life
-    wait_for("CANCELLED from submitit", lambda: job.state, until=lambda s: s.startswith("CANCELLED"), timeout_s=10)
+    wait_for(
+        "CANCELLED from submitit",
+        lambda: job.state,
+        until=lambda s: s.startswith("CANCELLED"),
+        timeout_s=10,
+    )
     assert job.done()
     job._results_timeout_s = 0  # submitit waits 15 s for a result file a cancelled job never writes
     with pytest.raises(UncompletedJobError, match="has not produced any output"):
@@ -127,8 +158,13 @@ def test_submitit_sees_a_cancelled_job(slurm: LocalSlurm, tmp_path: Path):
 def test_a_cluster_folder_munged_cannot_reach_is_one_line(slurm: LocalSlurm, tmp_path: Path):
     hidden = tmp_path / "private"
     hidden.mkdir(mode=0o700)  # as `mktemp -d` makes it: munged (the munge user) cannot enter
-    script = Path(__file__).resolve().parents[1] / "cluster" / "local" / "slurm.sh"
-    proc = subprocess.run([str(script), "up"], env={**os.environ, "HAMSWEEP_SLURM_DIR": str(hidden / "slurm")},
-                          capture_output=True, text=True, timeout=120)
+    script = Path(__file__).resolve().parents[2] / "cluster" / "local" / "slurm.sh"
+    proc = subprocess.run(
+        [str(script), "up"],
+        env={**os.environ, "HAMSWEEP_SLURM_DIR": str(hidden / "slurm")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert f"run chmod o+x {hidden}" in proc.stderr and not (hidden / "slurm").exists()

@@ -13,11 +13,11 @@ import pytest
 import torch
 from conftest import hamsweep
 
-from hamsweep import results
-from hamsweep.repair import DAMAGED, set_aside_damage
-from hamsweep.study import JOURNAL, open_study
-from hamsweep.trial import HISTORY, restore_checkpoint
-from hamsweep.train import LAST
+from hamsweep.core.train import LAST
+from hamsweep.results import store as results
+from hamsweep.results.study import JOURNAL, open_study
+from hamsweep.sweep.repair import DAMAGED, set_aside_damage
+from hamsweep.sweep.trial import HISTORY, restore_checkpoint
 
 
 @pytest.fixture()
@@ -45,7 +45,11 @@ def test_a_truncated_part_is_set_aside_and_the_table_reads(folder):
     with pytest.raises(Exception):  # noqa: B017 - what a reader meets without the repair
         pq.read_table(bad)
     (line,) = set_aside_damage(folder, "ray")
-    assert "damaged Parquet part of trials" in line and not bad.exists() and bad.with_name(bad.name + DAMAGED).exists()
+    assert (
+        "damaged Parquet part of trials" in line
+        and not bad.exists()
+        and bad.with_name(bad.name + DAMAGED).exists()
+    )
     assert results.read_table(folder, results.TRIALS).num_rows == rows
 
 
@@ -62,8 +66,13 @@ def test_half_a_journal_line_is_cut_and_the_whole_file_kept(folder):
     whole = journal.read_bytes()
     journal.write_bytes(whole + b'{"op_code": 5, "worker_id": "cut-sh')
     (line,) = set_aside_damage(folder, "ray")
-    assert "damaged Optuna journal" in line and (folder / f"{JOURNAL}{DAMAGED}-1").read_bytes().startswith(whole)
-    assert journal.read_bytes() == whole and [(t.number, t.state.name) for t in open_study(folder).trials] == before
+    assert "damaged Optuna journal" in line and (
+        folder / f"{JOURNAL}{DAMAGED}-1"
+    ).read_bytes().startswith(whole)
+    assert (
+        journal.read_bytes() == whole
+        and [(t.number, t.state.name) for t in open_study(folder).trials] == before
+    )
 
 
 def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_previous_one_restored(folder, tmp_path):
@@ -73,15 +82,23 @@ def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_previous_one_restored(
     complete = sorted(f for f in trial_dir.glob("checkpoint_*") if (f / LAST).is_file())
     assert len(complete) >= 2  # prune_checkpoints keeps the two newest with their weights
     (complete[-1] / LAST).write_bytes(b"\x80 half a pickle")
-    results.PartWriter(folder, {results.TRIALS: results.read_table(folder, results.TRIALS).schema}).append(
-        results.TRIALS, [{**row, "status": "running"}])  # as a killed driver leaves it: not ended
+    # as a killed driver leaves it: not ended
+    results.PartWriter(
+        folder, {results.TRIALS: results.read_table(folder, results.TRIALS).schema}
+    ).append(results.TRIALS, [{**row, "status": "running"}])
     (line,) = set_aside_damage(folder, "ray")
     assert "damaged checkpoint" in line and (complete[-1] / f"{LAST}{DAMAGED}").exists()
     from ray.tune import Checkpoint
 
-    restore_checkpoint(tmp_path / "work", Checkpoint.from_directory(str(complete[-1])))  # Tune hands the damaged newest one
-    restored = torch.load(tmp_path / "work" / "checkpoint" / LAST, map_location="cpu", weights_only=False)
-    assert restored["epoch"] == torch.load(complete[-2] / LAST, map_location="cpu", weights_only=False)["epoch"]
+    # Tune hands the damaged newest one
+    restore_checkpoint(tmp_path / "work", Checkpoint.from_directory(str(complete[-1])))
+    restored = torch.load(
+        tmp_path / "work" / "checkpoint" / LAST, map_location="cpu", weights_only=False
+    )
+    assert (
+        restored["epoch"]
+        == torch.load(complete[-2] / LAST, map_location="cpu", weights_only=False)["epoch"]
+    )
 
 
 def test_a_checkpoint_without_its_history_is_not_continued_from(tmp_path):
@@ -105,6 +122,9 @@ def test_resume_of_a_damaged_folder_says_what_it_set_aside_and_finishes(folder):
     (folder / JOURNAL).write_bytes((folder / JOURNAL).read_bytes() + b'{"op_code": 5, "wor')
     proc = hamsweep("resume", str(folder))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "set aside a damaged Parquet part of epochs" in proc.stderr and "set aside a damaged Optuna journal" in proc.stderr
+    assert (
+        "set aside a damaged Parquet part of epochs" in proc.stderr
+        and "set aside a damaged Optuna journal" in proc.stderr
+    )
     assert results.read_table(folder, results.TRIALS).num_rows == rows
     assert "confirmed on the test split" in proc.stdout

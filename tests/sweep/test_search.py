@@ -1,20 +1,41 @@
 """The search adapter without a Ray cluster: the define-by-run space, samplers, the journal study,
-and the searcher's truthful, restart-safe bookkeeping."""
+the Optuna adapter's truthful, restart-safe bookkeeping, and the Searcher Tune sees (the adapter
+composed with the stage scheduler, tested alone in test_stages.py), restored from a folder written
+before the two were split."""
 
 from __future__ import annotations
 
+import json
 import pickle
+import shutil
+from pathlib import Path
 
 import optuna
 import pytest
+from conftest import REPO
 
 from hamsweep.errors import SpecError
-from hamsweep.results import OBJECTIVE_COLUMNS
-from hamsweep.search import BEST, JOURNAL, OBJECTIVE, make_sampler, make_scheduler, make_searcher, open_study
-from hamsweep.trunk import plan
+from hamsweep.results.schema import OBJECTIVE_COLUMNS
 from hamsweep.spec import OBJECTIVES, SweepSpec, load_spec, validate
 from hamsweep.spec.trial import objective_summary
-from conftest import REPO
+from hamsweep.sweep.schedulers import make_scheduler
+from hamsweep.sweep.search import (
+    BEST,
+    JOURNAL,
+    OBJECTIVE,
+    OptunaAdapter,
+    Searcher,
+    Space,
+    journal_storage,
+    make_sampler,
+    make_searcher,
+    open_study,
+    resuming,
+)
+from hamsweep.sweep.stages import Stages
+from hamsweep.sweep.trunk import plan
+
+OLD = Path(__file__).parent / "fixtures" / "old_searcher"  # made by the release before the split
 
 PARAMS = {
     "train.attack_steps": {"int": [2, 10], "default": 10},
@@ -25,7 +46,12 @@ PARAMS = {
 
 
 def spec(**sections) -> SweepSpec:
-    base = {"name": "s", "train": {"epochs": 6}, "ham": {"warmup_epochs": 1}, "search": {"params": PARAMS}}
+    base = {
+        "name": "s",
+        "train": {"epochs": 6},
+        "ham": {"warmup_epochs": 1},
+        "search": {"params": PARAMS},
+    }
     return validate(SweepSpec, {**base, **sections})
 
 
@@ -35,10 +61,14 @@ def test_every_objective_is_a_column_of_the_epochs_table():
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "gp", "nsga2"])
 def test_every_sampler_keeps_m_at_most_k(tmp_path, sampler):
-    s = make_searcher(spec(search={"params": PARAMS, "sampler": sampler, "num_samples": 30}), tmp_path)
+    s = make_searcher(
+        spec(search={"params": PARAMS, "sampler": sampler, "num_samples": 30}), tmp_path
+    )
     configs = [s.suggest(f"t{i}") for i in range(30)]
     assert all(1 <= c["ham.drop_step"] <= c["train.attack_steps"] <= 10 for c in configs)
-    assert all(0.01 <= c["train.lr"] <= 0.1 and c["ham.temperature"] in (None, 1.0) for c in configs)
+    assert all(
+        0.01 <= c["train.lr"] <= 0.1 and c["ham.temperature"] in (None, 1.0) for c in configs
+    )
     assert [c["optuna_trial"] for c in configs] == list(range(30))
 
 
@@ -46,7 +76,12 @@ def test_first_trial_is_the_spec_defaults_then_seeded(tmp_path):
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     a = make_searcher(spec(), tmp_path / "a")
     first = a.suggest("t0")
-    assert {k: first[k] for k in PARAMS} == {"train.attack_steps": 10, "ham.drop_step": 3, "ham.temperature": None, "train.lr": 0.05}
+    assert {k: first[k] for k in PARAMS} == {
+        "train.attack_steps": 10,
+        "ham.drop_step": 3,
+        "ham.temperature": None,
+        "train.lr": 0.05,
+    }
     b = make_searcher(spec(), tmp_path / "b")
     b.suggest("t0")
     assert a.suggest("t1") == b.suggest("t1")  # seeded: the same proposals again
@@ -70,8 +105,13 @@ def test_searcher_tells_optuna_complete_pruned_and_fail(tmp_path):
     s.on_trial_complete("t3", None, error=True)
     study = open_study(tmp_path)
     t0, t1, t2, t3 = study.trials
-    assert (t0.state.name, t0.value, t0.intermediate_values) == ("COMPLETE", 0.35, {1: 0.1, 2: 0.2, 6: 0.3})
-    assert (t1.state.name, t1.intermediate_values) == ("PRUNED", {2: 0.2})  # not taken for a final value
+    assert (t0.state.name, t0.value, t0.intermediate_values) == (
+        "COMPLETE",
+        0.35,
+        {1: 0.1, 2: 0.2, 6: 0.3},
+    )
+    # not taken for a final value
+    assert (t1.state.name, t1.intermediate_values) == ("PRUNED", {2: 0.2})
     assert t2.state.name == t3.state.name == "FAIL"
 
 
@@ -90,10 +130,38 @@ def test_updates_to_finished_trials_are_ignored_and_orphans_fail_on_restore(tmp_
     assert states == [(0, "COMPLETE", 0.3), (1, "FAIL", None)]
 
 
-def test_a_journal_with_another_direction_is_refused(tmp_path):
-    from hamsweep.search import journal_storage
+def test_a_copied_sweep_folder_resumes_its_own_journal_not_the_original(tmp_path):
+    """The snapshot pickles absolute paths (the journal's file, the folder of the trunks): a copy
+    resumed with the original still there must read and write its own study, never the other."""
+    first, copy = tmp_path / "first", tmp_path / "copy"
+    (first / "ray").mkdir(parents=True)
+    s = make_searcher(spec(), first)
+    s.suggest("t0")
+    s.suggest("t1")
+    s.save_to_dir(str(first / "ray"), session_str="2026")  # as Tune snapshots it
+    shutil.copytree(first, copy)
+    before = (first / JOURNAL).read_bytes()
+    (snapshot,) = (copy / "ray").glob("searcher-state-*.pkl")
+    with resuming(copy):
+        restored = pickle.loads(pickle.dumps(s))  # as the pickled Tuner holds it, then Tune's
+        assert restored.stages.folder == copy
+        restored.restore(str(snapshot))  # restore, from a staging copy of the snapshot
+    assert restored.stages.folder == copy
+    restored.on_trial_complete("t0", {OBJECTIVE: 0.5, BEST: 0.5, "epoch": 6})
+    restored.suggest("t2")
+    assert (first / JOURNAL).read_bytes() == before  # the original sweep is not touched
+    trials = open_study(copy).trials
+    assert [(t.state.name, t.value) for t in trials] == [
+        ("COMPLETE", 0.5),
+        ("RUNNING", None),
+        ("RUNNING", None),
+    ]
 
-    optuna.create_study(study_name="s", storage=journal_storage(tmp_path / JOURNAL), direction="minimize")
+
+def test_a_journal_with_another_direction_is_refused(tmp_path):
+    optuna.create_study(
+        study_name="s", storage=journal_storage(tmp_path / JOURNAL), direction="minimize"
+    )
     with pytest.raises(SpecError, match="directions"):
         make_searcher(spec(), tmp_path)
 
@@ -107,9 +175,18 @@ def test_the_searcher_survives_pickling_with_its_journal(tmp_path):
 
 
 def test_multi_objective_sweeps_tell_every_objective_at_the_best_epoch(tmp_path):
-    s = make_searcher(spec(objective={"metric": ["worst_robust", "mean_robust"]}, search={"params": PARAMS, "sampler": "nsga2"}), tmp_path)
+    s = make_searcher(
+        spec(
+            objective={"metric": ["worst_robust", "mean_robust"]},
+            search={"params": PARAMS, "sampler": "nsga2"},
+        ),
+        tmp_path,
+    )
     s.suggest("t0")
-    s.on_trial_complete("t0", {OBJECTIVE: 0.1, BEST: 0.2, "best_worst_robust": 0.2, "best_mean_robust": 0.5, "epoch": 6})
+    s.on_trial_complete(
+        "t0",
+        {OBJECTIVE: 0.1, BEST: 0.2, "best_worst_robust": 0.2, "best_mean_robust": 0.5, "epoch": 6},
+    )
     assert open_study(tmp_path).trials[0].values == [0.2, 0.5]
 
 
@@ -123,7 +200,13 @@ def test_asha_on_the_epoch_counter_or_none():
     ("sections", "key"),
     [
         ({"objective": {"metric": "accuracy"}}, "objective.metric"),
-        ({"objective": {"metric": ["worst_robust", "mean_robust"]}, "search": {"sampler": "cmaes"}}, "search.sampler"),
+        (
+            {
+                "objective": {"metric": ["worst_robust", "mean_robust"]},
+                "search": {"sampler": "cmaes"},
+            },
+            "search.sampler",
+        ),
         ({"objective": {"mode": "min"}}, "objective.mode"),
         ({"scheduler": "hyperband"}, "scheduler.name"),
         ({"scheduler": {"grace_period": 9}}, "scheduler.grace_period"),
@@ -154,8 +237,15 @@ def test_checkpoints_are_selected_by_the_objective():
 def test_shipped_specs_are_valid_sweeps(name):
     s = load_spec(REPO / "search_spaces" / f"{name}.yaml")
     searched = set(s.search.params)
-    assert {"ham.discard_threshold", "ham.keep_easy_fraction", "ham.temperature", "ham.drop_step", "ham.warmup_epochs"} <= searched
-    assert not searched & {"train.attack_steps", "train.lr"}  # K and lr fixed: every trial shares one warm-up
+    assert {
+        "ham.discard_threshold",
+        "ham.keep_easy_fraction",
+        "ham.temperature",
+        "ham.drop_step",
+        "ham.warmup_epochs",
+    } <= searched
+    # K and lr fixed: every trial shares one warm-up
+    assert not searched & {"train.attack_steps", "train.lr"}
     assert len(plan(s).trunks) == 1
     assert None in s.search.params["ham.temperature"].choices  # uniform weights is a choice
     assert s.scheduler.name == "asha"
@@ -168,12 +258,25 @@ def test_a_searcher_started_over_an_existing_journal_fails_its_running_trials(tm
     again = make_searcher(spec(), tmp_path)
     assert [t.state.name for t in open_study(tmp_path).trials] == ["FAIL"]
     proposal = again.suggest("t0")
-    assert proposal["optuna_trial"] == 1 and proposal["train.attack_steps"] >= proposal["ham.drop_step"]
+    assert (
+        proposal["optuna_trial"] == 1
+        and proposal["train.attack_steps"] >= proposal["ham.drop_step"]
+    )
 
 
 def test_cmaes_runs_past_its_random_start(tmp_path):
     params = {k: v for k, v in PARAMS.items() if k != "ham.temperature"}  # CMA-ES: numbers only
-    s = make_searcher(spec(search={"params": params, "sampler": "cmaes", "start_with_defaults": False, "num_samples": 25}), tmp_path)
+    s = make_searcher(
+        spec(
+            search={
+                "params": params,
+                "sampler": "cmaes",
+                "start_with_defaults": False,
+                "num_samples": 25,
+            }
+        ),
+        tmp_path,
+    )
     for i in range(25):
         c = s.suggest(f"t{i}")
         assert 1 <= c["ham.drop_step"] <= c["train.attack_steps"]
@@ -182,22 +285,124 @@ def test_cmaes_runs_past_its_random_start(tmp_path):
 
 
 def test_trunk_first_then_proposals_wait_for_their_trunk_epoch(tmp_path):
-    from hamsweep.trunk import epoch_dir
+    from hamsweep.sweep.trunk import epoch_dir
 
-    params = {"ham.warmup_epochs": {"choice": [2, 4], "default": 2}, "ham.temperature": {"choice": [None, 1.0], "default": None}}
-    s = make_searcher(spec(search={"params": params, "num_samples": 4, "max_concurrent": 2}), tmp_path)
+    params = {
+        "ham.warmup_epochs": {"choice": [2, 4], "default": 2},
+        "ham.temperature": {"choice": [None, 1.0], "default": None},
+    }
+    s = make_searcher(
+        spec(search={"params": params, "num_samples": 4, "max_concurrent": 2}), tmp_path
+    )
     (trunk,) = plan(s.spec).trunks
     waiting: list = []
     s.waiting_sink = waiting.append
-    assert s.suggest("t0") == {"role": "trunk", "optuna_trial": -1, "keep": [2, 4]}  # the epochs forks start from
-    assert s.suggest("t1") is None and s.suggest("t2") is None  # the defaults (w=2) and one more wait
-    assert s.suggest("t3") is None and len(open_study(tmp_path).trials) == 2  # at most max_concurrent wait
-    assert sorted(w for _, w in waiting[-1]) == sorted(c["ham.warmup_epochs"] for _, c, _ in s._deferred)
+    # the epochs forks start from
+    assert s.suggest("t0") == {"role": "trunk", "optuna_trial": -1, "keep": [2, 4]}
+    # the defaults (w=2) and one more wait
+    assert s.suggest("t1") is None and s.suggest("t2") is None
+    # at most max_concurrent wait
+    assert s.suggest("t3") is None and len(open_study(tmp_path).trials) == 2
+    assert sorted(w for _, w in waiting[-1]) == sorted(
+        c["ham.warmup_epochs"] for _, c, _ in s.stages.deferred
+    )
     epoch_dir(tmp_path, trunk.key, 2).mkdir(parents=True)  # the trunk reached epoch 2
     first = s.suggest("t4")
-    assert first["fork"] == trunk.key and first["ham.warmup_epochs"] == 2 and first["optuna_trial"] == 0
+    assert (
+        first["fork"] == trunk.key
+        and first["ham.warmup_epochs"] == 2
+        and first["optuna_trial"] == 0
+    )
     s.on_trial_complete("t0", {"epoch": 3}, error=True)  # the trunk failed before epoch 4
     rest = [s.suggest(f"t{i}") for i in range(5, 8)]
     assert all(c is not None for c in rest)
-    assert all("fork" not in c or c["ham.warmup_epochs"] == 2 for c in rest)  # w=4 now trains its own warm-up
+    # w=4 now trains its own warm-up
+    assert all("fork" not in c or c["ham.warmup_epochs"] == 2 for c in rest)
     assert s.suggest("t9") is None  # num_samples (4) proposals in all
+
+
+def adapter(folder: Path, **kwargs) -> OptunaAdapter:
+    s = spec()
+    return OptunaAdapter(
+        space=Space(s.search.params, {"train.attack_steps": 10}),
+        metric=BEST,
+        mode="max",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        study_name="alone",
+        storage=journal_storage(folder / JOURNAL),
+        full_epochs=6,
+        **kwargs,
+    )
+
+
+def test_the_adapter_alone_proposes_from_the_journal_study_and_is_told_results(tmp_path):
+    a = adapter(tmp_path)
+    first, second = a.suggest("t0"), a.suggest("t1")
+    assert (first["optuna_trial"], second["optuna_trial"]) == (0, 1)
+    assert 1 <= first["ham.drop_step"] <= first["train.attack_steps"] <= 10
+    a.mark_started("t0", {**first, "fork": "abc"})
+    a.on_trial_result("t0", {OBJECTIVE: 0.2, BEST: 0.2, "epoch": 1, "best_epoch": 1})
+    candidate = a.on_trial_complete("t0", {OBJECTIVE: 0.1, BEST: 0.3, "epoch": 6, "best_epoch": 4})
+    params = {k: first[k] for k in PARAMS}
+    assert candidate == (0, params, 0.3)  # COMPLETE: a candidate for the confirm stage
+    assert a.on_trial_complete("t0", {OBJECTIVE: 0.9, BEST: 0.9, "epoch": 6}) is None  # told once
+    assert a.on_trial_complete("t1", {OBJECTIVE: 0.1, BEST: 0.1, "epoch": 2}) is None  # PRUNED
+    study = optuna.load_study(study_name="alone", storage=journal_storage(tmp_path / JOURNAL))
+    t0, t1 = study.trials
+    assert (t0.state.name, t0.value, t0.intermediate_values) == ("COMPLETE", 0.3, {1: 0.2, 6: 0.1})
+    assert {k: t0.user_attrs[k] for k in ("tune_trial", "role", "fork", "best_epoch")} == {
+        "tune_trial": "t0",
+        "role": "search",
+        "fork": "abc",
+        "best_epoch": 4,
+    }
+    assert t1.state.name == "PRUNED" and t1.params == {k: second[k] for k in PARAMS}
+
+
+def test_the_adapter_fails_orphans_but_not_the_proposals_that_wait(tmp_path):
+    a = adapter(tmp_path)
+    a.suggest("t0"), a.suggest("t1"), a.suggest("t2")
+    waits = a.trial_of("t1")
+    a.forget("t1")  # deferred by the scheduler: not Tune's, and not an orphan
+    a.forget("t2")  # as if proposed after Tune's last snapshot: an orphan
+    a.fail_orphans([waits])
+    study = optuna.load_study(study_name="alone", storage=journal_storage(tmp_path / JOURNAL))
+    assert [t.state.name for t in study.trials] == ["RUNNING", "RUNNING", "FAIL"]
+
+
+def old_folder(tmp_path, monkeypatch, name: str) -> Path:
+    """A copy of the fixture's ``name`` folder; the pickles name it relative (``search``)."""
+    shutil.copytree(OLD / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    return Path(name)
+
+
+def test_a_searcher_pickled_before_the_split_comes_back_as_the_two_parts(tmp_path, monkeypatch):
+    folder = old_folder(tmp_path, monkeypatch, "search")
+    s = pickle.loads((folder / "tuner-searcher.pkl").read_bytes())  # as the pickled Tuner holds it
+    s.restore(str(folder / "searcher-state.pkl"))  # then Tune's searcher state file
+    assert isinstance(s, Searcher) and set(vars(s)) == {"_metric", "_mode", "optuna", "stages"}
+    assert isinstance(s.optuna, OptunaAdapter) and isinstance(s.stages, Stages)
+    (handle, config, point) = s.stages.deferred[0]  # the proposal that waits for epoch 2
+    assert handle.number == config["optuna_trial"] == 1 and point[1] == 2
+    assert s.stages.started == s.stages.ended == {"t2"} and list(s.stages.complete) == ["t2"]
+    assert s.stages.trunk_trials == {"t0": s.stages.plan.trunks[0].key}
+    assert s.optuna._best == {"t2": (0.4, 3)} and s.stages.folder == folder
+    states = [t.state.name for t in open_study(folder).trials]
+    assert states == ["COMPLETE", "RUNNING"]  # the waiting proposal is not taken for an orphan
+
+
+@pytest.mark.parametrize("name", ["search", "confirm"])
+def test_a_searcher_pickled_before_the_split_goes_on_as_the_old_one_did(
+    tmp_path, monkeypatch, name
+):
+    """The fixture's ``replay`` restores the folder and runs it to FINISHED; ``expected.json`` is
+    what the release before the split did in the same replay."""
+    import importlib.util
+
+    loader = importlib.util.spec_from_file_location("make_fixture", OLD / "make_fixture.py")
+    make_fixture = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(make_fixture)
+    old_folder(tmp_path, monkeypatch, name)
+    got = json.loads(json.dumps(make_fixture.replay(name)))
+    assert got == json.loads((OLD / "expected.json").read_text())[name]

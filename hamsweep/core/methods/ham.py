@@ -4,8 +4,8 @@ After the PGD-AT warm-up, each batch is attacked in two phases:
 
 1. ``drop_step`` (M) PGD steps on the whole batch (random start in the eps-ball). For every example
    kappa = the first step t in 0..M at which the model misclassifies x^t (0: already at the random
-   start), read from the logits each PGD step computes anyway; ``NEVER`` = M + 1 if it stayed correct.
-   One gradient-free forward at x^M gives the status after the M-th step.
+   start), read from the logits each PGD step computes anyway; ``NEVER`` = M + 1 if it stayed
+   correct. One gradient-free forward at x^M gives the status after the M-th step.
 2. **Easy** AEs are, by the paper's selection test (its method figure; ``correct_early`` in the
    official code), those the model classifies correctly at x^M *and* whose true class has a
    probability >= ``discard_threshold`` (tau) there: ``easy_rule="correct_at_m"``, the default. An
@@ -24,10 +24,10 @@ counts as kappa = M + 1, and one that flipped back (easy under ``correct_at_m``)
 misclassification step (< M + 1), so it weighs like an AE that crossed there, more than a
 never-misclassified one. ``temperature=None`` gives uniform weights.
 
-**The official code** (``attack_generator.py``: ``GA_PGD_early2``; its training script) is reproduced
-by tau = 0, rho = 0, uniform weights, ``easy_rule="correct_at_m"`` and ``loss_normalization="kept"``
-(``ham_loss``): the same easy set at x^M, the same K - M further steps on the hard AEs only, the
-same mean loss over them. What differs, on purpose:
+**The official code** (``attack_generator.py``: ``GA_PGD_early2``; its training script) is
+reproduced by tau = 0, rho = 0, uniform weights, ``easy_rule="correct_at_m"`` and
+``loss_normalization="kept"`` (``ham_loss``): the same easy set at x^M, the same K - M further steps
+on the hard AEs only, the same mean loss over them. What differs, on purpose:
 
 - the attack's loss is the batch's *summed* cross-entropy, the official one its mean: the gradient
   signs are the same, but each example's step then does not depend on how many share its batch;
@@ -46,15 +46,34 @@ same mean loss over them. What differs, on purpose:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from pydantic import model_validator
 
-from hamsweep.attacks import pgd_step, random_start
+from hamsweep.core.methods._base import Learner, Method
+from hamsweep.errors import SpecError
+from hamsweep.spec._base import _Frozen, at_least
 
-__all__ = ["EASY_RULES", "EarlyDrop", "HamBatch", "bucket", "early_drop", "ham_attack", "ham_loss", "keep_mask", "weights"]
+if TYPE_CHECKING:  # torch is imported where it is used: the spec imports this module for HamConfig
+    import torch
+    from torch import Tensor, nn
+
+    from hamsweep.core.methods._base import Counts, StepOut
+
+__all__ = [
+    "EASY_RULES",
+    "METHOD",
+    "EarlyDrop",
+    "Ham",
+    "HamBatch",
+    "HamConfig",
+    "bucket",
+    "early_drop",
+    "ham_attack",
+    "ham_loss",
+    "keep_mask",
+    "weights",
+]
 
 # what makes an AE easy (see above); the spec's ``ham.easy_rule`` offers the same names
 EasyRule = Literal["correct_at_m", "never_misclassified"]
@@ -79,7 +98,8 @@ class HamBatch:
     y: Tensor  # (kept,) their labels
     index: Tensor  # (kept,) positions in the original batch, increasing
     kappa: Tensor  # (B,) int64: first misclassification step in 0..M, or M + 1 = never
-    easy: Tensor  # (B,) bool: easy by the rule asked for (correct at x^M and p_true >= tau, by default)
+    # (B,) bool: easy by the rule asked for (correct at x^M and p_true >= tau, by default)
+    easy: Tensor
     flipped: Tensor  # (B,) bool: misclassified at some step before M, correct at x^M
     weights: Tensor  # (kept,) float32, mean 1 (empty when nothing is kept)
     attack_steps: int  # example-steps of PGD computed (forward + backward each)
@@ -106,6 +126,11 @@ def early_drop(
     x: (B, C, H, W) in [0, 1]; y: (B,). ``easy_rule``: ``correct_at_m`` (the paper: correct at x^M)
     or ``never_misclassified`` (correct at every x^0..x^M); both also need p_true >= tau at x^M.
     """
+    import torch
+    import torch.nn.functional as F
+
+    from hamsweep.core.attacks import pgd_step, random_start
+
     if easy_rule not in EASY_RULES:
         raise ValueError(f"easy_rule must be one of {', '.join(EASY_RULES)} but got {easy_rule!r}")
     never = drop_step + 1
@@ -130,12 +155,18 @@ def early_drop(
 
 def _record(kappa: Tensor, logits: Tensor, y: Tensor, step: int, never: int) -> None:
     """Set kappa = step for examples misclassified at this step and not before (in place)."""
+    import torch
+
     first = (logits.argmax(dim=1) != y) & (kappa == never)
     kappa.copy_(torch.where(first, step, kappa))  # no boolean indexing: no host sync on a GPU
 
 
-def keep_mask(easy: Tensor, keep_easy_fraction: float, generator: torch.Generator | None = None) -> Tensor:
+def keep_mask(
+    easy: Tensor, keep_easy_fraction: float, generator: torch.Generator | None = None
+) -> Tensor:
     """(B,) bool: every hard example, plus round(rho * #easy) easy ones drawn at random."""
+    import torch
+
     kept = ~easy
     n_easy = int(easy.sum())
     n_keep = round(keep_easy_fraction * n_easy)
@@ -143,13 +174,19 @@ def keep_mask(easy: Tensor, keep_easy_fraction: float, generator: torch.Generato
         return kept | easy
     if n_keep > 0:
         easy_idx = easy.nonzero().squeeze(1)
-        order = torch.randperm(n_easy, generator=generator, device=generator.device if generator else "cpu")
+        order = torch.randperm(
+            n_easy, generator=generator, device=generator.device if generator else "cpu"
+        )
         kept[easy_idx[order[:n_keep].to(easy.device)]] = True
     return kept
 
 
 def weights(kappa: Tensor, temperature: float | None) -> Tensor:
-    """w_i ~ exp(-kappa_i / T), normalised to mean 1; uniform when ``temperature`` is None. kappa: (n,)."""
+    """w_i ~ exp(-kappa_i / T), normalised to mean 1; uniform when ``temperature`` is None.
+    kappa: (n,)."""
+    import torch
+    import torch.nn.functional as F
+
     if temperature is None or kappa.numel() == 0:
         return torch.ones(kappa.shape, device=kappa.device)
     # softmax is exp(-kappa/T) / sum, computed stably for small T; times n gives mean 1
@@ -181,16 +218,30 @@ def ham_attack(
     and cuDNN's autotuner). Exact: in eval mode with the summed loss of ``pgd_step`` each example's
     step depends on itself only; ``attack_steps`` then counts the padded examples' steps too.
     """
+    import torch
+
+    from hamsweep.core.attacks import pgd_step
+
     drop = early_drop(
-        model, x, y, eps=eps, step_size=step_size, drop_step=drop_step,
-        discard_threshold=discard_threshold, easy_rule=easy_rule, generator=generator,
+        model,
+        x,
+        y,
+        eps=eps,
+        step_size=step_size,
+        drop_step=drop_step,
+        discard_threshold=discard_threshold,
+        easy_rule=easy_rule,
+        generator=generator,
     )
     index = keep_mask(drop.easy, keep_easy_fraction, generator).nonzero().squeeze(1)
     x_kept, x_nat, y_kept = drop.x_adv[index], x[index], y[index]  # compaction: a smaller batch
     kept = index.numel()
     steps_on = bucket(kept, x.shape[0]) if pad_buckets and kept else kept
     if steps_on > kept:  # padding: zeros, label 0, never read
-        x_kept, x_nat, y_pad = (torch.cat([t, t.new_zeros((steps_on - kept, *t.shape[1:]))]) for t in (x_kept, x_nat, y_kept))
+        x_kept, x_nat, y_pad = (
+            torch.cat([t, t.new_zeros((steps_on - kept, *t.shape[1:]))])
+            for t in (x_kept, x_nat, y_kept)
+        )
     else:
         y_pad = y_kept
     for _ in range(attack_steps - drop_step):
@@ -217,12 +268,114 @@ def bucket(n: int, batch: int, smallest: int = 16) -> int:
     return min(size, batch)
 
 
-def ham_loss(logits: Tensor, y: Tensor, w: Tensor, batch_size: int, normalization: str = "kept") -> Tensor:
+def ham_loss(
+    logits: Tensor, y: Tensor, w: Tensor, batch_size: int, normalization: str = "kept"
+) -> Tensor:
     """Weighted cross-entropy over the kept AEs. logits: (kept, classes); y, w: (kept,).
 
     ``kept``: divide by the number kept (the official code; it boosts each AE by B / kept);
     ``batch``: divide by the original batch size B.
     """
+    import torch.nn.functional as F
+
     per_example = F.cross_entropy(logits.float(), y, reduction="none")
     denominator = y.numel() if normalization == "kept" else batch_size
     return (w * per_example).sum() / denominator
+
+
+# ---- the method: its spec section and its step ----
+class HamConfig(_Frozen):
+    """The spec section ``ham``: HAM's knobs (read only by HAM trials, after the warm-up)."""
+
+    warmup_epochs: int = 50  # epochs of plain PGD-AT before HAM starts
+    drop_step: int = 3  # M: PGD steps run on the whole batch before easy AEs are dropped
+    discard_threshold: float = 0.0  # tau in [0,1): an easy AE also needs p_true >= tau at x^M
+    # easy = correct at x^M (correct_at_m, the paper) or at every step 0..M (never_misclassified)
+    easy_rule: EasyRule = "correct_at_m"
+    keep_easy_fraction: float = 0.0  # rho in [0,1]: share of easy AEs kept anyway, drawn at random
+    temperature: float | None = None  # w ~ exp(-kappa / T) over kept AEs; None = uniform weights
+    # average the loss over kept AEs or the whole batch
+    loss_normalization: Literal["kept", "batch"] = "kept"
+    # best.pt and the trial's best objective come from HAM epochs only (after the warm-up), so that
+    # a HAM trial is never represented by a PGD-AT epoch; false lets a warm-up epoch win
+    select_after_warmup: bool = True
+    # the K - M steps on the kept AEs padded to a power of two (16 ... batch): a few batch shapes
+    # for a GPU instead of one per batch; exact (ham_attack). false: the kept AEs as they are
+    pad_buckets: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> HamConfig:
+        if self.warmup_epochs < 0:
+            raise SpecError(
+                "warmup_epochs", f"warmup_epochs cannot be negative but got {self.warmup_epochs}"
+            )
+        at_least(self, 1, "drop_step")
+        if not 0 <= self.discard_threshold < 1:
+            raise SpecError(
+                "discard_threshold",
+                f"discard_threshold must be in [0, 1) but got {self.discard_threshold}",
+            )
+        if not 0 <= self.keep_easy_fraction <= 1:
+            raise SpecError(
+                "keep_easy_fraction",
+                f"keep_easy_fraction must be in [0, 1] but got {self.keep_easy_fraction}",
+            )
+        if self.temperature is not None and not self.temperature > 0:
+            raise SpecError(
+                "temperature",
+                f"temperature must be > 0 (or null for uniform weights) but got {self.temperature}",
+            )
+        return self
+
+
+class Ham(Method):
+    name = "ham"
+    title = "HAM"
+    config = HamConfig
+    fork_key = "ham.warmup_epochs"  # ham.warmup_epochs epochs of PGD-AT: the trunk's, when shared
+    diagnostics = ("hard_fraction", "kept_fraction", "flip_backs")
+
+    def check(self, cfg: Any) -> None:
+        k, m = cfg.train.attack_steps, cfg.ham.drop_step
+        if m > k:
+            raise SpecError(
+                "ham.drop_step",
+                f"{m} is larger than train.attack_steps ({k}); drop_step must be in 1..{k}",
+            )
+        super().check(cfg)
+
+    def step(self, learner: Learner, x: Tensor, y: Tensor, tally: Counts) -> StepOut:
+        t, h = learner.cfg.train, learner.cfg.ham
+        hb = ham_attack(
+            learner.model,
+            x,
+            y,
+            eps=t.eps,
+            step_size=t.step_size,
+            attack_steps=t.attack_steps,
+            drop_step=h.drop_step,
+            discard_threshold=h.discard_threshold,
+            keep_easy_fraction=h.keep_easy_fraction,
+            temperature=h.temperature,
+            easy_rule=h.easy_rule,
+            generator=learner.generator,
+            pad_buckets=h.pad_buckets,
+        )
+        tally.add_attack(
+            len(y),
+            hb.attack_steps,
+            hb.num_kept,
+            hard=int((~hb.easy).sum()),
+            decisions=len(y),
+            flip_backs=int(hb.flipped.sum()),
+        )
+        tally.add_class("hard_fraction", y, ~hb.easy)
+        if hb.num_kept == 0:  # every AE was easy and none was kept: nothing to learn from
+            tally.empty_batches += 1
+            return None
+        learner.model.train()
+        logits = learner.model(hb.x_adv)
+        return ham_loss(logits, hb.y, hb.weights, len(y), h.loss_normalization), logits, hb.y
+
+
+METHOD = Ham()

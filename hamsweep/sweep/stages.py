@@ -1,0 +1,197 @@
+"""The stage scheduler: which trial a sweep hands Ray Tune next. Pure Python, no Ray and no Optuna:
+it is told what was proposed and what ended, reads the trunk folders (``trunk.ready_epochs``), and
+answers with the next config, None (nothing can start now) or ``FINISHED``.
+
+The stages, in the order they are handed out:
+
+1. **Search trunks** (``trunk.plan``): each shared PGD-AT warm-up, role ``trunk``, numbered -1, -2,
+   ...: not an Optuna trial.
+2. **Search proposals**. A HAM proposal whose trunk has not reached its warm-up epoch yet is
+   **deferred**, not started: it would hold a GPU idle. Deferred proposals start as soon as their
+   epoch is there, before any new one is asked for; while they wait, new proposals are asked for (up
+   to ``search.max_concurrent`` waiting, never more than ``search.num_samples`` in all), so that one
+   whose epoch is there can run. A proposal whose trunk ended without its epoch (it failed) trains
+   its own warm-up.
+3. **The confirm stage** (``hamsweep.sweep.confirm``), once every search proposal has been handed
+   out and has ended: the ``confirm.top_k`` COMPLETE trials with the highest objective and their
+   PGD-AT baselines on new seeds, each seed's trunks first, each config as soon as its trunk's
+   epoch is there (or its trunk failed).
+4. ``FINISHED``.
+
+A proposal is kept with an opaque ``handle`` (the Optuna trial, for ``search.Searcher``): what
+proposed it gets it back when the proposal starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hamsweep.keys import CONFIRM, FORK, KEEP, NUMBER, ROLE, TRUNK, role, stage, trial_params
+from hamsweep.spec import SweepSpec
+from hamsweep.spec.trial import warmup_key
+from hamsweep.sweep.trunk import Plan, plan, ready_epochs, trunk_config
+
+__all__ = ["FINISHED", "Point", "Stages"]
+
+FINISHED = "FINISHED"  # Ray Tune's ``Searcher.FINISHED``: Tune compares it by value
+Point = tuple[str, int]  # (trunk key, warm-up epoch) where a trial forks
+Candidate = tuple[int, dict[str, Any], float]  # a COMPLETE search trial: (number, params, best)
+
+
+class Stages:
+    """What to hand out next, stage by stage (see the module docstring). ``waiting_sink`` hears of
+    the points trials wait for whenever they change (the dashboard), ``confirm_sink`` of the confirm
+    plan when it is made."""
+
+    def __init__(self, spec: SweepSpec | None = None, folder: Path | None = None) -> None:
+        self.spec, self.folder = spec, folder
+        self.plan: Plan = plan(spec) if spec is not None else Plan(reason="no spec")
+        self.trunk_trials: dict[str, str] = {}  # Tune trial id -> the key of the trunk it trains
+        self.trunks_ended: set[str] = set()  # keys of trunks whose trial ended (finished or failed)
+        self.deferred: list[tuple[Any, dict[str, Any], Point]] = []  # (handle, config, its point)
+        self.started: set[str] = set()  # Tune trial ids of the search proposals handed out
+        self.ended: set[str] = set()  # ... and of those that ended
+        self.complete: dict[str, Candidate] = {}  # COMPLETE search trials: the confirm candidates
+        self.confirm: list[dict[str, Any]] | None = None  # not handed out yet; None: not planned
+        self.waiting_sink: Any = None  # called with [(trunk key, epoch)] of the trials that wait
+        self.confirm_sink: Any = None  # called with the ConfirmPlan when it is made
+
+    # ---- the search: trunks first, then proposals ----
+    def next_trunk(self, trial_id: str) -> dict[str, Any] | None:
+        """The config of the next search trunk not handed out yet, as Tune trial ``trial_id``."""
+        started = set(self.trunk_trials.values())
+        trunk = next((t for t in self.plan.trunks if t.key not in started), None)
+        if trunk is None:
+            return None
+        self.trunk_trials[trial_id] = trunk.key
+        return {
+            ROLE: TRUNK,
+            NUMBER: -1 - trunk.index,
+            KEEP: list(self.plan.fork_epochs),
+            **trunk.params,
+        }
+
+    def release(self, trial_id: str) -> tuple[Any, dict[str, Any]] | None:
+        """The first deferred proposal that can start now, as Tune trial ``trial_id``: its handle
+        and its config as it starts."""
+        for i, (handle, config, point) in enumerate(self.deferred):
+            if (ready := self._start(config, point)) is not None:
+                del self.deferred[i]
+                self.started.add(trial_id)
+                self._tell_waiting()
+                return handle, ready
+        return None
+
+    def may_ask(self) -> bool:
+        """Whether to ask for another proposal: always, unless proposals wait for a trunk (then at
+        most ``max_concurrent`` wait, and no more are asked for than the sweep has trials)."""
+        if self.spec is None:
+            return True
+        proposed = len(self.started) + len(self.deferred)
+        waiting_ok = not self.plan.shared or len(self.deferred) < self.spec.search.max_concurrent
+        return waiting_ok and proposed < self.spec.search.num_samples
+
+    def offer(self, trial_id: str, handle: Any, config: dict[str, Any]) -> dict[str, Any] | None:
+        """A new proposal for Tune trial ``trial_id``: its config as it starts now, or None when it
+        is deferred (kept with ``handle`` until its trunk epoch is there)."""
+        point = self._fork_point(config)
+        ready = self._start(config, point)
+        if ready is None:
+            self.deferred.append((handle, config, point))  # type: ignore[arg-type]
+            self._tell_waiting()
+        else:
+            self.started.add(trial_id)
+        return ready
+
+    def running(self, trial_id: str) -> bool:
+        """Whether ``trial_id`` is a search proposal that was handed out and has not ended."""
+        return trial_id in self.started and trial_id not in self.ended
+
+    def search_ended(self, trial_id: str, complete: Candidate | None = None) -> None:
+        """A search proposal ended; ``complete``: (number, params, best) of one that ran all its
+        epochs (a candidate for the confirm stage)."""
+        self.ended.add(trial_id)
+        if complete is not None:
+            self.complete[trial_id] = complete
+
+    def trunk_ended(self, trial_id: str) -> str:
+        """A trunk's trial ended (finished or failed): proposals still waiting for an epoch it did
+        not reach train their own warm-up. Returns the trunk's key."""
+        key = self.trunk_trials[trial_id]
+        self.trunks_ended.add(key)
+        return key
+
+    def waiting_handles(self) -> list[Any]:
+        """The handles of the deferred proposals (proposed, not handed out)."""
+        return [handle for handle, _, _ in self.deferred]
+
+    # ---- the confirm stage ----
+    def search_over(self) -> bool:
+        """Every search proposal has been handed to Tune and has ended."""
+        if self.spec is None or self.deferred or len(self.started) < self.spec.search.num_samples:
+            return False
+        return self.started <= self.ended
+
+    def next_confirm(self, trial_id: str) -> dict[str, Any] | str | None:
+        """The next confirm trial that can start now (a trunk, or a config whose trunk epoch is
+        there), as Tune trial ``trial_id``; None while they wait; FINISHED once all are handed
+        out."""
+        if self.confirm is None:
+            self._plan_confirm()
+        for i, config in enumerate(self.confirm or ()):
+            ready = self._start(config, self._fork_point(config))
+            if ready is not None:
+                del self.confirm[i]  # type: ignore[union-attr]
+                if role(config) == TRUNK:  # its forks train their own warm-up if it fails
+                    cfg = trunk_config(self.spec, trial_params(config))  # type: ignore[arg-type]
+                    self.trunk_trials[trial_id] = warmup_key(cfg)
+                self._tell_waiting()
+                return ready
+        return None if self.confirm else FINISHED
+
+    def _plan_confirm(self) -> None:
+        from hamsweep.sweep.confirm import Chosen, plan_confirm
+
+        assert self.spec is not None
+        ranked = sorted(self.complete.items(), key=lambda kv: (-kv[1][2], kv[1][0]))
+        best = ranked[: self.spec.confirm.top_k]
+        chosen = (
+            [Chosen(tid, number, params, value) for tid, (number, params, value) in best]
+            if self.spec.confirm.retrains
+            else []
+        )
+        p = plan_confirm(self.spec, chosen)
+        self.confirm = list(p.trials)
+        if self.confirm_sink is not None:
+            self.confirm_sink(p)
+
+    # ---- forks ----
+    def _fork_point(self, config: dict[str, Any]) -> Point | None:
+        """(trunk key, warm-up epoch) where a proposal (or a confirm config) forks; None: it trains
+        from scratch (a trunk, too)."""
+        if self.spec is None or not self.plan.shared or role(config) == TRUNK:
+            return None
+        cfg = self.spec.search_trial_config(trial_params(config))
+        # its trunk is the PGD-AT run of its own seed, handed out first
+        if stage(config) == CONFIRM:
+            return (warmup_key(cfg), cfg.fork_epoch()) if self.plan.forks(cfg) else None
+        trunk = self.plan.trunk_of(cfg)
+        return (trunk.key, cfg.fork_epoch()) if trunk is not None else None
+
+    def _start(self, config: dict[str, Any], point: Point | None) -> dict[str, Any] | None:
+        """``config`` as it starts now (forking from its trunk), or None while its trunk epoch is
+        not there."""
+        if point is None:
+            return config
+        key, epoch = point
+        if epoch in ready_epochs(self.folder, key):  # type: ignore[arg-type]
+            return {**config, FORK: key}
+        if key in self.trunks_ended:
+            return config  # its trunk failed before that epoch: it trains its own warm-up
+        return None
+
+    def _tell_waiting(self) -> None:
+        if self.waiting_sink is not None:
+            confirm = [p for c in self.confirm or () if (p := self._fork_point(c)) is not None]
+            self.waiting_sink([point for _, _, point in self.deferred] + confirm)

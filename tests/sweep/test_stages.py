@@ -1,0 +1,181 @@
+"""The stage scheduler alone, without Ray or Optuna: it is told what was proposed and what ended,
+reads the trunk folders (made here in tmp_path), and says what to hand out next."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import REPO
+
+from hamsweep.spec import SweepSpec, validate
+from hamsweep.spec.trial import warmup_key
+from hamsweep.sweep.stages import FINISHED, Stages
+from hamsweep.sweep.trunk import epoch_dir, trunk_config
+
+
+def spec(confirm: dict | None = None, **search) -> SweepSpec:
+    """Two trunks (K = 2 or 3), forks at warm-up epoch 2 or 4 of 6."""
+    params = {
+        "train.attack_steps": {"choice": [2, 3], "default": 3},
+        "ham.warmup_epochs": {"choice": [2, 4], "default": 2},
+        "ham.temperature": {"choice": [None, 1.0], "default": None},
+    }
+    search = {"params": params, "num_samples": 4, "max_concurrent": 2, **search}
+    sections = {"name": "s", "train": {"epochs": 6}, "ham": {"warmup_epochs": 2, "drop_step": 1}}
+    return validate(SweepSpec, {**sections, "search": search, "confirm": confirm or {}})
+
+
+def proposal(k: int, w: int, t: float | None = None, number: int = 0) -> dict:
+    """A search proposal as the sampler makes it."""
+    return {
+        "train.attack_steps": k,
+        "ham.warmup_epochs": w,
+        "ham.temperature": t,
+        "optuna_trial": number,
+    }
+
+
+def trunk_key(stages: Stages, k: int) -> str:
+    return next(t.key for t in stages.plan.trunks if t.params["train.attack_steps"] == k)
+
+
+def test_the_scheduler_imports_neither_ray_nor_optuna():
+    code = (
+        "import sys, hamsweep.sweep.stages; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'optuna', 'torch'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_trunks_are_handed_out_first(tmp_path):
+    stages = Stages(spec(), tmp_path)
+    first, second = stages.next_trunk("a"), stages.next_trunk("b")
+    assert first == {"role": "trunk", "optuna_trial": -1, "keep": [2, 4], "train.attack_steps": 2}
+    assert second == {"role": "trunk", "optuna_trial": -2, "keep": [2, 4], "train.attack_steps": 3}
+    assert stages.next_trunk("c") is None  # both trunks run
+    assert stages.trunk_trials == {"a": trunk_key(stages, 2), "b": trunk_key(stages, 3)}
+
+
+def test_a_proposal_waits_until_its_trunk_has_the_epoch(tmp_path):
+    stages = Stages(spec(), tmp_path)
+    waiting: list = []
+    stages.waiting_sink = waiting.append
+    stages.next_trunk("trunk")
+    key = trunk_key(stages, 2)
+    assert stages.offer("t0", "handle-0", proposal(2, 4)) is None  # deferred, not started
+    assert waiting[-1] == [(key, 4)] and not stages.running("t0")
+    epoch_dir(tmp_path, key, 2).mkdir(parents=True)  # an epoch it does not fork at
+    assert stages.release("t1") is None
+    epoch_dir(tmp_path, key, 4).mkdir(parents=True)
+    handle, config = stages.release("t1")  # handed out as the Tune trial that asked now
+    assert handle == "handle-0" and config == {**proposal(2, 4), "fork": key}
+    assert waiting[-1] == [] and stages.running("t1") and not stages.deferred
+    started = stages.offer("t2", "handle-2", proposal(2, 2))  # its epoch is there: it starts
+    assert started == {**proposal(2, 2), "fork": key} and stages.running("t2")
+
+
+def test_a_failed_trunk_makes_its_proposals_train_their_own_warm_up(tmp_path):
+    stages = Stages(spec(), tmp_path)
+    stages.next_trunk("trunk2"), stages.next_trunk("trunk3")
+    assert stages.offer("t0", "h0", proposal(3, 4)) is None
+    assert stages.offer("t1", "h1", proposal(2, 4)) is None
+    stages.trunk_ended("trunk3")  # ended before epoch 4: it failed
+    handle, config = stages.release("t2")
+    assert handle == "h0" and config == proposal(3, 4)  # no fork: it trains its own warm-up
+    assert stages.release("t3") is None  # K = 2's trunk still runs
+    assert stages.waiting_handles() == ["h1"]
+
+
+def test_at_most_max_concurrent_wait_and_num_samples_in_all(tmp_path):
+    stages = Stages(spec(num_samples=3, max_concurrent=2), tmp_path)
+    stages.next_trunk("trunk")
+    assert stages.may_ask()
+    stages.offer("t0", "h0", proposal(2, 4)), stages.offer("t1", "h1", proposal(2, 4))
+    assert not stages.may_ask()  # two wait: enough
+    epoch_dir(tmp_path, trunk_key(stages, 2), 4).mkdir(parents=True)
+    stages.release("t2")
+    assert stages.may_ask()  # one waits, one runs: a third may be asked for
+    stages.offer("t3", "h3", proposal(3, 2, number=2))
+    assert not stages.may_ask()  # num_samples (3) proposed
+
+
+def test_the_search_is_over_when_every_proposal_ran_and_ended(tmp_path):
+    stages = Stages(spec(num_samples=2), tmp_path)
+    for w in (2, 4):
+        epoch_dir(tmp_path, trunk_key(stages, 2), w).mkdir(parents=True)
+    stages.offer("t0", "h0", proposal(2, 2))
+    assert not stages.search_over()  # one proposal of two
+    stages.offer("t1", "h1", proposal(2, 4, number=1))
+    stages.search_ended("t0", (0, {}, 0.5))
+    assert not stages.search_over() and stages.next_trunk("trunk")  # t1 runs
+    stages.search_ended("t1")  # stopped early: no candidate
+    assert stages.search_over() and list(stages.complete) == ["t0"]
+
+
+def confirm_stages(tmp_path, seeds: int = 2) -> tuple[Stages, list]:
+    """A sweep whose search ended: t0 (best 0.4), t1 (best 0.5), t2 (best 0.5); top 2 on 2 seeds."""
+    s = spec(confirm={"top_k": 2, "seeds": seeds}, num_samples=3)
+    stages, planned = Stages(s, tmp_path), []
+    stages.confirm_sink = planned.append
+    stages.next_trunk("trunk2"), stages.next_trunk("trunk3")
+    for w in (2, 4):
+        epoch_dir(tmp_path, trunk_key(stages, 2), w).mkdir(parents=True)
+    for number, (tid, w, best) in enumerate([("t0", 2, 0.4), ("t1", 4, 0.5), ("t2", 2, 0.5)]):
+        p = proposal(2, w, number=number)
+        stages.offer(tid, tid, p)
+        stages.search_ended(tid, (number, {k: v for k, v in p.items() if "." in k}, best))
+    assert stages.search_over()
+    return stages, planned
+
+
+def test_the_confirm_stage_hands_out_each_seeds_trunk_first_then_its_configs(tmp_path):
+    stages, planned = confirm_stages(tmp_path)
+    trunks = [stages.next_confirm(f"c{i}") for i in range(2)]
+    assert [(c["role"], c["stage"], c["train.seed"]) for c in trunks] == [
+        ("trunk", "confirm", 1),
+        ("trunk", "confirm", 2),
+    ]
+    # the best objective first, a tie to the lower number: t1 (0.5, #1) then t2 (0.5, #2)
+    assert [c.trial for c in planned[0].chosen] == ["t1", "t2"]
+    assert stages.next_confirm("c2") is None  # every config waits for its seed's trunk
+    seed1 = warmup_key(trunk_config(stages.spec, {"train.attack_steps": 2, "train.seed": 1}))
+    assert stages.trunk_trials["c0"] == seed1 != trunk_key(stages, 2)  # a new seed: a new warm-up
+    epoch_dir(tmp_path, seed1, 4).mkdir(parents=True)  # t1 forks at 4
+    first = stages.next_confirm("c3")
+    assert (first["config"], first["train.seed"], first["fork"]) == ("t1", 1, seed1)
+    assert stages.next_confirm("c4") is None  # t2 forks at 2: not there
+    stages.trunk_ended("c1")  # seed 2's trunk failed: its configs train their own warm-up
+    rest = [stages.next_confirm(f"c{i}") for i in range(5, 7)]
+    assert [(c["config"], c["train.seed"], "fork" in c) for c in rest] == [
+        ("t1", 2, False),
+        ("t2", 2, False),
+    ]
+    epoch_dir(tmp_path, seed1, 2).mkdir(parents=True)
+    last = stages.next_confirm("c7")
+    assert (last["config"], last["train.seed"], last["fork"]) == ("t2", 1, seed1)
+    assert stages.next_confirm("c8") == FINISHED
+
+
+def test_the_confirm_stage_waits_in_the_dashboards_list(tmp_path):
+    stages, _ = confirm_stages(tmp_path, seeds=1)
+    waiting: list = []
+    stages.waiting_sink = waiting.append
+    assert stages.next_confirm("c0")["role"] == "trunk"
+    seed1 = stages.trunk_trials["c0"]
+    assert sorted(waiting[-1]) == [(seed1, 2), (seed1, 4)]
+
+
+def test_ray_compares_finished_by_value():
+    from ray.tune.search import Searcher
+
+    assert Searcher.FINISHED == FINISHED
+
+
+def test_without_a_spec_every_proposal_starts_at_once(tmp_path):
+    stages = Stages()
+    assert stages.next_trunk("t0") is None and stages.may_ask()
+    assert stages.offer("t0", "h", {"x": 1}) == {"x": 1}
+    stages.search_ended("t0")
+    assert not stages.search_over()  # no spec: no confirm stage to plan
