@@ -76,9 +76,10 @@ def validate(
     s = _load_with_overrides(spec, overrides)
     profile = load_profile(cluster) if cluster is not None else None
     checks = preflight(s, out, profile)
-    searched = ", ".join(s.search.params) or "nothing"
+    searched = ", ".join(s.search.space) or "nothing"
     print(
-        f"{spec}: {s.data.name} / {s.model.name} / {s.train.method}, {s.train.epochs} epochs; "
+        f"{spec}: {s.data.name} / {s.model.name} / {' vs '.join(s.methods)}, "
+        f"{s.train.epochs} epochs; "
         f"searches {searched}"
     )
     sched = (
@@ -87,7 +88,7 @@ def validate(
         else "no early stopping"
     )
     print(
-        f"sweep: {s.search.num_samples} trials by {s.search.sampler}, {s.search.max_concurrent} at "
+        f"sweep: {_trials_text(s)} by {s.search.sampler}, {s.search.max_concurrent} at "
         f"once, {sched}; maximises validation {' + '.join(s.objective.metrics)}; "
         f"{s.resources.cpu:g} CPU + {s.resources.gpu:g} GPU per trial"
     )
@@ -106,6 +107,18 @@ def validate(
     for warning in checks.warnings:
         print(f"warning: {warning}")
     print(checks.verdict())
+
+
+def _trials_text(s: Any) -> str:
+    """'8 trials', or for a comparison '3 trials for each of ham, cfa, trades (9; each method its
+    own sampler)'."""
+    if not s.search.methods:
+        return f"{s.search.trials} trials"
+    names = ", ".join(s.search.methods)
+    return (
+        f"{s.search.num_samples} trials for each of {names} ({s.search.trials}; each method its "
+        "own sampler)"
+    )
 
 
 def _sharing(s: Any) -> str:
@@ -145,7 +158,8 @@ def _confirming(s: Any) -> str:
     seeds = ", ".join(map(str, new_seeds(s)))
     aa = " and AutoAttack" if c.autoattack else ""
     return (
-        f"confirm: the {c.top_k} best configs and PGD-AT on train.seed {seeds}, on the test split "
+        f"confirm: the {c.top_k} best configs{' of each method' if s.search.methods else ''} and "
+        f"PGD-AT on train.seed {seeds}, on the test split "
         f"(PGD-{s.eval.attack_steps}{aa}): {trials} trials, predicted {epochs:.0f} training "
         f"epochs, {epochs / search:.2f}x the search's {search:.0f}"
     )
@@ -424,9 +438,9 @@ def _with_overrides(spec: Any, overrides: dict[str, Any]) -> Any:
         return spec
     data = spec.model_dump(mode="json")
     for key, value in overrides.items():
-        if key in spec.search.params:
+        if key in spec.search.space:
             raise SpecError(
-                key, "is searched (search.params); change its range in the spec instead"
+                key, "is searched (search.params or search.methods); change its range in the spec"
             )
         section, _, field = key.partition(".")
         if section not in data or not isinstance(data[section], dict) or field not in data[section]:

@@ -93,7 +93,7 @@ def _header(d: ReportData) -> str:
     counts = Counter(t["status"] for t in d.search())
     # own costs: each trunk's warm-up once
     spent = sum(t["device_seconds"] or 0 for t in d.trials) / 3600
-    searched = ", ".join(s.search.params) or "nothing"
+    searched = ", ".join(s.search.space) or "nothing"
     status = (
         f'<p class="snapshot">running: a snapshot of what is there at {html.escape(d.taken)}</p>'
         if d.running
@@ -104,7 +104,7 @@ def _header(d: ReportData) -> str:
         f"<p>{html.escape(s.data.name)} / {html.escape(s.model.name)} / "
         f"{html.escape(s.train.method)}, {s.train.epochs} epochs; "
         f"searches {html.escape(searched)}; objective: validation {html.escape(d.objective)}; "
-        f"{s.search.num_samples} trials by {html.escape(s.search.sampler)}</p>"
+        f"{s.search.trials} trials by {html.escape(s.search.sampler)}</p>"
         f"<p>trials: {', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}; "
         f"{d.device()}-hours {spent:.2f}</p>{_results(d)}"
     )

@@ -124,7 +124,7 @@ def results_table(out: Path, spec: SweepSpec, top: int = 10, by: str | None = No
     by = by or spec.objective.primary
     rows = top_trials(out, top, by)
     baselines = top_trials(out, top, by, role=TRUNK)
-    names = knob_names(list(spec.search.params))
+    names = knob_names(list(spec.search.space))
     title = (
         f"{spec.name}: best {len(rows)} trials by validation {by}"
         + (", and the PGD-AT baseline" if baselines else "")
@@ -238,7 +238,7 @@ def paper_rows(out: Path, spec: SweepSpec) -> tuple[str, list[dict[str, Any]]]:
                 "wall_hours": r["wall_hours"],
                 **{
                     k: (params.get(r["config"]) or {}).get(param_column(k))
-                    for k in spec.search.params
+                    for k in spec.search.space
                 },
             },
         )
@@ -298,7 +298,7 @@ def confirmed_table(out: Path, spec: SweepSpec) -> Table:
     seeds = max((r["seeds"] for r in rows), default=0)
     conf = round(100 * spec.confirm.confidence, 6)
     key = next((r["diff_metric"] for r in rows if r.get("diff_metric")), "worst")
-    names = knob_names(list(spec.search.params))
+    names = knob_names(list(spec.search.space))
     title = (
         f"{spec.name}: confirmed on the test split, {seeds} seeds, robust = {robust}; "
         f"in %, mean±std over seeds; val: the validation {spec.objective.primary} that chose it; "
@@ -424,7 +424,7 @@ def _tex(text: str) -> str:
 def _latex(rows: list[dict[str, Any]], spec: SweepSpec) -> str:
     """booktabs: config, knobs, then mean ± std per metric (the best mean in bold), Δ to PGD-AT,
     GPU-hours."""
-    keys = list(spec.search.params)
+    keys = list(spec.search.space)
     metrics = (*_COLUMNS, "clean")
     best = {
         m: max((r[f"{m}_mean"] for r in rows if r.get(f"{m}_mean") is not None), default=None)

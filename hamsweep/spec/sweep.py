@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import model_validator
 
+from hamsweep.core import methods as registry
 from hamsweep.errors import SpecError
 from hamsweep.spec._base import _Frozen, at_least, fraction, validate
 from hamsweep.spec.trial import (
@@ -109,10 +110,20 @@ class Distribution(_Frozen):
         return lo <= value <= hi
 
 
+METHOD_KEY = "train.method"  # the key a comparison of methods (search.methods) sets per trial
+
+
+class MethodSearch(_Frozen):
+    """One method of a comparison (``search.methods``): the parameters searched for it alone."""
+
+    params: dict[str, Distribution] = {}  # 'section.field' -> distribution with its default
+
+
 class SearchConfig(_Frozen):
     sampler: Literal["tpe", "random", "cmaes", "gp", "nsga2"] = "tpe"  # Optuna sampler
     seed: int = 0  # seeds the sampler
-    num_samples: int = 8  # trials in the sweep
+    # trials in the sweep; with ``methods``: per method, so every method gets the same number
+    num_samples: int = 8
     max_concurrent: int = 1  # trials running at once
     start_with_defaults: bool = True  # the first trial runs every default (the paper's setting)
     # HAM trials fork from one PGD-AT run per distinct warm-up config (a trunk, which is also the
@@ -120,11 +131,62 @@ class SearchConfig(_Frozen):
     # = every trial from scratch
     share_warmup: bool = True
     params: dict[str, Distribution] = {}  # 'section.field' -> distribution with its default
+    # a comparison: method name -> what is searched for it alone (``params`` are searched for every
+    # method); each method has its own sampler state (no method's trials teach another's) and
+    # ``num_samples`` trials; empty: every trial trains ``train.method``
+    methods: dict[str, MethodSearch] = {}
 
     @model_validator(mode="after")
     def _check(self) -> SearchConfig:
         at_least(self, 1, "num_samples", "max_concurrent")
+        for name, m in self.methods.items():
+            for key, dist in m.params.items():
+                if key == METHOD_KEY:
+                    raise SpecError(
+                        f"methods.{name}.params.{key}", "each method is its own; drop this key"
+                    )
+                if key in self.params:
+                    raise SpecError(
+                        f"methods.{name}.params.{key}",
+                        "is searched for every method (search.params) already; give it once",
+                    )
+                other = next((o for o, om in self.methods.items() if key in om.params), name)
+                if other != name and self.methods[other].params[key] != dist:
+                    raise SpecError(
+                        f"methods.{name}.params.{key}",
+                        f"differs from methods.{other}.params.{key}; one study keeps one "
+                        "distribution per key, so give both methods the same",
+                    )
+        if self.methods and METHOD_KEY in self.params:
+            raise SpecError(
+                f"params.{METHOD_KEY}", "search.methods names the methods; drop this key"
+            )
         return self
+
+    @property
+    def trials(self) -> int:
+        """Search trials in all: ``num_samples``, per method in a comparison."""
+        return self.num_samples * max(len(self.methods), 1)
+
+    @property
+    def space(self) -> dict[str, Distribution]:
+        """Every searched key: ``params``, and in a comparison each method's and ``train.method``
+        itself (a choice of the methods: the trials table's method column)."""
+        if not self.methods:
+            return dict(self.params)
+        names = list(self.methods)
+        out: dict[str, Distribution] = {
+            METHOD_KEY: Distribution(kind="choice", choices=tuple(names), default=names[0])
+        }
+        out.update(self.params)
+        for m in self.methods.values():
+            out.update(m.params)
+        return out
+
+    def method_params(self, method: str | None) -> dict[str, Distribution]:
+        """What a trial of ``method`` searches: ``params`` and that method's own."""
+        own = self.methods[method].params if method in self.methods else {}
+        return {**self.params, **own}
 
 
 class ObjectiveConfig(_Frozen):
@@ -328,46 +390,54 @@ class SweepSpec(TrialConfig):
 
     @model_validator(mode="after")
     def _check_params(self) -> SweepSpec:
-        keys = config_keys()
-        for key, dist in self.search.params.items():
-            if key not in keys:
+        keys, valid = config_keys(), registry.names()
+        for name in self.search.methods:
+            if name not in valid:
                 raise SpecError(
-                    f"search.params.{key}", f"unknown key; valid keys are {', '.join(keys)}"
+                    f"search.methods.{name}", f"unknown method; valid are {', '.join(valid)}"
                 )
-            for bound in (dist.low, dist.high):
-                if isinstance(bound, str) and bound not in keys:
-                    raise SpecError(f"search.params.{key}", f"bound {bound!r} is not a config key")
-        values = flat(self.trial_config())  # the defaults must form a valid trial
-        for key, dist in self.search.params.items():
+        for method in self.search.methods or [None]:
+            for key, dist in self.search.method_params(method).items():
+                where = _where(key, method, self.search.params)
+                if key not in keys:
+                    raise SpecError(where, f"unknown key; valid keys are {', '.join(keys)}")
+                for bound in (dist.low, dist.high):
+                    if isinstance(bound, str) and bound not in keys:
+                        raise SpecError(where, f"bound {bound!r} is not a config key")
+            self._check_method(method)
+        return self
+
+    def _check_method(self, method: str | None) -> None:
+        """The searched values of ``method`` (None: the spec's one method) are valid trials."""
+        values = flat(self.trial_config(self.defaults(method)))  # the defaults form a valid trial
+        for key, dist in self.search.method_params(method).items():
+            where = _where(key, method, self.search.params)
             if dist.kind == "choice":
-                self._check_values(key, dist.choices or ())
+                self._check_values(key, dist.choices or (), method, where)
                 continue
             lo, hi = dist.bounds(values)
             if lo > hi:
-                raise SpecError(f"search.params.{key}", f"low {lo} is larger than high {hi}")
+                raise SpecError(where, f"low {lo} is larger than high {hi}")
             if not dist.contains(dist.default, values):
-                raise SpecError(
-                    f"search.params.{key}", f"default {dist.default} is outside [{lo}, {hi}]"
-                )
-            self._check_values(key, (lo, hi))
-        return self
+                raise SpecError(where, f"default {dist.default} is outside [{lo}, {hi}]")
+            self._check_values(key, (lo, hi), method, where)
 
-    def _check_values(self, key: str, candidates: Iterable[Any]) -> None:
+    def _check_values(
+        self, key: str, candidates: Iterable[Any], method: str | None, where: str
+    ) -> None:
         """Each end of a range, each choice, must itself be a valid value of ``key``. A searched key
         whose bound names ``key`` is sampled within that bound, so it is clamped into it here."""
-        defaults = {**flat(TrialConfig.model_validate(self.base())), **self.defaults()}
+        defaults = {**flat(TrialConfig.model_validate(self.base())), **self.defaults(method)}
         for value in candidates:
-            overrides = {key: value}
-            for other, dist in self.search.params.items():
+            overrides = {**self.defaults(method), key: value}
+            for other, dist in self.search.method_params(method).items():
                 if key in (dist.low, dist.high):
                     lo, hi = dist.bounds({**defaults, key: value})
                     overrides[other] = min(max(dist.default, lo), hi)
             try:
                 self.trial_config(overrides)
             except SpecError as err:
-                raise SpecError(
-                    f"search.params.{key}", f"{value!r} can be sampled but is invalid: {err}"
-                ) from None
+                raise SpecError(where, f"{value!r} can be sampled but is invalid: {err}") from None
 
     def base(self) -> dict[str, Any]:
         """The trial sections as plain data, without the sweep's sections; checkpoints are
@@ -376,15 +446,25 @@ class SweepSpec(TrialConfig):
         data["eval"]["select_by"] = self.objective.primary
         return data
 
-    def defaults(self) -> dict[str, Any]:
-        """Each searched key -> its declared default."""
-        return {key: dist.default for key, dist in self.search.params.items()}
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods the sweep trains: ``search.methods``' names, or ``train.method`` alone."""
+        return tuple(self.search.methods) or (self.train.method,)
+
+    def defaults(self, method: str | None = None) -> dict[str, Any]:
+        """Each searched key -> its declared default. In a comparison (``search.methods``): the
+        keys ``method`` searches (the first method's when None), and ``train.method`` itself."""
+        if not self.search.methods:
+            return {key: dist.default for key, dist in self.search.params.items()}
+        method = method if method in self.search.methods else self.methods[0]
+        own = self.search.method_params(method)
+        return {METHOD_KEY: method, **{key: dist.default for key, dist in own.items()}}
 
     def trial_config(self, overrides: Mapping[str, Any] | None = None) -> TrialConfig:
-        """The spec's sections, then the searched defaults, then ``overrides``
-        ('section.field' keys)."""
-        data = self.base()
-        for key, value in {**self.defaults(), **(overrides or {})}.items():
+        """The spec's sections, then the searched defaults (of the method ``overrides`` names, in
+        a comparison), then ``overrides`` ('section.field' keys)."""
+        data, overrides = self.base(), dict(overrides or {})
+        for key, value in {**self.defaults(overrides.get(METHOD_KEY)), **overrides}.items():
             assign(data, key, value)
         return validate(TrialConfig, data)
 
@@ -393,6 +473,13 @@ class SweepSpec(TrialConfig):
         split left alone (only the confirm stage touches it, after the search)."""
         cfg = self.trial_config(params)
         return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"test": False})})
+
+
+def _where(key: str, method: str | None, common: Mapping[str, Any]) -> str:
+    """The spec path of searched ``key``: search.params.KEY, or search.methods.M.params.KEY."""
+    if method is None or key in common:
+        return f"search.params.{key}"
+    return f"search.methods.{method}.params.{key}"
 
 
 def load_spec(path: str | Path) -> SweepSpec:

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hamsweep.core import methods
 from hamsweep.errors import SpecError
 from hamsweep.keys import BASELINE, CONFIG, CONFIRM, KEEP, NUMBER, ROLE, STAGE, TRUNK
 from hamsweep.rundir import atomic_write_text
@@ -86,11 +87,13 @@ class ConfirmPlan:
     baselines: dict[str, dict[str, Any]]
 
     def label(self, config: str) -> str:
-        """'#12' for a chosen config, 'PGD-AT' for the baseline
-        (with its values when there are several)."""
+        """'#12' for a chosen config ('CFA #12' where trials differ in method), 'PGD-AT' for the
+        baseline (with its values when there are several)."""
         chosen = next((c for c in self.chosen if c.trial == config), None)
         if chosen is not None:
-            return f"#{chosen.number}"
+            method = chosen.params.get("train.method")
+            title = f"{methods.get(method).title} " if method else ""
+            return f"{title}#{chosen.number}"
         params = self.baselines.get(config, {})
         if len(self.baselines) < 2 or not params:
             return BASELINE_LABEL
@@ -101,7 +104,7 @@ class ConfirmPlan:
 def new_seeds(spec: SweepSpec) -> tuple[int, ...]:
     """``confirm.seeds`` values of ``train.seed`` that no search trial trained with: the next
     integers after the largest the search used."""
-    dist = spec.search.params.get("train.seed")
+    dist = spec.search.space.get("train.seed")
     used = (
         [spec.train.seed]
         if dist is None
@@ -504,7 +507,7 @@ def _evaluate(
     from hamsweep.results.store import param_column
     from hamsweep.sweep.trunk import trunk_config
 
-    params = {k: row[param_column(k)] for k in spec.search.params}
+    params = {k: row[param_column(k)] for k in spec.search.space}
     if row.get("role") == TRUNK:  # a trunk's row holds only its warm-up keys; HAM's are null
         cfg = trunk_config(spec, {k: v for k, v in params.items() if v is not None})
     else:
@@ -534,8 +537,10 @@ def confirm_cost(spec: SweepSpec) -> tuple[float, int]:
     if not c.retrains:
         return 0.0, 0
     epochs, p = spec.train.epochs, plan(spec)
+    configs = c.top_k * len(spec.methods)  # a comparison confirms each method's top_k
     if not p.shared:
-        return float(c.seeds * (c.top_k + 1) * epochs), c.seeds * (c.top_k + 1)
-    # the warm-ups forks can have
+        return float(c.seeds * (configs + 1) * epochs), c.seeds * (configs + 1)
+    # the warm-ups forks can have; a method that does not fork trains all its epochs
     after = sum(epochs - w for w in p.fork_epochs) / len(p.fork_epochs)
-    return c.seeds * (epochs + c.top_k * after), c.seeds * (c.top_k + 1)
+    each = [after if methods.get(m).fork_key else epochs for m in spec.methods]
+    return c.seeds * (epochs + c.top_k * sum(each)), c.seeds * (configs + 1)

@@ -13,20 +13,21 @@ __all__ = ["confirm_trials", "costs", "trial_count"]
 
 
 def confirm_trials(spec: SweepSpec) -> int:
-    """The confirm stage's trials at most: each of the ``confirm.top_k`` configs and one PGD-AT
-    baseline per config, on each of the ``confirm.seeds`` new seeds; 0 when nothing is retrained."""
+    """The confirm stage's trials at most: each of the ``confirm.top_k`` configs (of each method, in
+    a comparison) and one PGD-AT baseline per config, on each of the ``confirm.seeds`` new seeds; 0
+    when nothing is retrained."""
     c = spec.confirm
-    return 2 * c.top_k * c.seeds if c.retrains else 0
+    return 2 * c.top_k * len(spec.methods) * c.seeds if c.retrains else 0
 
 
 def trial_count(spec: SweepSpec, confirm: int | None = None) -> int:
-    """The sweep's trials: the ``search.num_samples`` the sampler proposes, the trunks it trains
+    """The sweep's trials: the ``search.trials`` the sampler proposes, the trunks it trains
     first (``trunk.plan``), and the confirm stage's: ``confirm`` once it is planned, else at most
     ``confirm_trials``. Tune counts all of them as trials."""
     from hamsweep.sweep.trunk import plan
 
     extra = confirm_trials(spec) if confirm is None else confirm
-    return spec.search.num_samples + len(plan(spec).trunks) + extra
+    return spec.search.trials + len(plan(spec).trunks) + extra
 
 
 def costs(spec: SweepSpec, wall_seconds: float) -> tuple[float, float]:

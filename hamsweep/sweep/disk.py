@@ -63,7 +63,7 @@ def reserve(spec: SweepSpec) -> int:
     return (
         2 * (spec.search.max_concurrent + 1) * checkpoint_bytes(spec)
         + _STATE_BYTES
-        + _TRIAL_STATE_BYTES * spec.search.num_samples
+        + _TRIAL_STATE_BYTES * spec.search.trials
     )
 
 

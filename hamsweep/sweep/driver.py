@@ -145,12 +145,12 @@ def drive(
     if unfinished and recorder.budget_hit is None:
         # Tune catches Ctrl-C itself and returns from fit() with trials left: not a finished sweep
         raise Interrupted(
-            f"stopped with {unfinished} of {spec.search.num_samples} trials unfinished; "
+            f"stopped with {unfinished} of {spec.search.trials} trials unfinished; "
             f"continue with: hamsweep resume {out}"
         )
     if recorder.budget_hit:
         console.print(
-            f"{recorder.budget_hit}: {unfinished} of {spec.search.num_samples} trials "
+            f"{recorder.budget_hit}: {unfinished} of {spec.search.trials} trials "
             "not run to the end",
             highlight=False,
         )

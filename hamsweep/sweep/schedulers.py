@@ -7,11 +7,13 @@ for a trial that nothing stopped.
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any
 
 from ray.tune.schedulers import ASHAScheduler
 
 from hamsweep.keys import CONFIRM, OBJECTIVE, TRUNK, role, stage
+from hamsweep.spec.sweep import METHOD_KEY
 
 if TYPE_CHECKING:
     from hamsweep.spec import SweepSpec
@@ -28,11 +30,28 @@ class Asha(ASHAScheduler):
     """ASHA over the search trials only: a trunk is the PGD-AT baseline and runs to its last epoch,
     never compared at a rung, and so does every trial of the confirm stage. Rungs count epochs of
     the full schedule (a fork's first result is epoch ``warmup_epochs + 1``), so a fork meets the
-    same rungs as the trial trained from scratch."""
+    same rungs as the trial trained from scratch.
+
+    In a comparison (``per_method``) each method has rungs of its own: a trial is compared with its
+    own method's trials only, as its sampler learns from them only (``per_method``), so that a
+    method whose worst class is lower throughout is not stopped at every rung by another's, and
+    each method's search keeps its share of full trials."""
+
+    def __init__(self, *args: Any, per_method: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # the first bracket before any trial: each method's rungs start as a copy of it
+        self._pristine = copy.deepcopy(self._brackets[0]) if per_method else None
+        self._method_brackets: dict[str, Any] = {}
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         if role(trial.config) != TRUNK and stage(trial.config) != CONFIRM:
             super().on_trial_add(tune_controller, trial)
+            pristine = getattr(self, "_pristine", None)  # (none in an Asha pickled before)
+            if pristine is not None:
+                method = trial.config.get(METHOD_KEY)
+                if method not in self._method_brackets:
+                    self._method_brackets[method] = copy.deepcopy(pristine)
+                self._trial_info[trial.trial_id] = self._method_brackets[method]
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         if trial.trial_id not in self._trial_info:
@@ -54,6 +73,7 @@ def make_scheduler(spec: SweepSpec) -> ASHAScheduler | None:
     if s.name == "none":
         return None
     return Asha(
+        per_method=bool(spec.search.methods),
         time_attr="epoch",
         metric=OBJECTIVE,
         mode="max",

@@ -43,7 +43,7 @@ from hamsweep.results.study import (
     record_baseline,
     study_name,
 )
-from hamsweep.spec import Distribution, SweepSpec, flat
+from hamsweep.spec import METHOD_KEY, Distribution, SweepSpec, flat
 
 # Asha and make_scheduler live in schedulers; their names stay here: old sweep folders pickle
 # hamsweep.search.Asha (hamsweep._moved maps hamsweep.search to this module)
@@ -79,14 +79,25 @@ class Space:
     naming another key (``ham.drop_step: {int: [1, train.attack_steps]}``) reads the value sampled
     for this very trial, and M <= K holds for every trial."""
 
-    def __init__(self, params: Mapping[str, Distribution], fixed: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        params: Mapping[str, Distribution],
+        fixed: Mapping[str, Any],
+        methods: Mapping[str, Mapping[str, Distribution]] | None = None,
+    ) -> None:
         self.params = dict(_dependency_order(params))
         # the spec's values of every key, for bounds naming unsearched keys
         self.fixed = dict(fixed)
+        # a comparison (search.methods): method -> the keys a trial of it searches
+        self.methods = {m: dict(_dependency_order(p)) for m, p in (methods or {}).items()}
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
-        values = dict(self.fixed)
-        for key, dist in self.params.items():
+        values, params = dict(self.fixed), self.params
+        if getattr(self, "methods", None):  # (a Space pickled before comparisons has none)
+            # asked first: the sampler answers with the method whose turn it is (per_method)
+            method = trial.suggest_categorical(METHOD_KEY, list(self.methods))
+            values[METHOD_KEY], params = method, self.methods[method]
+        for key, dist in params.items():
             values[key] = _suggest(trial, key, dist, values)
         return {NUMBER: trial.number}  # Ray adds returned constants to the trial's config
 
@@ -129,7 +140,18 @@ def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
 
     # multivariate, group and constant_liar are "experimental" in Optuna 5 (stable in use since 2.x)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    s, seed = spec.search.sampler, spec.search.seed
+    if spec.search.methods:  # a comparison: one sampler of this kind per method
+        from hamsweep.sweep.per_method import PerMethodSampler
+
+        return PerMethodSampler(
+            spec.methods, lambda i: _sampler(spec.search.sampler, spec.search.seed + i)
+        )
+    return _sampler(spec.search.sampler, spec.search.seed)
+
+
+def _sampler(s: str, seed: int) -> optuna.samplers.BaseSampler:
+    import optuna
+
     if s == "tpe":
         return optuna.samplers.TPESampler(
             seed=seed, multivariate=True, group=True, constant_liar=True
@@ -550,12 +572,15 @@ def make_searcher(spec: SweepSpec, folder: Path) -> Searcher:
     name = study_name(folder) or new_study_name(spec.name)  # a folder keeps its study's name
     metrics = spec.objective.metrics
     multi = len(metrics) > 1
-    defaults = fresh and spec.search.start_with_defaults and spec.search.params
+    defaults = fresh and spec.search.start_with_defaults and spec.search.space
+    # a comparison: each method's defaults first (its paper's setting), in the spec's order
+    points = [spec.defaults(m) for m in spec.search.methods] or [spec.defaults()]
+    per_method = {m: spec.search.method_params(m) for m in spec.search.methods}
     optuna = OptunaAdapter(
-        space=Space(spec.search.params, flat(spec.trial_config())),
+        space=Space(spec.search.params, flat(spec.trial_config()), per_method),
         metric=[best_key(m) for m in metrics] if multi else BEST,
         mode=["max"] * len(metrics) if multi else "max",
-        points_to_evaluate=[spec.defaults()] if defaults else None,
+        points_to_evaluate=points if defaults else None,
         sampler=make_sampler(spec),
         study_name=name,
         storage=journal_storage(journal),

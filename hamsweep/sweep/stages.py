@@ -9,7 +9,7 @@ The stages, in the order they are handed out:
 2. **Search proposals**. A HAM proposal whose trunk has not reached its warm-up epoch yet is
    **deferred**, not started: it would hold a GPU idle. Deferred proposals start as soon as their
    epoch is there, before any new one is asked for; while they wait, new proposals are asked for (up
-   to ``search.max_concurrent`` waiting, never more than ``search.num_samples`` in all), so that one
+   to ``search.max_concurrent`` waiting, never more than ``search.trials`` in all), so that one
    whose epoch is there can run. A proposal whose trunk ended without its epoch (it failed) trains
    its own warm-up.
 3. **The confirm stage** (``hamsweep.sweep.confirm``), once every search proposal has been handed
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hamsweep.keys import CONFIRM, FORK, KEEP, NUMBER, ROLE, TRUNK, role, stage, trial_params
-from hamsweep.spec import SweepSpec
+from hamsweep.spec import METHOD_KEY, SweepSpec
 from hamsweep.spec.trial import warmup_key
 from hamsweep.sweep.trunk import Plan, plan, ready_epochs, trunk_config
 
@@ -90,7 +90,7 @@ class Stages:
             return True
         proposed = len(self.started) + len(self.deferred)
         waiting_ok = not self.plan.shared or len(self.deferred) < self.spec.search.max_concurrent
-        return waiting_ok and proposed < self.spec.search.num_samples
+        return waiting_ok and proposed < self.spec.search.trials
 
     def offer(self, trial_id: str, handle: Any, config: dict[str, Any]) -> dict[str, Any] | None:
         """A new proposal for Tune trial ``trial_id``: its config as it starts now, or None when it
@@ -129,7 +129,7 @@ class Stages:
     # ---- the confirm stage ----
     def search_over(self) -> bool:
         """Every search proposal has been handed to Tune and has ended."""
-        if self.spec is None or self.deferred or len(self.started) < self.spec.search.num_samples:
+        if self.spec is None or self.deferred or len(self.started) < self.spec.search.trials:
             return False
         return self.started <= self.ended
 
@@ -155,7 +155,14 @@ class Stages:
 
         assert self.spec is not None
         ranked = sorted(self.complete.items(), key=lambda kv: (-kv[1][2], kv[1][0]))
-        best = ranked[: self.spec.confirm.top_k]
+        k = self.spec.confirm.top_k
+        # a comparison confirms each method's own best k: the search ranks a method's configs
+        # against each other, never against another method's (their sampler states are apart)
+        best = [
+            kv
+            for m in self.spec.methods
+            for kv in [kv for kv in ranked if kv[1][1].get(METHOD_KEY, m) == m][:k]
+        ]
         chosen = (
             [Chosen(tid, number, params, value) for tid, (number, params, value) in best]
             if self.spec.confirm.retrains

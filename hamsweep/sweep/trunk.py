@@ -79,10 +79,10 @@ def trunk_config(spec: SweepSpec, params: dict[str, Any]) -> TrialConfig:
 
 def plan(spec: SweepSpec) -> Plan:
     """Which trunks ``spec`` makes (see the module docstring)."""
-    params = spec.search.params
+    params = spec.search.space
     if not spec.search.share_warmup:
         return Plan(reason="search.share_warmup is false")
-    names = params["train.method"].choices if "train.method" in params else (spec.train.method,)
+    names = params["train.method"].choices if "train.method" in params else spec.methods
     forking = [m for m in map(methods.get, names or ()) if m.fork_key]
     if not forking:
         forkers = [m.title for m in map(methods.get, methods.names()) if m.fork_key]
@@ -115,7 +115,7 @@ def plan(spec: SweepSpec) -> Plan:
 def _values(spec: SweepSpec, key: str) -> tuple[Any, ...] | None:
     """Every value ``key`` can take in the sweep;
     None for a continuous range (or a bound naming a key)."""
-    dist = spec.search.params.get(key)
+    dist = spec.search.space.get(key)
     if dist is None:
         section, name = key.split(".")
         return (getattr(getattr(spec, section), name),)
@@ -170,7 +170,7 @@ def predicted_cost(spec: SweepSpec) -> Cost:
     """Expected epochs under ASHA's rungs (a trial reaches rung k with probability 1/rf^k) with
     the fork epoch (``ham.warmup_epochs``) uniform over its values; trunks run all
     ``train.epochs``."""
-    n, p = spec.search.num_samples, plan(spec)
+    n, p = spec.search.trials, plan(spec)
     segments = _asha_segments(spec)
     without = n * sum(length * prob for _, length, prob in segments)
     if not p.shared:

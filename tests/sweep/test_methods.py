@@ -1,6 +1,7 @@
-"""The fair-AT methods (issue 20) in a real sweep: one sweep on a local Ray searches
-``train.method`` over every method beside HAM, its driver is SIGKILLed while a fair-AT trial is
-half-trained and the sweep is resumed to its end, confirm stage included. Read back from the
+"""The fair-AT methods (issue 20) in a real sweep: one sweep on a local Ray compares every method
+beside HAM (``search.methods``, issue 21: the same number of trials each, each its own sampler),
+its driver is SIGKILLed while a fair-AT trial is half-trained and the sweep is resumed to its end,
+confirm stage included (each method's best config against PGD-AT). Read back from the
 Parquet files with DuckDB: each method's trials completed, the forking ones forked from the shared
 PGD-AT trunk at their warm-up, each trial's ``class_state`` rows hold what its method keeps per
 class, and a method's state went through the kill in its checkpoint (the resumed trial's rows are
@@ -25,10 +26,13 @@ from conftest import (
     write_spec,
 )
 
+from hamsweep.core import methods as registry
+
 pytestmark = pytest.mark.timeout(900)
 
 EPOCHS, WARMUP = 4, 2
 FAIR = ("frl", "cfa", "wat", "dafa", "faal")
+TITLES = {m: registry.get(m).title for m in FAIR}  # how the confirm table names each method
 FORKING = {"frl", "dafa", "faal"}  # they fine-tune a PGD-AT model: fork from the trunk at WARMUP
 # the columns each method fills in class_state (the others stay null)
 FILLS = {
@@ -38,9 +42,7 @@ FILLS = {
     "dafa": ("weight", "eps", "step_size"),
     "faal": ("weight", "train_robust_acc"),
 }
-# the random sampler's seed and trial count under which every method is proposed at least once
-# (a sampler change that breaks this fails the first assertion below: pick another seed)
-SEED, SAMPLES = 4, 6
+SAMPLES = 1  # trials per method
 
 
 def _spec(path: Path) -> Path:
@@ -55,11 +57,12 @@ def _spec(path: Path) -> Path:
         scheduler="none",
         confirm={"top_k": 1, "seeds": 1},
         search={
-            "sampler": "random",
-            "seed": SEED,
+            "sampler": "tpe",
             "num_samples": SAMPLES,
             "max_concurrent": 2,
-            "params": {"train.method": {"choice": list(FAIR), "default": "frl"}},
+            # the budget rule, not an enqueued default, gives each method its turn
+            "start_with_defaults": False,
+            "methods": {m: {} for m in FAIR},
         },
     )
 
@@ -109,8 +112,8 @@ def test_every_method_ran_to_the_end_and_the_forking_ones_forked_from_the_trunk(
         "FROM '{out}/trials/*.parquet'",
     )
     search = [t for t in trials if t[1] == "search"]
-    assert {t[4] for t in search} == set(FAIR), "every method is proposed (see SEED)"
-    assert len(search) == SAMPLES and all(t[3] == "completed" for t in trials), trials
+    assert sorted(t[4] for t in search) == sorted(FAIR * SAMPLES), "each method its turn"
+    assert all(t[3] == "completed" for t in trials), trials
     trunks = {t[0] for t in trials if t[1] == "trunk" and t[2] == "search"}
     assert len(trunks) == 1
     for _, _, _, _, method, forked_at, trunk, _ in search:
@@ -119,9 +122,11 @@ def test_every_method_ran_to_the_end_and_the_forking_ones_forked_from_the_trunk(
         else:
             assert forked_at is None, method
     assert any(t[7] for t in trials), "some trial continued from its checkpoint after the kill"
-    # the confirm stage retrained the best config on a new seed beside a PGD-AT baseline
-    confirm = _rows(fair_sweep, "SELECT role, seeds FROM '{out}/confirm/*.parquet'")
+    # the confirm stage retrained each method's best config on a new seed beside a PGD-AT baseline
+    confirm = _rows(fair_sweep, "SELECT role, seeds, label FROM '{out}/confirm/*.parquet'")
     assert {r[0] for r in confirm} == {"confirm", "baseline"} and {r[1] for r in confirm} == {1}
+    titles = sorted(r[2].split(" #")[0] for r in confirm if r[0] == "confirm")
+    assert titles == sorted(TITLES.values()), confirm
 
 
 def test_class_state_holds_what_each_method_keeps_per_class(fair_sweep):
@@ -172,7 +177,7 @@ def test_the_killed_trial_continued_as_if_never_stopped(fair_sweep, tmp_path):
     assert resumed, "the kill caught a cfa or wat trial half-trained (the fixture waits for one)"
     trial, method, seed, _ = resumed[0]
     spec = yaml.safe_load((fair_sweep / "spec.yaml").read_text())
-    spec["search"]["params"] = {}
+    spec["search"]["params"], spec["search"]["methods"] = {}, {}
     spec["train"].update(method=method, seed=seed)
     (tmp_path / "one.yaml").write_text(yaml.safe_dump(spec))
     # one torch thread, as the sweep's trial had (resources.cpu): another thread count sums in

@@ -72,7 +72,7 @@ class TrialBook:
         self.state = SweepState(
             name=spec.name,
             objective=spec.objective.primary,
-            num_samples=spec.search.num_samples,
+            num_samples=spec.search.trials,
             started=started,
             now=time.time(),
             gpu_hours_budget=spec.budget.gpu_hours,

@@ -63,7 +63,7 @@ class RowWriter:
 
     def __init__(self, spec: SweepSpec, out: Path, flush_s: float = FLUSH_S) -> None:
         self.spec = spec
-        self.types = param_types(spec.search.params)
+        self.types = param_types(spec.search.space)
         parts = PartWriter(Path(out), {TRIALS: trials_schema(self.types)})
         self.buffer = BufferedWriter(parts, flush_s)
 

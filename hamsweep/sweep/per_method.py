@@ -1,0 +1,154 @@
+"""A comparison's sampler (``search.methods``, issue 21): one Optuna study, each method its own
+sampler state, the same number of trials for each.
+
+Every method gets an inner sampler of the spec's kind (seeded ``search.seed + its index``) that
+sees only that method's trials: ``_MethodStudy`` is the study with the other methods' trials left
+out, the way Optuna's own HyperbandPruner hands TPE one bracket's trials. So a method's TPE learns
+from its own trials alone (their objective values are not comparable across methods' spaces:
+HAM's best ``drop_step`` says nothing about CFA's ``lambda1``), and one journal, one study and one
+sequence of trial numbers still hold the whole sweep (results, optuna-dashboard).
+
+Which method a new trial trains is not sampled: it is the budget rule's. ``before_trial`` gives it
+the method with the fewest trials so far (ties in the spec's order), and the sweep asks for
+``num_samples`` x methods trials in all, so each method gets ``num_samples``. The trial records its
+method as the parameter ``train.method`` (the space asks for it first; this sampler answers) and as
+the system attribute ``hamsweep:method`` (set before it samples anything, so that a trial still
+running is already its method's for the constant liar).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Container, Sequence
+from typing import TYPE_CHECKING, Any
+
+from optuna.samplers import BaseSampler
+from optuna.trial import TrialState
+
+from hamsweep.spec.sweep import METHOD_KEY
+
+if TYPE_CHECKING:
+    from optuna import Study
+    from optuna.distributions import BaseDistribution
+    from optuna.trial import FrozenTrial
+
+__all__ = ["METHOD_ATTR", "PerMethodSampler", "method_of"]
+
+METHOD_ATTR = "hamsweep:method"  # the trial's system attribute naming its method
+
+
+def method_of(trial: FrozenTrial) -> str | None:
+    """The method a trial of a comparison trains; None for one that has none yet."""
+    return trial.system_attrs.get(METHOD_ATTR, trial.params.get(METHOD_KEY))
+
+
+def _spent(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` used up one of its method's trials: every trial asked for, except one
+    still enqueued and a proposal a killed driver left behind (failed on resume without ever
+    having been handed to Tune: no ``tune_trial``)."""
+    if trial.state == TrialState.WAITING:
+        return False
+    return trial.state != TrialState.FAIL or "tune_trial" in trial.user_attrs
+
+
+class _MethodStudy:
+    """``study`` as the sampler of ``method`` sees it: that method's trials only."""
+
+    def __init__(self, study: Study, method: str) -> None:
+        self._study, self._method = study, method
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(
+        self,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+        use_cache: bool = False,
+    ) -> list[FrozenTrial]:
+        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        return [t for t in trials if method_of(t) == self._method]
+
+    def get_trials(
+        self, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        return self._get_trials(deepcopy=deepcopy, states=states)
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+
+class PerMethodSampler(BaseSampler):
+    """Optuna sampler of a comparison (see the module docstring). ``make(i)`` builds the inner
+    sampler of the i-th method."""
+
+    def __init__(self, methods: Sequence[str], make: Callable[[int], BaseSampler]) -> None:
+        self.methods = tuple(methods)
+        self.samplers = {m: make(i) for i, m in enumerate(self.methods)}
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        fixed = trial.system_attrs.get("fixed_params", {}).get(METHOD_KEY)  # an enqueued default
+        method = fixed if fixed in self.samplers else self._fewest(study)
+        study._storage.set_trial_system_attr(trial._trial_id, METHOD_ATTR, method)
+        trial.system_attrs[METHOD_ATTR] = method  # the trial object Optuna samples this one with
+        self.samplers[method].before_trial(self._view(study, method), trial)
+
+    def _fewest(self, study: Study) -> str:
+        """The method with the fewest trials spent so far; ties go to the earlier in the spec."""
+        counts = Counter(
+            method_of(t) for t in study._get_trials(deepcopy=False, use_cache=False) if _spent(t)
+        )
+        return min(self.methods, key=lambda m: (counts[m], self.methods.index(m)))
+
+    def infer_relative_search_space(
+        self, study: Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        method = self._method(trial)
+        space = self.samplers[method].infer_relative_search_space(self._view(study, method), trial)
+        return {k: d for k, d in space.items() if k != METHOD_KEY}  # the method is not sampled
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        method = self._method(trial)
+        return self.samplers[method].sample_relative(self._view(study, method), trial, search_space)
+
+    def sample_independent(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        method = self._method(trial)
+        if param_name == METHOD_KEY:
+            return method
+        return self.samplers[method].sample_independent(
+            self._view(study, method), trial, param_name, param_distribution
+        )
+
+    def after_trial(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        method = method_of(trial)
+        if method in self.samplers:
+            self.samplers[method].after_trial(self._view(study, method), trial, state, values)
+
+    def reseed_rng(self) -> None:
+        for sampler in self.samplers.values():
+            sampler.reseed_rng()
+
+    def _method(self, trial: FrozenTrial) -> str:
+        method = method_of(trial)
+        if method not in self.samplers:
+            raise RuntimeError(f"Optuna trial {trial.number} has no method of {self.methods}")
+        return method
+
+    @staticmethod
+    def _view(study: Study, method: str) -> Any:
+        return _MethodStudy(study, method)

@@ -1,0 +1,110 @@
+"""A comparison of methods in one spec (``search.methods``, issue 21): what it searches per method,
+how many trials each gets, and every mistake as one line naming the key."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from hamsweep.errors import SpecError
+from hamsweep.spec import load_spec
+
+BASE = """
+    train: {epochs: 4, attack_steps: 2}
+    ham: {drop_step: 1, warmup_epochs: 2}
+    search:
+      num_samples: 3
+      params:
+        train.lr: {choice: [0.05, 0.1], default: 0.1}
+"""
+# appended under ``search:`` as written (two spaces in)
+METHODS = """\
+  methods:
+    ham:
+      params:
+        ham.drop_step: {int: [1, train.attack_steps], default: 2}
+    cfa: {params: {cfa.lambda1: {uniform: [0.1, 0.9], default: 0.3}}}
+    trades: {}
+"""
+
+
+def _load(tmp_path, text: str):
+    path = tmp_path / "s.yaml"
+    path.write_text(textwrap.dedent(BASE) + text + "\n")
+    return load_spec(path)
+
+
+def test_each_method_searches_the_common_keys_and_its_own(tmp_path):
+    spec = _load(tmp_path, METHODS)
+    assert spec.methods == ("ham", "cfa", "trades")
+    assert spec.search.trials == 9  # num_samples for each method
+    assert list(spec.search.method_params("cfa")) == ["train.lr", "cfa.lambda1"]
+    assert list(spec.search.method_params("trades")) == ["train.lr"]
+    space = spec.search.space
+    assert space["train.method"].choices == ("ham", "cfa", "trades")
+    assert set(space) == {"train.method", "train.lr", "ham.drop_step", "cfa.lambda1"}
+    # a method's defaults are its own: its paper's setting, with the common keys'
+    assert spec.defaults("cfa") == {"train.method": "cfa", "train.lr": 0.1, "cfa.lambda1": 0.3}
+    cfg = spec.trial_config({"train.method": "ham", "train.lr": 0.05})
+    assert (cfg.train.method, cfg.train.lr, cfg.ham.drop_step) == ("ham", 0.05, 2)
+    # a trial of another method keeps the spec's own value of a key it does not search
+    assert spec.trial_config({"train.method": "trades"}).ham.drop_step == 1
+
+
+def test_a_spec_without_methods_is_what_it_was(tmp_path):
+    spec = _load(tmp_path, "")
+    assert spec.methods == (spec.train.method,) and spec.search.trials == 3
+    assert list(spec.search.space) == ["train.lr"] and spec.defaults() == {"train.lr": 0.1}
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        (
+            "  methods: {ham: {}, frll: {}}",
+            "search.methods.frll",
+            "unknown method; valid are cfa, dafa, faal, fgsm_rs, frl, ham, pgd_at, trades, wat",
+        ),
+        (
+            "  methods: {ham: {params: {train.lr: {choice: [0.1], default: 0.1}}}}",
+            "search.methods.ham.params.train.lr",
+            "is searched for every method (search.params) already; give it once",
+        ),
+        (
+            "  methods:\n"
+            "    ham: {params: {train.momentum: {uniform: [0.8, 0.9], default: 0.9}}}\n"
+            "    cfa: {params: {train.momentum: {uniform: [0.5, 0.9], default: 0.9}}}",
+            "search.methods.cfa.params.train.momentum",
+            "differs from methods.ham.params.train.momentum; one study keeps one distribution "
+            "per key, so give both methods the same",
+        ),
+        (
+            "  methods: {ham: {params: {train.method: {choice: [ham], default: ham}}}}",
+            "search.methods.ham.params.train.method",
+            "each method is its own; drop this key",
+        ),
+        (
+            "  methods: {ham: {params: {ham.drop_step: {int: [1, 5], default: 2}}}}",
+            "search.methods.ham.params.ham.drop_step",
+            "5 can be sampled but is invalid",
+        ),
+        (
+            "  methods: {cfa: {params: {cfa.lamda1: {uniform: [0, 1], default: 0.5}}}}",
+            "search.methods.cfa.params.cfa.lamda1",
+            "unknown key; valid keys are",
+        ),
+    ],
+)
+def test_a_bad_comparison_is_one_line_naming_its_key(tmp_path, text, key, message):
+    with pytest.raises(SpecError) as err:
+        _load(tmp_path, text)
+    line = str(err.value)
+    assert "\n" not in line and line.startswith(f"{tmp_path / 's.yaml'}: {key}: "), line
+    assert message in line, line
+
+
+def test_train_method_is_not_searched_beside_methods(tmp_path):
+    text = "    train.method: {choice: [ham, cfa], default: ham}\n  methods: {ham: {}, cfa: {}}"
+    with pytest.raises(SpecError, match=r"search\.params\.train\.method: search\.methods names"):
+        _load(tmp_path, text)
