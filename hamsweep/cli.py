@@ -156,6 +156,12 @@ def _confirming(s: Any) -> str:
     epochs, trials = confirm_cost(s)
     search = predicted_cost(s).shared
     seeds = ", ".join(map(str, new_seeds(s)))
+    if c.max_seeds is not None:
+        seeds += (
+            f", then {c.round_seeds} more a round while a config's difference to PGD-AT is "
+            f"undecided, up to {c.max_seeds} (group-sequential t-test, {c.spending} spending; "
+            "the cost below is the first round's)"
+        )
     aa = " and AutoAttack" if c.autoattack else ""
     return (
         f"confirm: the {c.top_k} best configs{' of each method' if s.search.methods else ''} and "

@@ -293,21 +293,70 @@ class ConfirmConfig(_Frozen):
     split, one seed, no interval (what ``final_eval`` did before)."""
 
     top_k: int = 3  # configs confirmed; 0 = no confirm stage (the test split is never touched)
-    # new train.seed values per config and for the PGD-AT baseline; 0 = the search's checkpoints
+    # new train.seed values per config and for the PGD-AT baseline; 0 = the search's checkpoints.
+    # In YAML also {min: 3, max: 10, step: 1}: seeds added in rounds (below)
     seeds: int = 3
+    # seeds in rounds: while a config's difference to PGD-AT is undecided by the group-sequential
+    # test (hamsweep.core.sequential), ``round_seeds`` more seeds each round, up to ``max_seeds``;
+    # None: ``seeds`` only, one ordinary paired t-test
+    max_seeds: int | None = None
+    round_seeds: int = 1  # seeds added per round
+    spending: Literal["obrien_fleming", "pocock"] = "obrien_fleming"  # the test's spending rule
     autoattack: bool = False  # also AutoAttack (standard), besides PGD-``eval.attack_steps``
     confidence: float = 0.95  # two-sided coverage of every interval in the confirm tables
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_range(cls, data: Any) -> Any:
+        """``seeds: {min: 3, max: 10, step: 1}`` is seeds, max_seeds and round_seeds."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("seeds"), Mapping):
+            return data
+        given = dict(data["seeds"])
+        if unknown := sorted(set(given) - {"min", "max", "step"}):
+            raise SpecError(
+                "seeds", f"takes min, max and step (seeds per round) but got {', '.join(unknown)}"
+            )
+        if "min" not in given or "max" not in given:
+            raise SpecError("seeds", "needs both min and max, e.g. {min: 3, max: 10}")
+        rest = {k: v for k, v in data.items() if k != "seeds"}
+        return {
+            **rest,
+            "seeds": given["min"],
+            "max_seeds": given["max"],
+            **({"round_seeds": given["step"]} if "step" in given else {}),
+        }
 
     @model_validator(mode="after")
     def _check(self) -> ConfirmConfig:
         at_least(self, 0, "top_k", "seeds")
+        at_least(self, 1, "round_seeds")
         if not 0 < self.confidence < 1:
             raise SpecError("confidence", f"confidence must be in (0, 1) but got {self.confidence}")
+        if self.max_seeds is not None and not 2 <= self.seeds <= self.max_seeds:
+            raise SpecError(
+                "seeds",
+                f"seeds in rounds need 2 <= min ({self.seeds}) <= max ({self.max_seeds}): "
+                "one seed has no spread to test with",
+            )
         return self
 
     @property
     def retrains(self) -> bool:
         return self.top_k > 0 and self.seeds > 0
+
+    @property
+    def most_seeds(self) -> int:
+        """The seeds a config can get in all: ``max_seeds`` in rounds, else ``seeds``."""
+        return self.max_seeds if self.max_seeds is not None else self.seeds
+
+    def design(self) -> Any:
+        """The group-sequential design of seeds in rounds (``core.sequential.Design``); None for
+        a fixed number of seeds."""
+        if self.max_seeds is None or not self.retrains:
+            return None
+        from hamsweep.core.sequential import Design
+
+        return Design(self.seeds, self.max_seeds, self.round_seeds, self.confidence, self.spending)
 
 
 class SweepSpec(TrialConfig):

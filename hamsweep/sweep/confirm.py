@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hamsweep.core import methods
 from hamsweep.errors import SpecError
 from hamsweep.keys import BASELINE, CONFIG, CONFIRM, KEEP, NUMBER, ROLE, STAGE, TRUNK
@@ -46,11 +48,14 @@ __all__ = [
     "FIRST_NUMBER",
     "Chosen",
     "ConfirmPlan",
+    "add_round",
     "confirm_cost",
     "evaluate_top",
     "new_seeds",
     "plan_confirm",
     "read_plan",
+    "test_objective",
+    "undecided",
     "write_plan",
     "write_tables",
 ]
@@ -101,9 +106,10 @@ class ConfirmPlan:
         return f"{BASELINE_LABEL} ({values})"
 
 
-def new_seeds(spec: SweepSpec) -> tuple[int, ...]:
-    """``confirm.seeds`` values of ``train.seed`` that no search trial trained with: the next
-    integers after the largest the search used."""
+def new_seeds(spec: SweepSpec, count: int | None = None) -> tuple[int, ...]:
+    """``count`` (default ``confirm.seeds``) values of ``train.seed`` that no search trial trained
+    with: the next integers after the largest the search used. A later round of seeds takes the
+    values after the earlier rounds' (``add_round``)."""
     dist = spec.search.space.get("train.seed")
     used = (
         [spec.train.seed]
@@ -111,7 +117,7 @@ def new_seeds(spec: SweepSpec) -> tuple[int, ...]:
         else list(dist.choices or ()) + [b for b in (dist.low, dist.high) if isinstance(b, int)]
     )
     start = max(int(u) for u in used) + 1
-    return tuple(range(start, start + spec.confirm.seeds))
+    return tuple(range(start, start + (spec.confirm.seeds if count is None else count)))
 
 
 def _baseline_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -130,13 +136,31 @@ def _baseline_config(spec: SweepSpec, params: dict[str, Any]) -> str:
 
 def plan_confirm(spec: SweepSpec, chosen: list[Chosen]) -> ConfirmPlan:
     """The confirm trials of ``chosen`` (see the module docstring); none when nothing was chosen."""
+
+    seeds = new_seeds(spec) if chosen else ()
+    baselines = {_baseline_config(spec, c.params): _baseline_params(c.params) for c in chosen}
+    p = ConfirmPlan(tuple(chosen), (), (), baselines)
+    return add_round(spec, p, [c.trial for c in chosen], len(seeds))[0]
+
+
+def add_round(
+    spec: SweepSpec, p: ConfirmPlan, configs: list[str], count: int
+) -> tuple[ConfirmPlan, list[dict[str, Any]]]:
+    """``p`` with ``count`` more seeds for the chosen ``configs`` (search trial ids) and their
+    baselines: the plan, and the new trials in the order they are handed out (for each seed its
+    baselines first, then the configs). Numbers stay unique over rounds: a trial's number comes from
+    its seed's index among all the plan's seeds and its config's index among all chosen ones."""
     from hamsweep.sweep.trunk import plan
 
-    shared, seeds = plan(spec), new_seeds(spec) if chosen else ()
-    baselines = {_baseline_config(spec, c.params): _baseline_params(c.params) for c in chosen}
+    shared = plan(spec)
+    seeds = new_seeds(spec, len(p.seeds) + count)[len(p.seeds) :]
+    chosen = [c for c in p.chosen if c.trial in configs]
+    wanted = {_baseline_config(spec, c.params) for c in chosen}
     trials: list[dict[str, Any]] = []
-    for s, seed in enumerate(seeds):
-        for b, (config, params) in enumerate(baselines.items()):
+    for s, seed in enumerate(seeds, start=len(p.seeds)):
+        for b, (config, params) in enumerate(p.baselines.items()):
+            if config not in wanted:
+                continue
             keep = _fork_epochs(
                 spec, shared, [c for c in chosen if _baseline_config(spec, c.params) == config]
             )
@@ -148,10 +172,12 @@ def plan_confirm(spec: SweepSpec, chosen: list[Chosen]) -> ConfirmPlan:
                     KEEP: keep,
                     **params,
                     "train.seed": seed,
-                    NUMBER: -(FIRST_NUMBER + 1 + s * len(baselines) + b),
+                    NUMBER: -(FIRST_NUMBER + 1 + s * len(p.baselines) + b),
                 }
             )
-        for i, c in enumerate(chosen):
+        for i, c in enumerate(p.chosen):
+            if c.trial not in configs:
+                continue
             trials.append(
                 {
                     STAGE: CONFIRM,
@@ -159,10 +185,49 @@ def plan_confirm(spec: SweepSpec, chosen: list[Chosen]) -> ConfirmPlan:
                     BASELINE: _baseline_config(spec, c.params),
                     **c.params,
                     "train.seed": seed,
-                    NUMBER: FIRST_NUMBER + s * len(chosen) + i,
+                    NUMBER: FIRST_NUMBER + s * len(p.chosen) + i,
                 }
             )
-    return ConfirmPlan(tuple(chosen), seeds, tuple(trials), baselines)
+    grown = ConfirmPlan(p.chosen, p.seeds + seeds, p.trials + tuple(trials), p.baselines)
+    return grown, trials
+
+
+def test_objective(spec: SweepSpec, result: dict[str, Any]) -> float | None:
+    """The objective (``objective.primary`` on PGD-``eval.attack_steps``) of a confirm trial's
+    test evaluation, the number seeds in rounds are decided on; None without one (it failed)."""
+    from hamsweep.core.metrics import summarize
+    from hamsweep.spec.trial import objective_summary
+
+    attack = f"pgd{spec.eval.attack_steps}"
+    for e in (result.get("test") or {}).get("evals", ()):
+        if e["split"] == "test" and e["attack"] == attack:
+            summary = summarize(np.array(e["n"]), np.array(e["correct"]), spec.eval.cvar_fraction)
+            return float(summary[objective_summary(spec.objective.primary)])
+    return None
+
+
+def undecided(
+    spec: SweepSpec, p: ConfirmPlan, values: dict[tuple[str, int], float | None]
+) -> list[str]:
+    """The chosen configs whose difference to PGD-AT (``test_objective``, seed by seed) the
+    group-sequential design (``confirm.design()``) has not decided and that may get more seeds;
+    ``values``: (CONFIG, seed) -> test objective (None: that trial failed)."""
+    design = spec.confirm.design()
+    if design is None:
+        return []
+    out = []
+    for c in p.chosen:
+        base = _baseline_config(spec, c.params)
+        d = [
+            values[(c.trial, s)] - values[(base, s)]  # type: ignore[operator]
+            for s in p.seeds
+            if values.get((c.trial, s)) is not None and values.get((base, s)) is not None
+        ]
+        if len(d) >= design.min_seeds and design.read(d).final:
+            continue
+        if len(p.seeds) < design.max_seeds:
+            out.append(c.trial)
+    return out
 
 
 def _fork_epochs(spec: SweepSpec, shared: Any, chosen: list[Chosen]) -> list[int]:
@@ -370,10 +435,10 @@ def _summary_rows(
                 "paired_seeds": len(paired),
             }
             if paired:
-                d = stats.paired_difference(
+                d = _difference(
+                    spec,
                     [values[key][seeds.index(s)] for s in paired],
                     [base[key][base_seeds.index(s)] for s in paired],
-                    conf,
                 )
                 row.update(
                     diff_mean=d.mean,
@@ -383,6 +448,19 @@ def _summary_rows(
                 )
             rows.append(row)
     return rows
+
+
+def _difference(spec: SweepSpec, values: list[float], baseline: list[float]) -> Any:
+    """The paired difference of a config to its PGD-AT baseline over the seeds both have, in seed
+    order: with seeds in rounds, the group-sequential design's repeated confidence interval at the
+    first look that decides (``core.sequential``: its verdict says at how many seeds), else the
+    paired t-interval."""
+    from hamsweep.core import stats
+
+    design = spec.confirm.design()
+    if design is None or len(values) < design.min_seeds:
+        return stats.paired_difference(values, baseline, spec.confirm.confidence)
+    return design.read(np.array(values) - np.array(baseline))
 
 
 def _class_rows(

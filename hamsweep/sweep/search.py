@@ -432,6 +432,7 @@ class Searcher(TuneSearcher):
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
+        self.stages.confirm_ended(trial_id, result, error)
         if trial_id in self.stages.trunk_trials:
             key = self.stages.trunk_ended(trial_id)
             self.optuna.record_baseline(trial_id, key, result or {}, error)

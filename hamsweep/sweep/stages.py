@@ -27,7 +27,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hamsweep.keys import CONFIRM, FORK, KEEP, NUMBER, ROLE, TRUNK, role, stage, trial_params
+from hamsweep.keys import (
+    CONFIG,
+    CONFIRM,
+    FORK,
+    KEEP,
+    NUMBER,
+    ROLE,
+    TRUNK,
+    role,
+    stage,
+    trial_params,
+)
 from hamsweep.spec import METHOD_KEY, SweepSpec
 from hamsweep.spec.trial import warmup_key
 from hamsweep.sweep.trunk import Plan, plan, ready_epochs, trunk_config
@@ -146,9 +157,50 @@ class Stages:
                 if role(config) == TRUNK:  # its forks train their own warm-up if it fails
                     cfg = trunk_config(self.spec, trial_params(config))  # type: ignore[arg-type]
                     self.trunk_trials[trial_id] = warmup_key(cfg)
+                self._rounds()["handed"][trial_id] = (config[CONFIG], config["train.seed"])
                 self._tell_waiting()
                 return ready
-        return None if self.confirm else FINISHED
+        if self.confirm:
+            return None
+        return self._next_round(trial_id)
+
+    # ---- seeds in rounds (confirm.seeds: {min, max}) ----
+    def _rounds(self) -> dict[str, Any]:
+        """The confirm trials handed out (Tune trial id -> (CONFIG, seed)), their test objectives
+        ((CONFIG, seed) -> value, None: failed) and the plan so far. (A Stages pickled before
+        rounds existed has none: they start empty.)"""
+        return self.__dict__.setdefault("rounds", {"handed": {}, "values": {}, "plan": None})
+
+    def confirm_ended(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
+        """A trial ended: if it is a confirm trial, keep its test objective for the next round."""
+        from hamsweep.sweep.confirm import test_objective
+
+        book = self._rounds()
+        if trial_id in book["handed"] and self.spec is not None:
+            value = None if error else test_objective(self.spec, result or {})
+            book["values"][book["handed"][trial_id]] = value
+
+    def _next_round(self, trial_id: str) -> dict[str, Any] | str | None:
+        """With every confirm trial handed out: more seeds for the configs whose difference to
+        PGD-AT is still undecided (``confirm.undecided``), once the round's trials have ended;
+        None while they run; FINISHED when none is undecided (or seeds are not in rounds)."""
+        from hamsweep.sweep.confirm import add_round, undecided
+
+        book = self._rounds()
+        if self.spec is None or self.spec.confirm.design() is None or book["plan"] is None:
+            return FINISHED
+        if any(key not in book["values"] for key in book["handed"].values()):
+            return None  # this round's trials still run
+        p = book["plan"]
+        configs = undecided(self.spec, p, book["values"])
+        if not configs:
+            return FINISHED
+        design = self.spec.confirm.design()
+        p, trials = add_round(self.spec, p, configs, design.next_seeds(len(p.seeds)) - len(p.seeds))
+        book["plan"], self.confirm = p, list(trials)
+        if self.confirm_sink is not None:
+            self.confirm_sink(p)
+        return self.next_confirm(trial_id)
 
     def _plan_confirm(self) -> None:
         from hamsweep.sweep.confirm import Chosen, plan_confirm
@@ -170,6 +222,7 @@ class Stages:
         )
         p = plan_confirm(self.spec, chosen)
         self.confirm = list(p.trials)
+        self._rounds()["plan"] = p
         if self.confirm_sink is not None:
             self.confirm_sink(p)
 

@@ -108,3 +108,27 @@ def test_train_method_is_not_searched_beside_methods(tmp_path):
     text = "    train.method: {choice: [ham, cfa], default: ham}\n  methods: {ham: {}, cfa: {}}"
     with pytest.raises(SpecError, match=r"search\.params\.train\.method: search\.methods names"):
         _load(tmp_path, text)
+
+
+def test_seeds_in_rounds_are_written_as_a_range(tmp_path):
+    spec = _load(tmp_path, "confirm: {seeds: {min: 3, max: 10, step: 2}, spending: pocock}")
+    c = spec.confirm
+    assert (c.seeds, c.max_seeds, c.round_seeds, c.most_seeds) == (3, 10, 2, 10)
+    assert c.design().looks == (3, 5, 7, 9, 10) and c.design().spending == "pocock"
+    fixed = _load(tmp_path, "confirm: {seeds: 3}").confirm
+    assert fixed.design() is None and fixed.most_seeds == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("confirm: {seeds: {min: 3}}", "confirm.seeds: needs both min and max"),
+        ("confirm: {seeds: {min: 3, max: 5, by: 1}}", "takes min, max and step"),
+        ("confirm: {seeds: {min: 1, max: 5}}", "2 <= min (1) <= max (5)"),
+        ("confirm: {seeds: {min: 3, max: 5}, spending: linear}", "confirm.spending"),
+    ],
+)
+def test_a_bad_seed_range_is_one_line(tmp_path, text, message):
+    with pytest.raises(SpecError) as err:
+        _load(tmp_path, text)
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)

@@ -179,3 +179,79 @@ def test_without_a_spec_every_proposal_starts_at_once(tmp_path):
     assert stages.offer("t0", "h", {"x": 1}) == {"x": 1}
     stages.search_ended("t0")
     assert not stages.search_over()  # no spec: no confirm stage to plan
+
+
+def _tested(worst: float, attack: str = "pgd20") -> dict:
+    """A confirm trial's last result: its test evaluation, worst class ``worst`` (under
+    ``attack``: the spec's PGD-eval.attack_steps, what the stage decides on)."""
+    correct = [round(1000 * worst), 1000]
+    return {
+        "test": {
+            "epoch": 6,
+            "evals": [{"split": "test", "attack": attack, "n": [1000, 1000], "correct": correct}],
+        }
+    }
+
+
+def _run_round(stages: Stages, first: int, values: dict) -> list[dict]:
+    """Hand out the round's trials (Tune ids c<first>, ...) and end each with the objective
+    ``values[(config kind, seed)]``: 'b' the baseline, 'c' the chosen config."""
+    got, i = [], first
+    while isinstance(config := stages.next_confirm(f"c{i}"), dict):
+        got.append(config)
+        i += 1
+    for j, config in enumerate(got):
+        kind = "b" if config.get("role") == "trunk" else "c"
+        stages.confirm_ended(f"c{first + j}", _tested(values[(kind, config["train.seed"])]), False)
+    return got
+
+
+def test_seeds_are_added_in_rounds_while_the_difference_is_undecided(tmp_path):
+    """confirm.seeds {min: 2, max: 4}: round 1 trains seeds 1-2; the difference (0.2, 0.0) is
+    undecided, so seed 3 follows, then seed 4 (the maximum); then the stage ends."""
+    s = spec(confirm={"top_k": 1, "seeds": {"min": 2, "max": 4}}, num_samples=1, share_warmup=False)
+    stages, planned = Stages(s, tmp_path), []
+    stages.confirm_sink = planned.append
+    stages.offer("t0", "h0", proposal(2, 2))
+    stages.search_ended("t0", (0, {"train.attack_steps": 2, "ham.warmup_epochs": 2}, 0.5))
+    values = {("b", s): 0.3 for s in range(1, 5)} | {("c", 1): 0.5, ("c", 2): 0.3}
+    values |= {("c", 3): 0.35, ("c", 4): 0.25}
+    rounds = [_run_round(stages, 0, values)]
+    for first in (10, 20):
+        rounds.append(_run_round(stages, first, values))
+    assert [[(c.get("role", "config"), c["train.seed"]) for c in r] for r in rounds] == [
+        [("trunk", 1), ("config", 1), ("trunk", 2), ("config", 2)],
+        [("trunk", 3), ("config", 3)],
+        [("trunk", 4), ("config", 4)],
+    ]
+    numbers = [c["optuna_trial"] for r in rounds for c in r]
+    assert len(set(numbers)) == len(numbers)  # unique over the rounds: work folders, job names
+    assert [p.seeds for p in planned] == [(1, 2), (1, 2, 3), (1, 2, 3, 4)]
+    assert stages.next_confirm("c99") == FINISHED
+
+
+def test_a_difference_decided_at_the_first_look_ends_the_stage(tmp_path):
+    s = spec(confirm={"top_k": 1, "seeds": {"min": 2, "max": 4}}, num_samples=1, share_warmup=False)
+    stages, planned = Stages(s, tmp_path), []
+    stages.confirm_sink = planned.append
+    stages.offer("t0", "h0", proposal(2, 2))
+    stages.search_ended("t0", (0, {"train.attack_steps": 2, "ham.warmup_epochs": 2}, 0.5))
+    # a difference of 0.400 and 0.401: |T| = 801 over 2 seeds, past O'Brien-Fleming's first
+    # boundary (113 at 2 of 4 seeds)
+    values = {("b", 1): 0.1, ("b", 2): 0.1, ("c", 1): 0.5, ("c", 2): 0.501}
+    assert len(_run_round(stages, 0, values)) == 4
+    assert stages.next_confirm("c9") == FINISHED and [p.seeds for p in planned] == [(1, 2)]
+
+
+def test_a_round_waits_for_its_trials_to_end(tmp_path):
+    s = spec(confirm={"top_k": 1, "seeds": {"min": 2, "max": 3}}, num_samples=1, share_warmup=False)
+    stages = Stages(s, tmp_path)
+    stages.offer("t0", "h0", proposal(2, 2))
+    stages.search_ended("t0", (0, {"train.attack_steps": 2, "ham.warmup_epochs": 2}, 0.5))
+    handed = [stages.next_confirm(f"c{i}") for i in range(4)]
+    assert all(isinstance(c, dict) for c in handed) and stages.next_confirm("c4") is None
+    for i in range(3):
+        stages.confirm_ended(f"c{i}", _tested(0.3), False)
+    assert stages.next_confirm("c4") is None  # one trial of the round still runs
+    stages.confirm_ended("c3", None, True)  # it failed: no value, and a next round may follow
+    assert isinstance(stages.next_confirm("c4"), dict)
