@@ -93,6 +93,8 @@ def validate(
         f"{s.resources.cpu:g} CPU + {s.resources.gpu:g} GPU per trial"
     )
     print(_sharing(s))
+    if s.search.methods:
+        print(_per_method(s))
     print(_confirming(s))
     from hamsweep.sweep.disk import disk_needed, reserve, size_text
 
@@ -137,6 +139,20 @@ def _sharing(s: Any) -> str:
         f"{s.train.epochs} epochs (the PGD-AT baseline), forks from epochs {lo}..{hi}; "
         f"{cost.checkpoints} trunk checkpoints, {disk}; predicted training epochs "
         f"{cost.shared:.0f} instead of {cost.without:.0f} ({cost.ratio:.2f}x)"
+    )
+
+
+def _per_method(s: Any) -> str:
+    """A comparison's predicted search cost per method: what the equal-trials budget gives each."""
+    from hamsweep.sweep.trunk import predicted_cost
+
+    unit = f"{s.resources.device.upper()}-epochs"
+    cells = ", ".join(
+        f"{m} {e * s.resources.devices:.0f}" for m, e in predicted_cost(s).methods.items()
+    )
+    return (
+        f"search per method: {s.search.num_samples} trials each, predicted {unit} after their "
+        f"fork (the shared trunk not counted): {cells}"
     )
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +160,8 @@ class Cost:
     without: float  # expected epochs of all search trials, each from scratch
     shared: float  # the trunks' epochs plus the search trials' epochs after their warm-up
     checkpoints: int  # trunk checkpoints kept for forks (every trunk, every fork epoch)
+    # method -> expected epochs of its search trials (after their fork, when they fork)
+    methods: dict[str, float] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
@@ -167,20 +169,41 @@ class Cost:
 
 
 def predicted_cost(spec: SweepSpec) -> Cost:
-    """Expected epochs under ASHA's rungs (a trial reaches rung k with probability 1/rf^k) with
-    the fork epoch (``ham.warmup_epochs``) uniform over its values; trunks run all
-    ``train.epochs``."""
-    n, p = spec.search.trials, plan(spec)
-    segments = _asha_segments(spec)
-    without = n * sum(length * prob for _, length, prob in segments)
+    """Expected epochs under ASHA's rungs (a trial reaches rung k with probability 1/rf^k); a trial
+    of a forking method trains from its fork epoch (its method's warm-up key, uniform over its
+    values), any other from scratch; trunks run all ``train.epochs``. The trials are shared
+    equally by the methods (exactly, in a comparison)."""
+    p, segments = plan(spec), _asha_segments(spec)
+    space = spec.search.space
+    names = space["train.method"].choices if "train.method" in space else spec.methods
+    each = spec.search.trials / len(names or (1,))
+    full = sum(length * prob for _, length, prob in segments)
+    own = {m: each * _expected_epochs(spec, p, m, segments, full) for m in names or ()}
+    without = spec.search.trials * full
     if not p.shared:
-        return Cost(without, without, 0)
-    after = [
-        sum(max(0, start + length - max(start, w)) * prob for start, length, prob in segments)
-        for w in p.fork_epochs
-    ]
-    shared = len(p.trunks) * spec.train.epochs + n * sum(after) / len(after)
-    return Cost(without, shared, len(p.trunks) * len(p.fork_epochs))
+        return Cost(without, without, 0, {m: each * full for m in own})
+    shared = len(p.trunks) * spec.train.epochs + sum(own.values())
+    return Cost(without, shared, len(p.trunks) * len(p.fork_epochs), own)
+
+
+def _expected_epochs(
+    spec: SweepSpec, p: Plan, method: str, segments: list[tuple[int, int, float]], full: float
+) -> float:
+    """Expected epochs one search trial of ``method`` trains: after its fork epoch, averaged over
+    the values of its warm-up key; ``full`` for a method that trains from scratch."""
+    key = methods.get(method).fork_key
+    values = _values(spec, key) if key and p.shared else None
+    if not values:
+        return full
+
+    def after(w: int) -> float:
+        if not 0 < w < spec.train.epochs:
+            return full  # no warm-up to share: from scratch
+        return sum(
+            max(0, start + length - max(start, w)) * prob for start, length, prob in segments
+        )
+
+    return sum(after(int(w)) for w in values) / len(values)
 
 
 def _asha_segments(spec: SweepSpec) -> list[tuple[int, int, float]]:
