@@ -132,3 +132,19 @@ def test_a_bad_seed_range_is_one_line(tmp_path, text, message):
     with pytest.raises(SpecError) as err:
         _load(tmp_path, text)
     assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_the_readmes_comparison_example_is_a_valid_spec(tmp_path):
+    import re
+
+    import yaml
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Comparing methods") :]
+    block = re.search(r"```yaml\n(.*?)```", section, flags=re.S).group(1)
+    data = yaml.safe_load(textwrap.dedent(BASE)) | yaml.safe_load(block)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    spec = load_spec(tmp_path / "r.yaml")
+    assert spec.methods == ("ham", "cfa", "trades") and spec.search.trials == 48
+    assert spec.confirm.design().looks == tuple(range(3, 11))
