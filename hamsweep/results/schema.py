@@ -163,7 +163,8 @@ CONFIRM_SCHEMA = pa.schema(
     [
         # trials.config: a search trial id, or pgd_at:<key> for the PGD-AT baseline
         ("config", pa.string()),
-        ("label", pa.string()),  # '#12' (the search trial's number) or 'PGD-AT'
+        # '#12' (the search trial's number; 'CFA #12' in a comparison of methods) or 'PGD-AT'
+        ("label", pa.string()),
         ("role", pa.string()),  # search (a confirmed config) | trunk (the PGD-AT baseline)
         ("number", pa.int32()),  # the search trial's Optuna number; null for the baseline
         ("baseline", pa.string()),  # the config it is compared with; null for the baseline
@@ -176,7 +177,9 @@ CONFIRM_SCHEMA = pa.schema(
         ("ci_high", pa.float64()),
         # mean of the paired per-seed differences to the baseline (same seed)
         ("diff_mean", pa.float64()),
-        ("diff_low", pa.float64()),  # t-interval of the paired differences
+        # t-interval of the paired differences; with seeds in rounds, the group-sequential test's
+        # repeated confidence interval at the look that decided (hamsweep.core.sequential)
+        ("diff_low", pa.float64()),
         ("diff_high", pa.float64()),
         ("paired_seeds", pa.int32()),  # seeds both have
         # the difference in words, e.g. 'no clear difference (95% CI includes 0)'

@@ -50,6 +50,7 @@ __all__ = [
     "ConfirmPlan",
     "add_round",
     "confirm_cost",
+    "early_baselines",
     "evaluate_top",
     "new_seeds",
     "plan_confirm",
@@ -190,6 +191,32 @@ def add_round(
             )
     grown = ConfirmPlan(p.chosen, p.seeds + seeds, p.trials + tuple(trials), p.baselines)
     return grown, trials
+
+
+def early_baselines(spec: SweepSpec) -> list[dict[str, Any]]:
+    """The first round's PGD-AT baselines, one per new seed, when they are known before the search
+    ends: when nothing the search varies changes a warm-up (every key it searches is a method's
+    own, or ``train.method``), every config it can choose has the same baseline, PGD-AT with the
+    spec's warm-up part on each new seed. They may then train while the search's slots would idle
+    (``stages.Stages.early_baseline``), keeping every epoch a chosen config may fork at. Empty when
+    the baseline depends on what the search chooses, or nothing is retrained."""
+    from hamsweep.sweep.trunk import plan
+
+    searched = [k for k in spec.search.space if k not in WARMUP_FREE_KEYS]
+    if not spec.confirm.retrains or searched:
+        return []
+    config, keep = _baseline_config(spec, {}), list(plan(spec).fork_epochs)
+    return [
+        {
+            ROLE: TRUNK,
+            STAGE: CONFIRM,
+            CONFIG: config,
+            KEEP: keep,
+            "train.seed": seed,
+            NUMBER: -(FIRST_NUMBER + 1 + s),  # as ``add_round`` numbers the one baseline
+        }
+        for s, seed in enumerate(new_seeds(spec))
+    ]
 
 
 def test_objective(spec: SweepSpec, result: dict[str, Any]) -> float | None:

@@ -398,6 +398,10 @@ class Searcher(TuneSearcher):
             config = self._ask(trial_id)
         if config is None and self.stages.search_over():
             return self._next_confirm(trial_id)
+        if config is None and (early := self.stages.early_baseline(trial_id)) is not None:
+            named = {"config": early[CONFIG], "seed": early["train.seed"], "role": role(early)}
+            self.optuna.name_in_study("confirm", trial_id, named)
+            return early  # a slot the search leaves idle trains a confirm-stage baseline
         return config
 
     def _release(self, trial_id: str) -> dict | None:

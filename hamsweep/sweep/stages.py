@@ -164,6 +164,27 @@ class Stages:
             return None
         return self._next_round(trial_id)
 
+    def early_baseline(self, trial_id: str) -> dict[str, Any] | None:
+        """A confirm-stage PGD-AT baseline (``confirm.early_baselines``) not handed out yet, as Tune
+        trial ``trial_id``: while the search has nothing to start (its proposals wait for a trunk
+        epoch, or it has asked for all it may), a slot trains what the confirm stage needs whatever
+        the search chooses. None when there is none (left, or known yet)."""
+        from hamsweep.sweep.confirm import early_baselines
+
+        if self.spec is None:
+            return None
+        book = self._rounds()
+        early = book.setdefault("early", {})  # (CONFIG, seed) -> Tune trial id
+        for config in early_baselines(self.spec):
+            key = (config[CONFIG], config["train.seed"])
+            if key not in early:
+                early[key] = trial_id
+                book["handed"][trial_id] = key
+                cfg = trunk_config(self.spec, trial_params(config))
+                self.trunk_trials[trial_id] = warmup_key(cfg)
+                return config
+        return None
+
     # ---- seeds in rounds (confirm.seeds: {min, max}) ----
     def _rounds(self) -> dict[str, Any]:
         """The confirm trials handed out (Tune trial id -> (CONFIG, seed)), their test objectives
@@ -221,7 +242,8 @@ class Stages:
             else []
         )
         p = plan_confirm(self.spec, chosen)
-        self.confirm = list(p.trials)
+        early = self._rounds().get("early", {})  # baselines trained while the search ran
+        self.confirm = [t for t in p.trials if (t[CONFIG], t["train.seed"]) not in early]
         self._rounds()["plan"] = p
         if self.confirm_sink is not None:
             self.confirm_sink(p)

@@ -255,3 +255,53 @@ def test_a_round_waits_for_its_trials_to_end(tmp_path):
     assert stages.next_confirm("c4") is None  # one trial of the round still runs
     stages.confirm_ended("c3", None, True)  # it failed: no value, and a next round may follow
     assert isinstance(stages.next_confirm("c4"), dict)
+
+
+def test_the_confirm_stages_baselines_train_early_when_the_search_cannot_change_them(tmp_path):
+    """No searched key touches the warm-up: each new seed's PGD-AT baseline is the same whatever
+    the search chooses, so it takes a slot the search leaves idle, and the confirm stage does not
+    train it again."""
+    params = {
+        "ham.warmup_epochs": {"choice": [2, 4], "default": 2},
+        "ham.temperature": {"choice": [None, 1.0], "default": None},
+    }
+    sections = {"name": "s", "train": {"epochs": 6}, "ham": {"warmup_epochs": 2, "drop_step": 1}}
+    s = validate(
+        SweepSpec,
+        {
+            **sections,
+            "search": {"params": params, "num_samples": 1, "max_concurrent": 2},
+            "confirm": {"top_k": 1, "seeds": 2},
+        },
+    )
+    stages, planned = Stages(s, tmp_path), []
+    stages.confirm_sink = planned.append
+    stages.next_trunk("trunk")
+    p = {"ham.warmup_epochs": 4, "ham.temperature": None, "optuna_trial": 0}
+    assert stages.offer("t0", "t0", p) is None  # waits for the trunk's epoch 4
+    early = [stages.early_baseline(f"e{i}") for i in range(3)]
+    assert [(c["role"], c["stage"], c["train.seed"], c["keep"]) for c in early[:2]] == [
+        ("trunk", "confirm", 1, [2, 4]),
+        ("trunk", "confirm", 2, [2, 4]),
+    ]
+    assert early[2] is None  # both seeds' baselines run
+    epoch_dir(tmp_path, stages.plan.trunks[0].key, 4).mkdir(parents=True)
+    assert stages.release("t0")[1]["fork"] == stages.plan.trunks[0].key
+    stages.search_ended("t0", (0, {"ham.warmup_epochs": 4, "ham.temperature": None}, 0.5))
+    handed = stages.next_confirm("c0")  # the config of seed 1 waits for its seed's trunk
+    assert handed is None and len(planned) == 1
+    baselines = [t for t in planned[0].trials if t.get("role") == "trunk"]
+    # the planned baselines are the ones that trained early: same config, seed and number
+    same = ("config", "train.seed", "optuna_trial")
+    assert [{k: b[k] for k in same} for b in baselines] == [
+        {k: e[k] for k in same} for e in early[:2]
+    ]
+    seed1 = stages.trunk_trials["e0"]
+    epoch_dir(tmp_path, seed1, 4).mkdir(parents=True)
+    config = stages.next_confirm("c1")
+    assert (config["config"], config["train.seed"], config["fork"]) == ("t0", 1, seed1)
+
+
+def test_no_early_baseline_when_the_search_varies_the_warm_up(tmp_path):
+    stages = Stages(spec(confirm={"top_k": 1, "seeds": 2}), tmp_path)  # searches attack_steps
+    assert stages.early_baseline("e0") is None
