@@ -302,6 +302,9 @@ class ConfirmConfig(_Frozen):
     max_seeds: int | None = None
     round_seeds: int = 1  # seeds added per round
     spending: Literal["obrien_fleming", "pocock"] = "obrien_fleming"  # the test's spending rule
+    # train the new seeds' PGD-AT baselines in slots the search leaves idle, when the search cannot
+    # change them (no searched key touches the warm-up); false: only once the search has ended
+    early: bool = True
     autoattack: bool = False  # also AutoAttack (standard), besides PGD-``eval.attack_steps``
     confidence: float = 0.95  # two-sided coverage of every interval in the confirm tables
 

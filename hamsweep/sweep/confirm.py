@@ -199,11 +199,12 @@ def early_baselines(spec: SweepSpec) -> list[dict[str, Any]]:
     own, or ``train.method``), every config it can choose has the same baseline, PGD-AT with the
     spec's warm-up part on each new seed. They may then train while the search's slots would idle
     (``stages.Stages.early_baseline``), keeping every epoch a chosen config may fork at. Empty when
-    the baseline depends on what the search chooses, or nothing is retrained."""
+    the baseline depends on what the search chooses, nothing is retrained, or
+    ``confirm.early`` is false."""
     from hamsweep.sweep.trunk import plan
 
     searched = [k for k in spec.search.space if k not in WARMUP_FREE_KEYS]
-    if not spec.confirm.retrains or searched:
+    if not spec.confirm.retrains or not spec.confirm.early or searched:
         return []
     config, keep = _baseline_config(spec, {}), list(plan(spec).fork_epochs)
     return [

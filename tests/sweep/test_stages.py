@@ -305,3 +305,20 @@ def test_the_confirm_stages_baselines_train_early_when_the_search_cannot_change_
 def test_no_early_baseline_when_the_search_varies_the_warm_up(tmp_path):
     stages = Stages(spec(confirm={"top_k": 1, "seeds": 2}), tmp_path)  # searches attack_steps
     assert stages.early_baseline("e0") is None
+
+
+def test_confirm_early_false_keeps_the_baselines_for_the_confirm_stage(tmp_path):
+    params = {"ham.temperature": {"choice": [None, 1.0], "default": None}}
+    s = validate(
+        SweepSpec,
+        {
+            "name": "s",
+            "train": {"epochs": 6},
+            "ham": {"warmup_epochs": 2, "drop_step": 1},
+            "search": {"params": params, "num_samples": 1},
+            "confirm": {"top_k": 1, "seeds": 2, "early": False},
+        },
+    )
+    assert Stages(s, tmp_path).early_baseline("e0") is None
+    on = s.model_copy(update={"confirm": s.confirm.model_copy(update={"early": True})})
+    assert Stages(on, tmp_path).early_baseline("e0") is not None
