@@ -53,7 +53,8 @@ __all__ = [
 #    trials.device, device_seconds (own cost); the views add inherited and total cost
 #    (COST_COLUMNS); confirm's cost is per seed with a ratio to PGD-AT
 # 5: the class_state table (what a method keeps per class, per epoch)
-SCHEMA_VERSION = 5
+# 6: confirm.lead_* (the best config's lead over the second)
+SCHEMA_VERSION = 6
 TRIALS, EPOCHS, CLASSES = "trials", "epochs", "classes"
 CLASS_STATE = "class_state"
 # the confirm stage's statistics (hamsweep.sweep.confirm)
@@ -201,6 +202,13 @@ CONFIRM_SCHEMA = pa.schema(
         ("device_hours", pa.float64()),
         # mean over paired seeds of device_hours / the baseline's of the same seed; null for it
         ("cost_ratio", pa.float64()),
+        # the best config's lead over the second (by their confirmed mean of the objective, on the
+        # test split under PGD), filled on the best config's rows only: is the winner's lead real?
+        ("lead_over", pa.string()),  # the second's label
+        ("lead_mean", pa.float64()),  # mean of the paired per-seed differences best - second
+        ("lead_low", pa.float64()),  # their interval, as diff_low's
+        ("lead_high", pa.float64()),
+        ("lead_verdict", pa.string()),  # in words, as verdict
     ],
     metadata=_META,
 )

@@ -253,6 +253,8 @@ def paper_rows(out: Path, spec: SweepSpec) -> tuple[str, list[dict[str, Any]]]:
                     r["diff_high"],
                 )
                 row["verdict"] = r["verdict"]
+                if r.get("lead_over"):  # the winner's lead over the second (schema 6)
+                    row.update({f"lead_{k}": r[f"lead_{k}"] for k in _LEAD})
             if r["attack"] == robust:
                 row["seeds"] = r["seeds"]
     return robust, list(rows.values())
@@ -264,6 +266,25 @@ def mean_std(mean: float | None, std: float | None, sep: str = " ± ") -> str:
     if mean is None:
         return "—"
     return f"{100 * mean:.1f}" + (f"{sep}{100 * std:.1f}" if std is not None else "")
+
+
+_LEAD = ("over", "mean", "low", "high", "verdict")  # the confirm table's lead_* columns
+
+
+def _lead_line(rows: list[dict[str, Any]], key: str) -> str:
+    """'lead: CFA #3 over WAT #5 in worst, +4.1 [-2.0, +10.2]: no clear difference (...)', or ''."""
+    for r in rows:
+        if r.get("lead_over"):
+            ci = (
+                f" [{100 * r['lead_low']:+.1f}, {100 * r['lead_high']:+.1f}]"
+                if r["lead_low"] is not None
+                else ""
+            )
+            return (
+                f"lead: {r['config']} over {r['lead_over']} in {key}, paired by seed: "
+                f"{100 * r['lead_mean']:+.1f}{ci}, {r['lead_verdict']}"
+            )
+    return ""
 
 
 def _diff(row: dict[str, Any]) -> str:
@@ -299,10 +320,15 @@ def confirmed_table(out: Path, spec: SweepSpec) -> Table:
     conf = round(100 * spec.confirm.confidence, 6)
     key = next((r["diff_metric"] for r in rows if r.get("diff_metric")), "worst")
     names = knob_names(list(spec.search.space))
+    interval = (
+        "t-interval"
+        if spec.confirm.design() is None
+        else "group-sequential interval (seeds in rounds: n says how many)"
+    )
     title = (
         f"{spec.name}: confirmed on the test split, {seeds} seeds, robust = {robust}; "
         f"in %, mean±std over seeds; val: the validation {spec.objective.primary} that chose it; "
-        f"Δ {key} vs PGD-AT paired by seed, {conf:g}% t-interval; "
+        f"Δ {key} vs PGD-AT paired by seed, {conf:g}% {interval}; "
         f"{results.device_label(rows)}-h: device-hours of one seed, "
         "the inherited warm-up included; ×PGD-AT: its ratio to PGD-AT's, paired by seed"
     )
@@ -314,7 +340,14 @@ def confirmed_table(out: Path, spec: SweepSpec) -> Table:
     table = _terminal_table(
         title,
         "\n".join(
-            filter(None, ["configs: " + "; ".join(knobs) if knobs else "", knob_legend(names)])
+            filter(
+                None,
+                [
+                    _lead_line(rows, key),
+                    "configs: " + "; ".join(knobs) if knobs else "",
+                    knob_legend(names),
+                ],
+            )
         ),
     )
     cells = [_confirmed_cells(r) for r in rows]

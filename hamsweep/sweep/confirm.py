@@ -321,6 +321,7 @@ def write_tables(out: Path, spec: SweepSpec) -> int:
             )
         ]
         class_rows += _class_rows(spec, p, config, counts, baseline)
+    _add_lead(spec, p, counts, rows)
     results.replace_table(out, results.CONFIRM, rows)
     results.replace_table(out, results.CONFIRM_CLASSES, class_rows)
     return len(configs)
@@ -476,6 +477,54 @@ def _summary_rows(
                 )
             rows.append(row)
     return rows
+
+
+def _add_lead(spec: SweepSpec, p: ConfirmPlan, counts: _Counts, rows: list[dict]) -> None:
+    """The lead of the best chosen config over the second, on the best's rows (``lead_*``): the
+    two ranked by their confirmed mean of the objective (test split, PGD), then for each attack
+    and metric the paired per-seed differences best - second, as the differences to PGD-AT
+    (``_difference``)."""
+    from hamsweep.core import stats
+    from hamsweep.spec.trial import objective_summary
+
+    attack, key = f"pgd{spec.eval.attack_steps}", objective_summary(spec.objective.primary)
+    means = {
+        r["config"]: r["mean"]
+        for r in rows
+        if r["role"] == CONFIRM and r["attack"] == attack and r["metric"] == key
+    }
+    if len(means) < 2:
+        return
+    best, second = sorted(means, key=lambda c: -means[c])[:2]
+    for row in rows:
+        if row["config"] != best or row["metric"] not in stats.CONFIRM_KEYS:
+            continue
+        a = _seed_values(spec, counts, best, row["attack"], row["metric"])
+        b = _seed_values(spec, counts, second, row["attack"], row["metric"])
+        paired = sorted(set(a) & set(b))
+        if not paired:
+            continue
+        d = _difference(spec, [a[s] for s in paired], [b[s] for s in paired])
+        row.update(
+            lead_over=p.label(second),
+            lead_mean=d.mean,
+            lead_low=_null(d.low),
+            lead_high=_null(d.high),
+            lead_verdict=d.verdict(),
+        )
+
+
+def _seed_values(
+    spec: SweepSpec, counts: _Counts, config: str, attack: str, metric: str
+) -> dict[int, float]:
+    """seed -> the config's ``metric`` (``stats.CONFIRM_KEYS``) under ``attack`` on that seed."""
+    from hamsweep.core import stats
+
+    seeds, n, correct = _per_seed(counts, config, attack)
+    if not seeds:
+        return {}
+    values = stats.seed_summaries(n, correct, spec.eval.cvar_fraction)[metric]
+    return dict(zip(seeds, map(float, values)))
 
 
 def _difference(spec: SweepSpec, values: list[float], baseline: list[float]) -> Any:

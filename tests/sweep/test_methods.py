@@ -245,3 +245,34 @@ def test_each_verdict_is_the_sequential_tests_recomputed_from_the_counts(fair_sw
         decided = abs(mean) > half
         assert ("excludes 0" in verdict) is decided
         assert paired == (2 if decided and n == 2 else 3), (config, verdict)
+
+
+def test_the_winners_lead_over_the_second_is_recomputed_from_the_counts(fair_sweep):
+    """Of the five methods' confirmed configs, the best and the second by their mean over seeds of
+    the objective (test split, PGD-3); the lead is tested as a difference to PGD-AT is."""
+    from hamsweep.core.sequential import Design
+
+    per_seed = {}
+    for config, seed, acc in _rows(
+        fair_sweep,
+        "SELECT t.config, t.seed, avg(c.correct / c.n) FROM '{out}/trials/*.parquet' t "
+        "JOIN '{out}/classes/*.parquet' c ON c.trial = t.trial WHERE t.role = 'confirm' "
+        "AND c.split = 'test' AND c.attack = 'pgd3' GROUP BY ALL",
+    ):
+        per_seed.setdefault(config, {})[seed] = acc
+    ranked = sorted(per_seed, key=lambda c: -np.mean(list(per_seed[c].values())))
+    best, second = ranked[:2]
+    rows = _rows(
+        fair_sweep,
+        "SELECT config, label, lead_over, lead_mean, lead_low, lead_high, lead_verdict FROM "
+        "'{out}/confirm/*.parquet' WHERE attack = 'pgd3' AND metric = 'mean' AND role = 'confirm'",
+    )
+    labels = {r[0]: r[1] for r in rows}
+    (lead,) = [r for r in rows if r[2] is not None]
+    assert lead[0] == best and lead[2] == labels[second]
+    seeds = sorted(set(per_seed[best]) & set(per_seed[second]))
+    d = np.array([per_seed[best][s] - per_seed[second][s] for s in seeds])
+    look = Design(2, 3).read(d) if len(d) >= 2 else None
+    assert look is not None and lead[3] == pytest.approx(look.mean, abs=1e-12)
+    assert (lead[4], lead[5]) == pytest.approx((look.low, look.high), abs=1e-12)
+    assert lead[6] == look.verdict()
