@@ -36,10 +36,14 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-__all__ = ["PATHS", "SPENDING", "Design", "Look", "spent"]
+if TYPE_CHECKING:
+    from hamsweep.spec import ConfirmConfig
+
+__all__ = ["PATHS", "SPENDING", "Design", "Look", "design", "spent"]
 
 SPENDING = ("pocock", "obrien_fleming")  # Lan-DeMets spending functions
 PATHS = 200_000  # simulated paths per design when computing its boundaries
@@ -145,6 +149,16 @@ class Design:
                 final = decided or n >= self.max_seeds
                 return Look(mean, std, mean - half, mean + half, n, decided, final, self.confidence)
         raise AssertionError("unreachable: the first look is always reached")
+
+
+def design(confirm: ConfirmConfig) -> Design | None:
+    """The design of a spec's ``confirm`` section: seeds in rounds (``confirm.seeds: {min, max,
+    step}``); None for a fixed number of seeds (one ordinary paired t-test) or no retraining."""
+    if confirm.max_seeds is None or not confirm.retrains:
+        return None
+    return Design(
+        confirm.seeds, confirm.max_seeds, confirm.round_seeds, confirm.confidence, confirm.spending
+    )
 
 
 @functools.cache

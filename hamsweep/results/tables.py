@@ -19,6 +19,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from hamsweep.core import sequential
 from hamsweep.core.methods import TRUNK_METHOD
 from hamsweep.errors import SpecError
 from hamsweep.keys import BASELINE, SEARCH, TRUNK
@@ -322,7 +323,7 @@ def confirmed_table(out: Path, spec: SweepSpec) -> Table:
     names = knob_names(list(spec.search.space))
     interval = (
         "t-interval"
-        if spec.confirm.design() is None
+        if sequential.design(spec.confirm) is None
         else "group-sequential interval (seeds in rounds: n says how many)"
     )
     title = (

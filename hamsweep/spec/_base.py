@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from fractions import Fraction
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
@@ -45,6 +45,19 @@ def at_least(model: BaseModel, minimum: int, *keys: str) -> None:
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+    # field -> the value a config pickled before the field existed gets, where that is not the
+    # field's default (what such a sweep did then, e.g. confirm.early: False)
+    _before_field: ClassVar[dict[str, Any]] = {}
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        """A config pickled by an older hamsweep (Ray Tune keeps the searcher, and with it the
+        spec, pickled in a sweep folder) has none of the fields added since: each gets
+        ``_before_field``'s value, else its default, so the resumed sweep goes on as it was."""
+        super().__setstate__(state)
+        for name, field in type(self).model_fields.items():
+            if name not in self.__dict__:
+                value = self._before_field.get(name, field.get_default(call_default_factory=True))
+                object.__setattr__(self, name, value)
 
 
 def validate(model: type[BaseModel], data: Any, prefix: str = "") -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import model_validator
 
@@ -307,6 +307,8 @@ class ConfirmConfig(_Frozen):
     early: bool = True
     autoattack: bool = False  # also AutoAttack (standard), besides PGD-``eval.attack_steps``
     confidence: float = 0.95  # two-sided coverage of every interval in the confirm tables
+    # a sweep pickled before early baselines existed trained its baselines after the search
+    _before_field: ClassVar[dict[str, Any]] = {"early": False}
 
     @model_validator(mode="before")
     @classmethod
@@ -351,15 +353,6 @@ class ConfirmConfig(_Frozen):
     def most_seeds(self) -> int:
         """The seeds a config can get in all: ``max_seeds`` in rounds, else ``seeds``."""
         return self.max_seeds if self.max_seeds is not None else self.seeds
-
-    def design(self) -> Any:
-        """The group-sequential design of seeds in rounds (``core.sequential.Design``); None for
-        a fixed number of seeds."""
-        if self.max_seeds is None or not self.retrains:
-            return None
-        from hamsweep.core.sequential import Design
-
-        return Design(self.seeds, self.max_seeds, self.round_seeds, self.confidence, self.spending)
 
 
 class SweepSpec(TrialConfig):

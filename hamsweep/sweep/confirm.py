@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from hamsweep.core import methods
+from hamsweep.core import methods, sequential
 from hamsweep.errors import SpecError
 from hamsweep.keys import BASELINE, CONFIG, CONFIRM, KEEP, NUMBER, ROLE, STAGE, TRUNK
 from hamsweep.rundir import atomic_write_text
@@ -238,9 +238,9 @@ def undecided(
     spec: SweepSpec, p: ConfirmPlan, values: dict[tuple[str, int], float | None]
 ) -> list[str]:
     """The chosen configs whose difference to PGD-AT (``test_objective``, seed by seed) the
-    group-sequential design (``confirm.design()``) has not decided and that may get more seeds;
-    ``values``: (CONFIG, seed) -> test objective (None: that trial failed)."""
-    design = spec.confirm.design()
+    group-sequential design (``core.sequential.design``) has not decided and that may get more
+    seeds; ``values``: (CONFIG, seed) -> test objective (None: that trial failed)."""
+    design = sequential.design(spec.confirm)
     if design is None:
         return []
     out = []
@@ -534,7 +534,7 @@ def _difference(spec: SweepSpec, values: list[float], baseline: list[float]) -> 
     paired t-interval."""
     from hamsweep.core import stats
 
-    design = spec.confirm.design()
+    design = sequential.design(spec.confirm)
     if design is None or len(values) < design.min_seeds:
         return stats.paired_difference(values, baseline, spec.confirm.confidence)
     return design.read(np.array(values) - np.array(baseline))

@@ -27,6 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hamsweep.core import sequential
 from hamsweep.keys import (
     CONFIG,
     CONFIRM,
@@ -208,7 +209,10 @@ class Stages:
         from hamsweep.sweep.confirm import add_round, undecided
 
         book = self._rounds()
-        if self.spec is None or self.spec.confirm.design() is None or book["plan"] is None:
+        if self.spec is None or book["plan"] is None:
+            return FINISHED
+        design = sequential.design(self.spec.confirm)
+        if design is None:
             return FINISHED
         if any(key not in book["values"] for key in book["handed"].values()):
             return None  # this round's trials still run
@@ -216,7 +220,6 @@ class Stages:
         configs = undecided(self.spec, p, book["values"])
         if not configs:
             return FINISHED
-        design = self.spec.confirm.design()
         p, trials = add_round(self.spec, p, configs, design.next_seeds(len(p.seeds)) - len(p.seeds))
         book["plan"], self.confirm = p, list(trials)
         if self.confirm_sink is not None:

@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 
+from hamsweep.core.sequential import design
 from hamsweep.errors import SpecError
 from hamsweep.spec import load_spec
 
@@ -114,9 +115,9 @@ def test_seeds_in_rounds_are_written_as_a_range(tmp_path):
     spec = _load(tmp_path, "confirm: {seeds: {min: 3, max: 10, step: 2}, spending: pocock}")
     c = spec.confirm
     assert (c.seeds, c.max_seeds, c.round_seeds, c.most_seeds) == (3, 10, 2, 10)
-    assert c.design().looks == (3, 5, 7, 9, 10) and c.design().spending == "pocock"
+    assert design(c).looks == (3, 5, 7, 9, 10) and design(c).spending == "pocock"
     fixed = _load(tmp_path, "confirm: {seeds: 3}").confirm
-    assert fixed.design() is None and fixed.most_seeds == 3
+    assert design(fixed) is None and fixed.most_seeds == 3
 
 
 @pytest.mark.parametrize(
@@ -147,4 +148,4 @@ def test_the_readmes_comparison_example_is_a_valid_spec(tmp_path):
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     spec = load_spec(tmp_path / "r.yaml")
     assert spec.methods == ("ham", "cfa", "trades") and spec.search.trials == 48
-    assert spec.confirm.design().looks == tuple(range(3, 11))
+    assert design(spec.confirm).looks == tuple(range(3, 11))

@@ -292,7 +292,11 @@ def test_trunk_first_then_proposals_wait_for_their_trunk_epoch(tmp_path):
         "ham.temperature": {"choice": [None, 1.0], "default": None},
     }
     s = make_searcher(
-        spec(search={"params": params, "num_samples": 4, "max_concurrent": 2}), tmp_path
+        spec(
+            search={"params": params, "num_samples": 4, "max_concurrent": 2},
+            confirm={"early": False},  # the idle slots stay idle (see the test after this one)
+        ),
+        tmp_path,
     )
     (trunk,) = plan(s.spec).trunks
     waiting: list = []
@@ -319,6 +323,30 @@ def test_trunk_first_then_proposals_wait_for_their_trunk_epoch(tmp_path):
     # w=4 now trains its own warm-up
     assert all("fork" not in c or c["ham.warmup_epochs"] == 2 for c in rest)
     assert s.suggest("t9") is None  # num_samples (4) proposals in all
+
+
+def test_a_slot_the_search_leaves_idle_trains_a_confirm_baseline(tmp_path):
+    """As above, with confirm.early (the default): where the proposals wait for the trunk's epoch,
+    the slots train the confirm stage's PGD-AT baselines of the new seeds, named in the study."""
+    params = {"ham.warmup_epochs": {"choice": [2, 4], "default": 2}}
+    s = make_searcher(
+        spec(
+            search={"params": params, "num_samples": 2, "max_concurrent": 2},
+            confirm={"top_k": 1, "seeds": 2},
+        ),
+        tmp_path,
+    )
+    assert s.suggest("t0")["role"] == "trunk"
+    early = [s.suggest(f"t{i}") for i in range(1, 5)]
+    # t1 and t2: each asks for a proposal, which waits, and trains a baseline instead (seeds 1
+    # and 2); t3 and t4: both proposals asked for, both baselines running: nothing to start
+    assert [(c["stage"], c["role"], c["train.seed"]) for c in early[:2]] == [
+        ("confirm", "trunk", 1),
+        ("confirm", "trunk", 2),
+    ]
+    assert early[2:] == [None, None] and len(s.stages.deferred) == 2
+    named = open_study(tmp_path).user_attrs["confirm"]
+    assert {v["seed"] for v in named.values()} == {1, 2}
 
 
 def adapter(folder: Path, **kwargs) -> OptunaAdapter:
