@@ -234,11 +234,15 @@ class Stages:
         k = self.spec.confirm.top_k
         # a comparison confirms each method's own best k: the search ranks a method's configs
         # against each other, never against another method's (their sampler states are apart)
-        best = [
-            kv
-            for m in self.spec.methods
-            for kv in [kv for kv in ranked if kv[1][1].get(METHOD_KEY, m) == m][:k]
-        ]
+        best = (
+            [
+                kv
+                for m in self.spec.methods
+                for kv in [kv for kv in ranked if kv[1][1].get(METHOD_KEY) == m][:k]
+            ]
+            if self.spec.search.methods
+            else ranked[:k]
+        )
         chosen = (
             [Chosen(tid, number, params, value) for tid, (number, params, value) in best]
             if self.spec.confirm.retrains

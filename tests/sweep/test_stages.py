@@ -322,3 +322,35 @@ def test_confirm_early_false_keeps_the_baselines_for_the_confirm_stage(tmp_path)
     assert Stages(s, tmp_path).early_baseline("e0") is None
     on = s.model_copy(update={"confirm": s.confirm.model_copy(update={"early": True})})
     assert Stages(on, tmp_path).early_baseline("e0") is not None
+
+
+def test_a_comparison_confirms_each_methods_own_best(tmp_path):
+    s = validate(
+        SweepSpec,
+        {
+            "name": "s",
+            "train": {"epochs": 6},
+            "ham": {"warmup_epochs": 2, "drop_step": 1},
+            "search": {"num_samples": 2, "methods": {"ham": {}, "trades": {}, "cfa": {}}},
+            "confirm": {"top_k": 1, "seeds": 1},
+        },
+    )
+    stages, planned = Stages(s, tmp_path), []
+    stages.confirm_sink = planned.append
+    stages.next_trunk("trunk")
+    # HAM's two trials beat every TRADES and CFA trial: a top-1 over all would take HAM alone
+    for number, (method, best) in enumerate(
+        [("ham", 0.9), ("ham", 0.8), ("trades", 0.3), ("trades", 0.4), ("cfa", 0.2), ("cfa", 0.1)]
+    ):
+        tid = f"t{number}"
+        stages.started.add(tid)
+        stages.search_ended(tid, (number, {"train.method": method}, best))
+    assert stages.search_over()
+    stages.next_confirm("c0")
+    chosen = [(c.trial, c.params["train.method"]) for c in planned[0].chosen]
+    assert chosen == [("t0", "ham"), ("t3", "trades"), ("t4", "cfa")]  # spec order, each its best
+    assert [planned[0].label(c.trial) for c in planned[0].chosen] == [
+        "HAM #0",
+        "TRADES #3",
+        "CFA #4",
+    ]
