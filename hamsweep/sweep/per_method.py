@@ -44,11 +44,14 @@ def method_of(trial: FrozenTrial) -> str | None:
 
 def _spent(trial: FrozenTrial) -> bool:
     """Whether ``trial`` used up one of its method's trials: every trial asked for, except one
-    still enqueued and a proposal a killed driver left behind (failed on resume without ever
-    having been handed to Tune: no ``tune_trial``)."""
+    still enqueued and one a killed driver left behind, which the resumed sweep does not run
+    (``OptunaAdapter.fail_orphans`` fails it with no ``status``; a trial that ran and failed was
+    told how it ended, ``status`` included). Such a trial may have been handed to Tune just
+    before the kill, after Tune's last snapshot: the sweep then proposes another in its place,
+    and it must be this method's."""
     if trial.state == TrialState.WAITING:
         return False
-    return trial.state != TrialState.FAIL or "tune_trial" in trial.user_attrs
+    return trial.state != TrialState.FAIL or "status" in trial.user_attrs
 
 
 class _MethodStudy:

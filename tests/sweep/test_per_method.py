@@ -99,10 +99,12 @@ def test_a_proposal_a_killed_driver_left_behind_does_not_use_up_its_methods_turn
     spec = validate(SweepSpec, SPEC)
     sampler = make_sampler(spec)
     study = optuna.create_study(direction="maximize", sampler=sampler)
-    orphan = study.ask()  # ham's turn: proposed, then the driver died before Tune ran it
+    orphan = study.ask()  # ham's turn: proposed, then the driver died before Tune's snapshot
+    orphan.set_user_attr("tune_trial", "lost")  # handed to Tune, but not in the snapshot
     study.tell(orphan, state=optuna.trial.TrialState.FAIL)  # what fail_orphans does on resume
     ran = study.ask()  # a trial Tune ran, and that failed: that turn was spent
     ran.set_user_attr("tune_trial", "abc")
+    ran.set_user_attr("status", "FAIL")  # as OptunaAdapter tells a trial that ended
     study.tell(ran, state=optuna.trial.TrialState.FAIL)
     study.ask(), study.ask()
     methods = [t.system_attrs[METHOD_ATTR] for t in study.get_trials()]
