@@ -457,12 +457,14 @@ def _spec(**sections) -> SweepSpec:
 
 
 def test_final_eval_is_confirm_with_seeds_0_and_both_is_an_error():
-    assert _spec(final_eval={"top_k": 2, "autoattack": True}).confirm.model_dump() == {
+    dumped = _spec(final_eval={"top_k": 2, "autoattack": True}).confirm.model_dump()
+    assert {k: dumped[k] for k in ("top_k", "seeds", "autoattack", "confidence")} == {
         "top_k": 2,
         "seeds": 0,
         "autoattack": True,
         "confidence": 0.95,
     }
+    assert dumped["max_seeds"] is None  # no rounds: nothing is retrained
     with pytest.raises(SpecError, match=r"^final_eval: is the older name of confirm"):
         _spec(final_eval={"top_k": 1}, confirm={"top_k": 1})
 
@@ -507,7 +509,7 @@ def test_the_plan_hands_each_seeds_trunk_before_its_configs():
 
 
 def test_the_searcher_hands_out_the_confirm_stage_once_the_search_has_ended(tmp_path):
-    spec = _spec(confirm={"top_k": 1, "seeds": 2})
+    spec = _spec(confirm={"top_k": 1, "seeds": 2, "early": False})  # early: test_search.py
     s = make_searcher(spec, tmp_path)
     planned: list = []
     s.confirm_sink = planned.append
