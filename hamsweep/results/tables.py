@@ -134,7 +134,7 @@ def results_table(out: Path, spec: SweepSpec, top: int = 10, by: str | None = No
         "a fork's inherited warm-up included"
     )
     table = _terminal_table(title, knob_legend(names))
-    cells = [_ranking_cells(r, names) for r in rows + baselines]
+    cells = [_ranking_cells(r, names, spec) for r in rows + baselines]
     headers = [
         ("#", "number"),
         ("trial", "number"),
@@ -160,13 +160,26 @@ def results_table(out: Path, spec: SweepSpec, top: int = 10, by: str | None = No
     return table
 
 
-def _ranking_cells(r: dict[str, Any], names: dict[str, str]) -> list[str]:
+def _own(spec: SweepSpec, params: dict[str, Any], keep_method: bool = True) -> dict[str, Any]:
+    """A row's searched values; in a comparison only those its method searches (another method's
+    knob is not its own: a null there is not a value, e.g. HAM's 'uniform' temperature)."""
+    method = params.get("train.method")
+    if method not in spec.search.methods:
+        return params
+    own = {*spec.search.method_params(method), *(("train.method",) if keep_method else ())}
+    return {k: v for k, v in params.items() if k in own}
+
+
+def _ranking_cells(r: dict[str, Any], names: dict[str, str], spec: SweepSpec) -> list[str]:
     # a trunk has only its warm-up keys: the HAM knobs do not apply to PGD-AT
-    params = {
-        k: r.get(param_column(k))
-        for k in names
-        if r.get("role") != TRUNK or r.get(param_column(k)) is not None
-    }
+    params = _own(
+        spec,
+        {
+            k: r.get(param_column(k))
+            for k in names
+            if r.get("role") != TRUNK or r.get(param_column(k)) is not None
+        },
+    )
     return [
         "PGD-AT" if r.get("role") == TRUNK else str(r["number"]),
         r["trial"],
@@ -336,7 +349,9 @@ def confirmed_table(out: Path, spec: SweepSpec) -> Table:
     knobs = [
         f"{r['config']} {text}"
         for r in rows
-        if r["role"] != BASELINE and (text := knobs_text({k: r.get(k) for k in names}, names))
+        if r["role"] != BASELINE
+        # the label names the method
+        and (text := knobs_text(_own(spec, {k: r.get(k) for k in names}, False), names))
     ]
     table = _terminal_table(
         title,

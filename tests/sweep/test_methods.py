@@ -278,3 +278,20 @@ def test_the_winners_lead_over_the_second_is_recomputed_from_the_counts(fair_swe
     assert look is not None and lead[3] == pytest.approx(look.mean, abs=1e-12)
     assert (lead[4], lead[5]) == pytest.approx((look.low, look.high), abs=1e-12)
     assert lead[6] == look.verdict()
+
+
+def test_nothing_was_trained_twice_across_the_kill(fair_sweep):
+    """Every trial's epoch rows, read from the Parquet parts as written: each epoch once, from its
+    first own epoch (after its fork) to its last, none missing."""
+    rows = _rows(
+        fair_sweep,
+        "SELECT e.trial, count(*), count(DISTINCT e.epoch), min(e.epoch), max(e.epoch), "
+        "any_value(t.forked_at), any_value(t.epochs_run) "
+        "FROM read_parquet('{out}/epochs/*.parquet', union_by_name = true) e "
+        "JOIN (SELECT DISTINCT trial, forked_at, epochs_run FROM '{out}/trials/*.parquet' "
+        "WHERE status = 'completed') t USING (trial) GROUP BY e.trial",
+    )
+    assert rows
+    for trial, n, distinct, first, last, forked_at, epochs_run in rows:
+        assert n == distinct == last - first + 1, trial  # once each, none missing
+        assert first == (forked_at or 0) + 1 and last == epochs_run, trial
