@@ -484,6 +484,21 @@ class Searcher(TuneSearcher):
             self.__dict__.update(_split_old_state(pickle.load(f)))
         self._in_resumed_folder()
         self.optuna.fail_orphans(self.stages.waiting_handles())
+        self._forget_lost_confirm_trials()
+
+    def _forget_lost_confirm_trials(self) -> None:
+        """A confirm trial is named in the study (user attribute ``confirm``) when it is handed
+        out; one handed out after Tune's last snapshot never ran, and the restored stages hand its
+        config out again under another trial id: its name goes. Only where the stages have kept
+        every confirm hand-out (a sweep of this release: ``Stages.rounds``)."""
+        book = self.stages.__dict__.get("rounds")
+        study = self.optuna._ot_study
+        if book is None or study is None:
+            return
+        named = study.user_attrs.get("confirm", {})
+        kept = {trial: v for trial, v in named.items() if trial in book["handed"]}
+        if kept != named:
+            study.set_user_attr("confirm", kept)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(_split_old_state(state))

@@ -149,8 +149,8 @@ def test_set_is_applied_and_shows_in_the_summary(tmp_path):
     [
         (
             "ham.drop_step=2",
-            "hamsweep: error: ham.drop_step: is searched (search.params); "
-            "change its range in the spec instead",
+            "hamsweep: error: ham.drop_step: is searched (search.params or search.methods); "
+            "change its range in the spec",
         ),
         ("ham.tau=1", "hamsweep: error: ham.tau: unknown key"),
         ("train.epochs", "hamsweep: error: --set: expected KEY=VALUE"),

@@ -434,3 +434,25 @@ def test_a_searcher_pickled_before_the_split_goes_on_as_the_old_one_did(
     old_folder(tmp_path, monkeypatch, name)
     got = json.loads(json.dumps(make_fixture.replay(name)))
     assert got == json.loads((OLD / "expected.json").read_text())[name]
+
+
+def test_a_confirm_trial_handed_out_after_the_last_snapshot_loses_its_name(tmp_path):
+    """Killed after handing out seed 2's baseline but before Tune's next snapshot: the restored
+    searcher does not know that trial, hands the baseline out again, and the study no longer
+    names the trial that never ran."""
+    params = {"ham.warmup_epochs": {"choice": [2, 4], "default": 2}}
+    s = make_searcher(
+        spec(
+            search={"params": params, "num_samples": 2, "max_concurrent": 2},
+            confirm={"top_k": 1, "seeds": 2},
+        ),
+        tmp_path,
+    )
+    s.suggest("t0"), s.suggest("t1")  # the trunk, then seed 1's baseline (the proposal waits)
+    s.save(str(tmp_path / "snapshot.pkl"))  # Tune's last snapshot
+    assert s.suggest("t2")["train.seed"] == 2  # handed out, then the driver is killed
+    assert set(open_study(tmp_path).user_attrs["confirm"]) == {"t1", "t2"}
+    s.restore(str(tmp_path / "snapshot.pkl"))
+    assert set(open_study(tmp_path).user_attrs["confirm"]) == {"t1"}
+    assert s.suggest("t3")["train.seed"] == 2  # seed 2's baseline, again
+    assert set(open_study(tmp_path).user_attrs["confirm"]) == {"t1", "t3"}
