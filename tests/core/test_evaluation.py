@@ -36,3 +36,27 @@ def test_evaluation_is_repeatable_and_counts_every_example(dataset):
     }
     assert first == again  # its own seeded generator: the same counts every time
     assert first["clean"].n == first["pgd3"].n and sum(first["clean"].n) == len(dataset.val)
+
+
+def test_autoattack_runs_the_reference_implementations_standard_settings(dataset):
+    """fra31/auto-attack's version "standard": APGD-CE, APGD-T, FAB-T at 100 iterations, one
+    restart, the targeted two on 9 other classes (fewer where there are fewer), Square at 5,000
+    queries with p_init 0.8; not torchattacks' own defaults (10 iterations, every other class)."""
+    import torchattacks
+
+    from hamsweep.core.evaluation import standard_autoattack
+
+    model = models.build(tiny_config().model, dataset.num_classes)
+    for classes, targets in ((100, 9), (10, 9), (4, 3)):
+        apgd, apgd_t, fab_t, square = standard_autoattack(model, 8 / 255, classes).attacks
+        assert (type(apgd), type(apgd_t), type(fab_t), type(square)) == (
+            torchattacks.APGD,
+            torchattacks.APGDT,
+            torchattacks.FAB,
+            torchattacks.Square,
+        )
+        assert apgd.loss == "ce" and (apgd.steps, apgd_t.steps, fab_t.steps) == (100, 100, 100)
+        assert (apgd.n_restarts, apgd_t.n_restarts, fab_t.n_restarts, square.n_restarts) == (1,) * 4
+        assert (apgd_t.n_target_classes, fab_t.n_target_classes) == (targets, targets)
+        assert fab_t.multi_targeted and apgd.eps == square.eps == 8 / 255
+        assert (square.n_queries, square.p_init, square.rescale_schedule) == (5000, 0.8, False)
