@@ -66,6 +66,14 @@ def validate(
             "(repeatable)"
         ),
     ),
+    timed: bool = typer.Option(
+        False,
+        "--time",
+        help=(
+            "also time a few training batches of each method on this machine's device and "
+            "predict the sweep's GPU-hours (CPU-hours for a spec without GPUs); on a GPU node"
+        ),
+    ),
 ) -> None:
     """Check a spec file and what `hamsweep run` with the same arguments will need (the data, the
     cluster profile against this machine, the sweep folder's disk); print what it would run. Nothing
@@ -106,6 +114,8 @@ def validate(
     )
     if profile is not None:
         print(f"{cluster}: {profile.describe()}")
+    if timed:
+        print(_timed(s))
     for warning in checks.warnings:
         print(f"warning: {warning}")
     print(checks.verdict())
@@ -117,6 +127,13 @@ def _trials_text(s: Any) -> str:
     if not s.search.methods:
         return f"{s.search.trials} trials"
     names = ", ".join(s.search.methods)
+    if s.search.method_hours is not None:
+        unit = f"{s.resources.device.upper()}-hours"
+        return (
+            f"{s.search.method_hours:g} {unit} of search for each of {names}, up to "
+            f"{s.search.num_samples} trials each (a cheaper method gets more; each method its "
+            "own sampler)"
+        )
     return (
         f"{s.search.num_samples} trials for each of {names} ({s.search.trials}; each method its "
         "own sampler)"
@@ -153,6 +170,26 @@ def _per_method(s: Any) -> str:
     return (
         f"search per method: {s.search.num_samples} trials each, predicted {unit} after their "
         f"fork (the shared trunk not counted): {cells}"
+    )
+
+
+def _timed(s: Any) -> str:
+    """``validate --time``: each method's epoch measured here, and the predicted device-hours."""
+    from hamsweep.sweep.hours import measure, predict
+
+    times = measure(s)
+    h = predict(s, times)
+    unit = f"{s.resources.device.upper()}-hours"
+    device = next(iter(times.values())).device
+    epochs = ", ".join(f"{m} {t.epoch(s.eval.every_epochs):.3g} s" for m, t in times.items())
+    search = ", ".join(
+        f"{m} {hours:.3g} ({h.trials[m]:.3g} trials)" for m, hours in h.search.items()
+    )
+    return (
+        f"timed here on {device} (5 training batches and 5 validation batches a method, at its "
+        f"defaults; per-epoch hooks and the test split's attacks not timed): an epoch of "
+        f"{epochs}\npredicted {unit}: search {search}; the trunks {h.trunks:.3g}; the confirm "
+        f"stage's first round {h.confirm:.3g}; in all {h.total:.3g}"
     )
 
 

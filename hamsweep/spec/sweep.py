@@ -123,6 +123,7 @@ class SearchConfig(_Frozen):
     sampler: Literal["tpe", "random", "cmaes", "gp", "nsga2"] = "tpe"  # Optuna sampler
     seed: int = 0  # seeds the sampler
     # trials in the sweep; with ``methods``: per method, so every method gets the same number
+    # (with ``method_hours``: the most a method may get)
     num_samples: int = 8
     max_concurrent: int = 1  # trials running at once
     start_with_defaults: bool = True  # the first trial runs every default (the paper's setting)
@@ -135,10 +136,27 @@ class SearchConfig(_Frozen):
     # method); each method has its own sampler state (no method's trials teach another's) and
     # ``num_samples`` trials; empty: every trial trains ``train.method``
     methods: dict[str, MethodSearch] = {}
+    # a comparison's budget rule: null = the same number of trials for each method (num_samples);
+    # a number = the same device-hours (GPU-hours; CPU-hours where resources.gpu is 0) of search
+    # for each: a cheaper method gets more trials, up to num_samples, and a method's trials stop
+    # once its hours are spent (its own cost after the fork; the shared trunk is every method's)
+    method_hours: float | None = None
 
     @model_validator(mode="after")
     def _check(self) -> SearchConfig:
         at_least(self, 1, "num_samples", "max_concurrent")
+        if self.method_hours is not None and not self.method_hours > 0:
+            raise SpecError(
+                "method_hours",
+                f"must be > 0 device-hours per method (or null: the same number of trials for "
+                f"each) but got {self.method_hours}",
+            )
+        if self.method_hours is not None and not self.methods:
+            raise SpecError(
+                "method_hours",
+                "is a comparison's budget rule; list the methods compared in search.methods, "
+                "or drop it (budget.gpu_hours limits a sweep of one method)",
+            )
         for name, m in self.methods.items():
             for key, dist in m.params.items():
                 if key == METHOD_KEY:

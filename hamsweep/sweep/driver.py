@@ -365,6 +365,8 @@ def _tuner(spec: SweepSpec, out: Path, trainable: Any, recorder: Any) -> Any:
     optuna_search.waiting_sink = recorder.set_waiting
     # the confirm stage, planned once the search has ended
     optuna_search.confirm_sink = recorder.set_confirm
+    # a comparison's budget in device-hours: what each method has spent
+    optuna_search.method_seconds = recorder.method_seconds
     searcher = ConcurrencyLimiter(optuna_search, max_concurrent=spec.search.max_concurrent)
     # Tune counts the trunks and the confirm stage as trials; the searcher says FINISHED when it has
     # handed out all

@@ -10,17 +10,20 @@ sequence of trial numbers still hold the whole sweep (results, optuna-dashboard)
 
 Which method a new trial trains is not sampled: it is the budget rule's. ``before_trial`` gives it
 the method with the fewest trials so far (ties in the spec's order), and the sweep asks for
-``num_samples`` x methods trials in all, so each method gets ``num_samples``. The trial records its
-method as the parameter ``train.method`` (the space asks for it first; this sampler answers) and as
-the system attribute ``hamsweep:method`` (set before it samples anything, so that a trial still
-running is already its method's for the constant liar).
+``num_samples`` x methods trials in all, so each method gets ``num_samples``. With
+``search.method_hours`` (``MethodBudget``) it gives it the method that has spent the fewest
+device-seconds of search so far, among those with hours and trials left; the Recorder stops a
+method's trials once its hours are spent, and the search ends when no method has any left.
+The trial records its method as the parameter ``train.method`` (the space asks for it first;
+this sampler answers) and as the system attribute ``hamsweep:method`` (set before it samples
+anything, so that a trial still running is already its method's for the constant liar).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Container, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from optuna.samplers import BaseSampler
 from optuna.trial import TrialState
@@ -32,7 +35,16 @@ if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
     from optuna.trial import FrozenTrial
 
-__all__ = ["METHOD_ATTR", "PerMethodSampler", "method_of"]
+    from hamsweep.spec import SweepSpec
+
+__all__ = [
+    "METHOD_ATTR",
+    "MethodBudget",
+    "PerMethodSampler",
+    "Spend",
+    "method_budget",
+    "method_of",
+]
 
 METHOD_ATTR = "hamsweep:method"  # the trial's system attribute naming its method
 
@@ -52,6 +64,65 @@ def _spent(trial: FrozenTrial) -> bool:
     if trial.state == TrialState.WAITING:
         return False
     return trial.state != TrialState.FAIL or "status" in trial.user_attrs
+
+
+class Spend(NamedTuple):
+    """What a method of a comparison has spent on its search so far (``MethodBudget``)."""
+
+    seconds: float  # device-seconds: its search trials', running ones' up to now, and warm-ups
+    epoch: float  # its trials' mean device-seconds an epoch (0 before one has trained an epoch)
+    running: int  # epochs its running trials still have ahead, at most (ASHA may stop them)
+
+
+class MethodBudget:
+    """Each method's search budget in device-hours (``search.method_hours``), and at most ``cap``
+    trials (``search.num_samples``). ``source`` says what each method has spent: a callable
+    returning method -> ``Spend``, the Recorder's ``method_seconds`` (its trials' own cost and the
+    shared warm-up they fork from, counted once), set by the driver (pickled as a reference to the
+    Recorder of the process that unpickles it). Pure Python: the sampler and the stage scheduler
+    share one.
+
+    Budgets are met to the nearest epoch: a method's trials stop at the epoch after which half an
+    epoch more would pass its hours, so each method ends within about half an epoch (per trial
+    running at once) of the same device-hours. A method gets a new trial only while what it has
+    spent, and what its running trials would spend to their last epoch, leaves half an epoch."""
+
+    def __init__(self, methods: Sequence[str], hours: float, cap: int) -> None:
+        self.methods, self.seconds, self.cap = tuple(methods), hours * 3600.0, cap
+        self.source: Callable[[], dict[str, Spend]] | None = None
+
+    def spent(self) -> dict[str, Spend]:
+        """method -> what it has spent (nothing for one with no trial yet)."""
+        got = self.source() if self.source is not None else {}
+        return {m: Spend(*got.get(m, (0.0, 0.0, 0))) for m in self.methods}
+
+    def left(self, counts: Counter[str] | dict[str, int]) -> list[str]:
+        """The methods that may get another trial, the cheapest so far first (ties: fewer
+        trials, then the spec's order): hours left beyond what their running trials will spend,
+        and fewer than ``cap`` trials (``counts``: method -> trials it has had)."""
+        spent = self.spent()
+
+        def room(s: Spend) -> bool:
+            return s.seconds + s.epoch * (s.running + 0.5) < self.seconds
+
+        open_ = [m for m in self.methods if room(spent[m]) and counts.get(m, 0) < self.cap]
+        return sorted(
+            open_, key=lambda m: (spent[m].seconds, counts.get(m, 0), self.methods.index(m))
+        )
+
+    def over(self, method: str | None) -> bool:
+        """Whether ``method`` has spent its hours, to the nearest epoch (its running trials
+        stop)."""
+        if method not in self.methods:
+            return False
+        s = self.spent()[method]
+        return s.seconds + s.epoch / 2 >= self.seconds
+
+
+def method_budget(spec: SweepSpec) -> MethodBudget | None:
+    """A comparison's budget in device-hours (``search.method_hours``); None: equal trials."""
+    hours = spec.search.method_hours
+    return None if hours is None else MethodBudget(spec.methods, hours, spec.search.num_samples)
 
 
 class _MethodStudy:
@@ -86,9 +157,15 @@ class PerMethodSampler(BaseSampler):
     """Optuna sampler of a comparison (see the module docstring). ``make(i)`` builds the inner
     sampler of the i-th method."""
 
-    def __init__(self, methods: Sequence[str], make: Callable[[int], BaseSampler]) -> None:
+    def __init__(
+        self,
+        methods: Sequence[str],
+        make: Callable[[int], BaseSampler],
+        budget: MethodBudget | None = None,
+    ) -> None:
         self.methods = tuple(methods)
         self.samplers = {m: make(i) for i, m in enumerate(self.methods)}
+        self.budget = budget  # search.method_hours; None: the same number of trials for each
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         fixed = trial.system_attrs.get("fixed_params", {}).get(METHOD_KEY)  # an enqueued default
@@ -98,10 +175,15 @@ class PerMethodSampler(BaseSampler):
         self.samplers[method].before_trial(self._view(study, method), trial)
 
     def _fewest(self, study: Study) -> str:
-        """The method with the fewest trials spent so far; ties go to the earlier in the spec."""
+        """The method with the fewest trials spent so far; ties go to the earlier in the spec.
+        With a budget in device-hours: the one that spent the fewest device-seconds, of those
+        with hours and trials left (the stage scheduler asks for a trial only while one has)."""
         counts = Counter(
             method_of(t) for t in study._get_trials(deepcopy=False, use_cache=False) if _spent(t)
         )
+        budget = self.__dict__.get("budget")  # (none in a sampler pickled before budgets)
+        if budget is not None and (left := budget.left(counts)):
+            return left[0]
         return min(self.methods, key=lambda m: (counts[m], self.methods.index(m)))
 
     def infer_relative_search_space(

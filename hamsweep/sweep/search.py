@@ -44,6 +44,7 @@ from hamsweep.results.study import (
     study_name,
 )
 from hamsweep.spec import METHOD_KEY, Distribution, SweepSpec, flat
+from hamsweep.sweep.per_method import method_budget
 
 # Asha and make_scheduler live in schedulers; their names stay here: old sweep folders pickle
 # hamsweep.search.Asha (hamsweep._moved maps hamsweep.search to this module)
@@ -53,6 +54,7 @@ from hamsweep.sweep.stages import Candidate, Stages
 if TYPE_CHECKING:
     import optuna
 
+    from hamsweep.sweep.per_method import MethodBudget
     from hamsweep.sweep.trunk import Plan
 
 __all__ = [
@@ -131,9 +133,12 @@ def _dependency_order(params: Mapping[str, Distribution]) -> list[tuple[str, Dis
     return list(done.items())
 
 
-def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    spec: SweepSpec, budget: MethodBudget | None = None
+) -> optuna.samplers.BaseSampler:
     """The spec's sampler, seeded. TPE is multivariate with the constant liar, so that trials
-    proposed while others run do not all land on the same point."""
+    proposed while others run do not all land on the same point. A comparison's sampler picks
+    each trial's method by the budget rule (``budget``: device-hours, else equal trials)."""
     import warnings
 
     import optuna
@@ -144,7 +149,7 @@ def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
         from hamsweep.sweep.per_method import PerMethodSampler
 
         return PerMethodSampler(
-            spec.methods, lambda i: _sampler(spec.search.sampler, spec.search.seed + i)
+            spec.methods, lambda i: _sampler(spec.search.sampler, spec.search.seed + i), budget
         )
     return _sampler(spec.search.sampler, spec.search.seed)
 
@@ -474,6 +479,18 @@ class Searcher(TuneSearcher):
     def confirm_sink(self, sink: Any) -> None:
         self.stages.confirm_sink = sink
 
+    @property
+    def method_seconds(self) -> Any:
+        """What tells a comparison's budget in device-hours each method's spending (the
+        Recorder's ``method_seconds``); None without such a budget."""
+        budget = self.stages._budget()
+        return None if budget is None else budget.source
+
+    @method_seconds.setter
+    def method_seconds(self, source: Any) -> None:
+        if (budget := self.stages._budget()) is not None:
+            budget.source = source
+
     # ---- Tune's snapshots ----
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -596,12 +613,13 @@ def make_searcher(spec: SweepSpec, folder: Path) -> Searcher:
     # a comparison: each method's defaults first (its paper's setting), in the spec's order
     points = [spec.defaults(m) for m in spec.search.methods] or [spec.defaults()]
     per_method = {m: spec.search.method_params(m) for m in spec.search.methods}
+    budget = method_budget(spec)  # the sampler and the stages share one
     optuna = OptunaAdapter(
         space=Space(spec.search.params, flat(spec.trial_config()), per_method),
         metric=[best_key(m) for m in metrics] if multi else BEST,
         mode=["max"] * len(metrics) if multi else "max",
         points_to_evaluate=points if defaults else None,
-        sampler=make_sampler(spec),
+        sampler=make_sampler(spec, budget),
         study_name=name,
         storage=journal_storage(journal),
         full_epochs=full_epochs(spec),
@@ -610,4 +628,6 @@ def make_searcher(spec: SweepSpec, folder: Path) -> Searcher:
         optuna.fail_orphans()
     if optuna._ot_study.metric_names is None:  # optuna-dashboard names it, not "Objective 0"
         optuna._ot_study.set_metric_names(list(metrics))
-    return Searcher(optuna, Stages(spec, Path(folder)))
+    stages = Stages(spec, Path(folder))
+    stages.budget = budget
+    return Searcher(optuna, stages)

@@ -11,7 +11,9 @@ The stages, in the order they are handed out:
    epoch is there, before any new one is asked for; while they wait, new proposals are asked for (up
    to ``search.max_concurrent`` waiting, never more than ``search.trials`` in all), so that one
    whose epoch is there can run. A proposal whose trunk ended without its epoch (it failed) trains
-   its own warm-up.
+   its own warm-up. A comparison with ``search.method_hours`` (``budget``, a
+   ``per_method.MethodBudget``) asks for proposals only while a method has hours and trials left,
+   and its search is over once none has and its trials have ended.
 3. **The confirm stage** (``hamsweep.sweep.confirm``), once every search proposal has been handed
    out and has ended: the ``confirm.top_k`` COMPLETE trials with the highest objective and their
    PGD-AT baselines on new seeds, each seed's trunks first, each config as soon as its trunk's
@@ -68,6 +70,9 @@ class Stages:
         self.confirm: list[dict[str, Any]] | None = None  # not handed out yet; None: not planned
         self.waiting_sink: Any = None  # called with [(trunk key, epoch)] of the trials that wait
         self.confirm_sink: Any = None  # called with the ConfirmPlan when it is made
+        # a comparison's budget in device-hours (search.method_hours); None: equal trials
+        self.budget: Any = None
+        self.started_methods: dict[str, str] = {}  # Tune trial id -> the method it trains
 
     # ---- the search: trunks first, then proposals ----
     def next_trunk(self, trial_id: str) -> dict[str, Any] | None:
@@ -90,7 +95,7 @@ class Stages:
         for i, (handle, config, point) in enumerate(self.deferred):
             if (ready := self._start(config, point)) is not None:
                 del self.deferred[i]
-                self.started.add(trial_id)
+                self._started(trial_id, config)
                 self._tell_waiting()
                 return handle, ready
         return None
@@ -102,7 +107,24 @@ class Stages:
             return True
         proposed = len(self.started) + len(self.deferred)
         waiting_ok = not self.plan.shared or len(self.deferred) < self.spec.search.max_concurrent
+        if self._budget() is not None and not self._budget().left(self.method_counts()):
+            return False  # every method has spent its hours (or has had its most trials)
         return waiting_ok and proposed < self.spec.search.trials
+
+    def method_counts(self) -> dict[str, int]:
+        """method -> the search proposals of it made so far (handed out, or waiting)."""
+        counts: dict[str, int] = {}
+        methods = [*self.__dict__.get("started_methods", {}).values()]
+        for method in methods + [c.get(METHOD_KEY) for _, c, _ in self.deferred]:
+            counts[method] = counts.get(method, 0) + 1
+        return counts
+
+    def _budget(self) -> Any:
+        return self.__dict__.get("budget")  # (none in a Stages pickled before budgets)
+
+    def _started(self, trial_id: str, config: dict[str, Any]) -> None:
+        self.started.add(trial_id)
+        self.__dict__.setdefault("started_methods", {})[trial_id] = config.get(METHOD_KEY)
 
     def offer(self, trial_id: str, handle: Any, config: dict[str, Any]) -> dict[str, Any] | None:
         """A new proposal for Tune trial ``trial_id``: its config as it starts now, or None when it
@@ -113,7 +135,7 @@ class Stages:
             self.deferred.append((handle, config, point))  # type: ignore[arg-type]
             self._tell_waiting()
         else:
-            self.started.add(trial_id)
+            self._started(trial_id, config)
         return ready
 
     def running(self, trial_id: str) -> bool:
@@ -140,10 +162,14 @@ class Stages:
 
     # ---- the confirm stage ----
     def search_over(self) -> bool:
-        """Every search proposal has been handed to Tune and has ended."""
-        if self.spec is None or self.deferred or len(self.started) < self.spec.search.trials:
+        """Every search proposal has been handed to Tune and has ended (with a budget in
+        device-hours: also once no method has hours or trials left)."""
+        if self.spec is None or self.deferred or not self.started <= self.ended:
             return False
-        return self.started <= self.ended
+        if len(self.started) >= self.spec.search.trials:
+            return True
+        budget = self._budget()
+        return budget is not None and not budget.left(self.method_counts())
 
     def next_confirm(self, trial_id: str) -> dict[str, Any] | str | None:
         """The next confirm trial that can start now (a trunk, or a config whose trunk epoch is

@@ -95,6 +95,16 @@ def test_a_spec_without_methods_is_what_it_was(tmp_path):
             "search.methods.cfa.params.cfa.lamda1",
             "unknown key; valid keys are",
         ),
+        (
+            "  methods: {ham: {}, cfa: {}}\n  method_hours: 0",
+            "search.method_hours",
+            "must be > 0 device-hours per method (or null: the same number of trials for each)",
+        ),
+        (
+            "  method_hours: 2",
+            "search.method_hours",
+            "is a comparison's budget rule; list the methods compared in search.methods",
+        ),
     ],
 )
 def test_a_bad_comparison_is_one_line_naming_its_key(tmp_path, text, key, message):

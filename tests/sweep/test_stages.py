@@ -354,3 +354,71 @@ def test_a_comparison_confirms_each_methods_own_best(tmp_path):
         "TRADES #3",
         "CFA #4",
     ]
+
+
+def _hours_spec(**search) -> SweepSpec:
+    """A comparison of TRADES and FAAL, 3 trials at most each, with 0.01 device-hours each."""
+    methods = {
+        "trades": {},
+        "faal": {"params": {"faal.eta": {"uniform": [0.1, 1], "default": 0.5}}},
+    }
+    return validate(
+        SweepSpec,
+        {
+            "name": "s",
+            "train": {"epochs": 6},
+            "faal": {"warmup_epochs": 4},
+            "ham": {"warmup_epochs": 2},
+            "search": {"num_samples": 3, "method_hours": 0.01, "methods": methods, **search},
+        },
+    )
+
+
+def test_a_budget_in_device_hours_asks_while_a_method_has_hours_and_trials_left(tmp_path):
+    from hamsweep.sweep.per_method import method_budget
+
+    s = _hours_spec(max_concurrent=4)
+    # (device-seconds, their mean an epoch, epochs the running trials have ahead)
+    spent = {"trades": (0.0, 0.0, 0), "faal": (0.0, 0.0, 0)}
+    stages = Stages(s, tmp_path)
+    stages.budget = method_budget(s)
+    stages.budget.source = lambda: dict(spent)  # the Recorder's method_seconds in a sweep
+    stages.next_trunk("trunk")
+    epoch_dir(tmp_path, stages.plan.trunks[0].key, 4).mkdir(parents=True)
+    assert stages.budget.left({}) == ["trades", "faal"]  # nothing spent: the spec's order
+    stages.offer("t0", "h0", {"train.method": "trades"})
+    assert stages.budget.left(stages.method_counts()) == ["faal", "trades"]  # fewer trials first
+    stages.offer("t1", "h1", {"train.method": "faal", "faal.eta": 0.5})
+    spent.update(trades=(30.0, 3.0, 0), faal=(4.0, 1.0, 0))  # FAAL is the cheaper so far
+    assert stages.budget.left(stages.method_counts()) == ["faal", "trades"]
+    spent["trades"] = (27.0, 3.0, 2)  # its running trial's 2 epochs to come leave half an epoch
+    assert stages.budget.left(stages.method_counts()) == ["faal", "trades"]
+    spent["trades"] = (29.0, 3.0, 2)  # ... no longer: TRADES gets no new trial, and runs on
+    assert stages.budget.left(stages.method_counts()) == ["faal"] and not stages.budget.over(
+        "trades"
+    )
+    spent["trades"] = (34.6, 3.0, 1)  # half an epoch more reaches TRADES' 36 s: it stops
+    assert stages.budget.left(stages.method_counts()) == ["faal"] and stages.may_ask()
+    assert stages.budget.over("trades") and not stages.budget.over("faal")
+    for tid in ("t2", "t3"):
+        stages.offer(tid, f"h{tid}", {"train.method": "faal", "faal.eta": 0.2})
+    assert stages.method_counts() == {"trades": 1, "faal": 3}
+    assert not stages.may_ask()  # FAAL has had its 3 trials (num_samples), TRADES its hours
+    assert not stages.search_over()  # ... but they still run
+    for tid in ("t0", "t1", "t2", "t3"):
+        stages.search_ended(tid)
+    # 4 of the 6 trials num_samples allows, and the search is over: no method has any left
+    assert stages.search_over()
+
+
+def test_without_hours_left_no_trial_is_asked_for_and_the_search_ends(tmp_path):
+    from hamsweep.sweep.per_method import method_budget
+
+    s = _hours_spec()
+    stages = Stages(s, tmp_path)
+    stages.budget = method_budget(s)
+    stages.budget.source = lambda: {"trades": (40.0, 3.0, 0), "faal": (35.0, 2.0, 0)}
+    stages.next_trunk("trunk")
+    assert not stages.may_ask() and stages.search_over()  # 35 s + half of 2 s: FAAL's 36 s
+    stages.budget.source = lambda: {"trades": (40.0, 3.0, 0), "faal": (34.9, 2.0, 0)}
+    assert stages.may_ask() and not stages.search_over()

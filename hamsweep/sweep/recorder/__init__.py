@@ -31,9 +31,11 @@ from hamsweep.keys import CONFIRM, NUMBER, TRUNK
 from hamsweep.results.read import read_table
 from hamsweep.results.schema import TRIALS
 from hamsweep.results.writer import FLUSH_S
+from hamsweep.spec import METHOD_KEY
 from hamsweep.sweep import disk
 from hamsweep.sweep.count import confirm_trials, trial_count
-from hamsweep.sweep.dashboard import TrialView
+from hamsweep.sweep.dashboard import ENDED, TrialView
+from hamsweep.sweep.per_method import Spend, method_budget
 from hamsweep.sweep.recorder._book import TrialBook
 from hamsweep.sweep.recorder._budget import Budget
 from hamsweep.sweep.recorder._confirm import ConfirmSink
@@ -125,10 +127,56 @@ class Recorder(tune.Callback, tune.Stopper):
 
     def unfinished(self) -> int:
         """Trials not ended yet, counting those the sampler has not proposed, and the confirm
-        stage's (one, before it is planned: the search has not ended)."""
+        stage's (one, before it is planned: the search has not ended). In a comparison with a
+        budget in device-hours, the search trials no method has hours left for do not count."""
         planned = self.confirm.planned()
         confirm = planned if planned is not None else min(confirm_trials(self.spec), 1)
-        return trial_count(self.spec, confirm=confirm) - self.book.ended()
+        count = trial_count(self.spec, confirm=confirm)
+        if (budget := method_budget(self.spec)) is not None:
+            budget.source = self.method_seconds
+            views = [v for v in self.book.state.trials.values() if _searched(v)]
+            counts: dict[str, int] = {}
+            for v in views:
+                counts[v.params.get(METHOD_KEY)] = counts.get(v.params.get(METHOD_KEY), 0) + 1
+            if not budget.left(counts):
+                count -= self.spec.search.trials - len(views)
+        return count - self.book.ended()
+
+    def method_seconds(self) -> dict[str, Spend]:
+        """method -> what its search has spent so far (``per_method.Spend``): its search trials'
+        own device-seconds, the running ones' up to now, and the warm-up of each trunk its trials
+        fork from, counted once per method (as far as its latest fork: what the method's search
+        would have cost alone); their mean device-seconds an epoch; the epochs its running trials
+        have ahead. For a comparison's budget in device-hours (``per_method.MethodBudget``)."""
+        trials = self.book.now().trials
+        own: dict[str, float] = {}
+        epochs: dict[str, int] = {}
+        ahead: dict[str, int] = {}
+        warmup: dict[tuple[str, str], float] = {}  # (method, trunk trial id) -> seconds inherited
+        for view in trials.values():
+            if not _searched(view):
+                continue
+            method = view.params.get(METHOD_KEY)
+            own[method] = own.get(method, 0.0) + view.device_seconds
+            epochs[method] = epochs.get(method, 0) + max(0, view.epoch - (view.forked_at or 0))
+            if view.status not in ENDED:
+                ahead[method] = ahead.get(method, 0) + max(0, view.epochs - view.epoch)
+            trunk = trials.get(view.trunk) if view.trunk else None
+            if trunk is not None and trunk.epoch and view.forked_at:
+                inherited = trunk.device_seconds / trunk.epoch * min(view.forked_at, trunk.epoch)
+                key = (method, trunk.trial)
+                warmup[key] = max(warmup.get(key, 0.0), inherited)
+        inherited_by: dict[str, float] = {}
+        for (method, _), seconds in warmup.items():
+            inherited_by[method] = inherited_by.get(method, 0.0) + seconds
+        return {
+            m: Spend(
+                seconds + inherited_by.get(m, 0.0),
+                seconds / epochs[m] if epochs[m] else 0.0,
+                ahead.get(m, 0),
+            )
+            for m, seconds in own.items()
+        }
 
     # ---- the searcher's sinks (bound methods the pickled searcher holds: keep their names) ----
     def set_confirm(self, p: Any) -> None:
@@ -200,7 +248,8 @@ class Recorder(tune.Callback, tune.Stopper):
             self._finish(view, "failed", self.book.failed[trial.trial_id])
         elif view.epoch < view.epochs:
             self._stop_work(trial)
-            self._finish(view, "stopped", self.budget.hit or f"ASHA at epoch {view.epoch}")
+            reason = self.budget.hit or self.book.budget_stops.get(view.trial)
+            self._finish(view, "stopped", reason or f"ASHA at epoch {view.epoch}")
         else:
             self._finish(view, "completed", f"ran all {view.epochs} epochs")
 
@@ -264,12 +313,31 @@ class Recorder(tune.Callback, tune.Stopper):
 
     # ---- tune.Stopper: the budget, and a full disk Tune cannot be asked to stop for ----
     def __call__(self, trial_id: str, result: dict) -> bool:
-        return False
+        """A search trial of a comparison stops once its method has spent its device-hours
+        (``search.method_hours``): no method trains longer than another."""
+        budget = method_budget(self.spec)
+        view = self.book.state.trials.get(trial_id)
+        if budget is None or view is None or not _searched(view) or "failed" in result:
+            return False
+        budget.source = self.method_seconds
+        method = view.params.get(METHOD_KEY)
+        if not budget.over(method) or result.get("epoch", 0) >= view.epochs:
+            return False
+        self.book.budget_stops[trial_id] = (
+            f"{method}'s search budget of {self.spec.search.method_hours:g} device-hours spent, "
+            f"at epoch {result.get('epoch', 0)}"
+        )
+        return True
 
     def stop_all(self) -> bool:
         if self.disk.must_stop_now():
             return True
         return self.budget.spent(self.book.now())
+
+
+def _searched(view: TrialView) -> bool:
+    """A search trial (not a trunk, not the confirm stage's)."""
+    return view.role != TRUNK and view.stage != CONFIRM
 
 
 class _Inert(tune.Callback, tune.Stopper):

@@ -84,6 +84,8 @@ class TrialBook:
         self.trunk_ids: dict[str, str] = {}  # trunk key -> the Tune trial id training it
         self.fork_keys: dict[str, str] = {}  # a fork's trial id -> its trunk's key
         self.failed: dict[str, str] = {}  # trial id -> reason reported by the trainable
+        # trial id -> why its method's budget stopped it (a comparison's search.method_hours)
+        self.budget_stops: dict[str, str] = {}
         self.tune_trials: set[str] = set()  # the trial ids Tune knows, set when the experiment ends
 
     # ---- resume ----
