@@ -9,8 +9,9 @@ For each run it prints:
 - wall time: the first trial's start to the last trial's end (trials.started / ended);
 - idle slot-seconds: ``search.max_concurrent`` slots x that wall time, less the trials' wall
   seconds summed: what the slots did not train;
-- each method's search cost: its trials' device-hours (own: a fork's from its fork epoch), and the
-  share of the shared PGD-AT trunk its forks inherited;
+- each method's search cost: its trials' device-hours (own: a fork's from its fork epoch), the
+  warm-up its forks inherited from the shared PGD-AT trunk, counted once (what the budget rule in
+  device-hours, ``search.method_hours``, counts), and the spread of their sums over the methods;
 - the confirmed table (``hamsweep results``) of the second run.
 
 Then the ratio of the two wall times and idle slot-seconds, measured in this run.
@@ -57,14 +58,26 @@ def _measure(out: Path, slots: int) -> dict[str, float]:
 
 
 def _costs(out: Path) -> list[tuple]:
+    """Per method: its search trials, their own device-hours, the warm-up its forks inherited
+    counted once per trunk (as far as its latest fork), and the two summed: what the budget rule
+    in device-hours (search.method_hours) counts."""
     con = duckdb.connect()
+    newest = (
+        f"(SELECT * FROM read_parquet('{out}/trials/*.parquet', union_by_name = true) "
+        "QUALIFY row_number() OVER (PARTITION BY trial ORDER BY ended DESC NULLS LAST) = 1)"
+    )
     return con.execute(
-        f"""SELECT train_method, count(*), sum(device_seconds) / 3600,
-                   sum(CASE WHEN forked_at IS NULL THEN 0 ELSE forked_at END)
-            FROM (SELECT * FROM read_parquet('{out}/trials/*.parquet', union_by_name = true)
-                  QUALIFY row_number() OVER (PARTITION BY trial
-                                             ORDER BY ended DESC NULLS LAST) = 1)
-            WHERE role = 'search' GROUP BY train_method ORDER BY train_method"""
+        f"""WITH t AS {newest},
+            s AS (SELECT * FROM t WHERE role = 'search' AND stage = 'search'),
+            w AS (SELECT s.train_method, s.trunk,
+                         max(k.device_seconds / k.epochs_run * s.forked_at) AS seconds
+                  FROM s JOIN t AS k ON k.trial = s.trunk GROUP BY s.train_method, s.trunk),
+            o AS (SELECT train_method, count(*) AS n, sum(device_seconds) AS own
+                  FROM s GROUP BY train_method)
+            SELECT o.train_method, o.n, o.own / 3600, coalesce(sum(w.seconds), 0) / 3600,
+                   (o.own + coalesce(sum(w.seconds), 0)) / 3600
+            FROM o LEFT JOIN w USING (train_method)
+            GROUP BY o.train_method, o.n, o.own ORDER BY o.train_method"""
     ).fetchall()
 
 
@@ -85,9 +98,15 @@ def main() -> None:
             f"confirm.early={str(early).lower()}: wall {m['wall']:.0f} s, trials busy "
             f"{m['busy']:.0f} slot-s, idle {m['idle']:.0f} slot-s of {slots} x {m['wall']:.0f}"
         )
-        print("  method   trials  own device-hours  inherited trunk epochs")
-        for method, n, hours, inherited in _costs(out):
-            print(f"  {method:<8} {n:>6}  {hours:>16.4f}  {inherited:>22}")
+        print("  method   trials  own device-hours  + warm-up once  = search  / most")
+        costs = _costs(out)
+        most = max(c[4] for c in costs)
+        for method, n, own, warmup, total in costs:
+            print(
+                f"  {method:<8} {n:>6}  {own:>16.4f}  {warmup:>14.4f}  {total:>8.4f}  "
+                f"{total / most:>6.2f}"
+            )
+        print(f"  the most over the least: {most / min(c[4] for c in costs):.2f}x")
     off, on = found[False], found[True]
     print(
         f"\nearly baselines / without: wall {on['wall'] / off['wall']:.2f}x, "

@@ -33,6 +33,9 @@ class ReportData:
     # trial_class_state rows of the best search trial (by its best objective): what its method kept
     # per class, epoch by epoch
     class_state: list[dict[str, Any]] = field(default_factory=list)
+    # trial_class_state rows at each search trial's (and search trunk's) best epoch where its
+    # method recorded the accuracy on each class's training AEs (train_robust_acc)
+    chosen_state: list[dict[str, Any]] = field(default_factory=list)
     study: Any = None  # the Optuna study; None without a journal
     running: bool = False  # some trial has not ended: the report is a snapshot
     taken: str = ""  # when it was read, UTC
@@ -112,6 +115,14 @@ def load(out: Path) -> ReportData:
                WHERE role = 'search' AND coalesce(stage, 'search') = 'search'
                AND best_objective IS NOT NULL ORDER BY best_objective DESC, number LIMIT 1)
                ORDER BY epoch, class_id"""
+        )
+        if results.CLASS_STATE in present
+        else [],
+        chosen_state=rows(
+            """SELECT s.trial, s.class_id, s.train_robust_acc FROM trial_class_state s
+               JOIN trials t ON s.trial = t.trial AND s.epoch = t.best_epoch
+               WHERE coalesce(t.stage, 'search') = 'search' AND s.train_robust_acc IS NOT NULL
+               ORDER BY s.trial, s.class_id"""
         )
         if results.CLASS_STATE in present
         else [],

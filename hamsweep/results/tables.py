@@ -32,9 +32,11 @@ from hamsweep.results._format import (
     numeric_column,
     param_text,
     pct,
+    short_names,
 )
+from hamsweep.results.spend import SearchCost, spending
 from hamsweep.results.store import param_column
-from hamsweep.spec import OBJECTIVES, SweepSpec
+from hamsweep.spec import METHOD_KEY, OBJECTIVES, SweepSpec
 from hamsweep.spec.trial import objective_summary
 
 __all__ = [
@@ -271,7 +273,50 @@ def paper_rows(out: Path, spec: SweepSpec) -> tuple[str, list[dict[str, Any]]]:
                     row.update({f"lead_{k}": r[f"lead_{k}"] for k in _LEAD})
             if r["attack"] == robust:
                 row["seeds"] = r["seeds"]
+    spent = search_spending(list(params.values()))
+    for row in rows.values():
+        # what the search of the config's method spent to choose it (not for the baseline)
+        method = row.get(METHOD_KEY) if spec.search.methods else None
+        trials, seconds = (
+            spent.get(method, (None, None)) if row["role"] != BASELINE else (None,) * 2
+        )
+        row["search_trials"] = trials
+        row["search_device_hours"] = None if seconds is None else seconds / 3600
     return robust, list(rows.values())
+
+
+def search_spending(trials: list[dict[str, Any]]) -> dict[str | None, tuple[int, float]]:
+    """Method (None: every search trial, for a sweep of one method) -> (its search trials, the
+    device-seconds they spent, as ``results.spend`` counts them: what a comparison's budget in
+    device-hours counts). ``trials``: the ``trials`` view's rows."""
+    search = [t for t in trials if t["role"] == "search" and t["stage"] == "search"]
+    trunks = {t["trial"]: (t["device_seconds"] or 0.0, t["epochs_run"] or 0) for t in trials}
+
+    def cost(t: dict[str, Any], method: str | None) -> SearchCost:
+        epochs = max(0, (t["epochs_run"] or 0) - (t["forked_at"] or 0))
+        return SearchCost(method, t["device_seconds"] or 0.0, epochs, 0, t["trunk"], t["forked_at"])
+
+    column = param_column(METHOD_KEY)
+    by_method = spending([cost(t, t.get(column)) for t in search], trunks)
+    every = spending([cost(t, None) for t in search], trunks)
+    return {m: (s.trials, s.seconds) for m, s in {**by_method, **every}.items()}
+
+
+def _search_line(rows: list[dict[str, Any]], unit: str) -> str:
+    """'search: HAM 7 trials, 0.0201 CPU-h; CFA 3 trials, 0.0203 CPU-h' (a comparison: each
+    method once), or '' when no row has it."""
+    seen: dict[str, str] = {}
+    for r in rows:
+        if r.get("search_trials") is None:
+            continue
+        name = r["config"].split(" #")[0] if " #" in r["config"] and r["config"][0] != "#" else ""
+        seen.setdefault(
+            name, f"{r['search_trials']} trials, {r['search_device_hours']:.3g} {unit}-h"
+        )
+    if not seen:
+        return ""
+    parts = [f"{name} {text}" if name else text for name, text in seen.items()]
+    return "search (inherited warm-up counted once): " + "; ".join(parts)
 
 
 def mean_std(mean: float | None, std: float | None, sep: str = " ± ") -> str:
@@ -360,6 +405,7 @@ def confirmed_table(out: Path, spec: SweepSpec) -> Table:
                 None,
                 [
                     _lead_line(rows, key),
+                    _search_line(rows, results.device_label(rows)),
                     "configs: " + "; ".join(knobs) if knobs else "",
                     knob_legend(names),
                 ],
@@ -472,16 +518,18 @@ def _tex(text: str) -> str:
 
 def _latex(rows: list[dict[str, Any]], spec: SweepSpec) -> str:
     """booktabs: config, knobs, then mean ± std per metric (the best mean in bold), Δ to PGD-AT,
-    GPU-hours."""
+    GPU-hours of a seed and their ratio to PGD-AT's, the trials and GPU-hours of the search that
+    chose the config."""
     keys = list(spec.search.space)
     metrics = (*_COLUMNS, "clean")
     best = {
         m: max((r[f"{m}_mean"] for r in rows if r.get(f"{m}_mean") is not None), default=None)
         for m in metrics
     }
+    short = short_names(keys)  # wat.eta and faal.eta stay apart
     head = [
         "config",
-        *[_tex(k.split(".")[-1]) for k in keys],
+        *[_tex(short[k]) for k in keys],
         "worst",
         "CVaR",
         "mean",
@@ -489,6 +537,8 @@ def _latex(rows: list[dict[str, Any]], spec: SweepSpec) -> str:
         "$\\Delta$ vs PGD-AT",
         f"{results.device_label(rows)}-h",
         "cost $\\times$ PGD-AT",
+        "trials",
+        f"search {results.device_label(rows)}-h",
     ]
     lines = [
         "\\begin{tabular}{" + "l" + "r" * (len(head) - 1) + "}",
@@ -497,14 +547,11 @@ def _latex(rows: list[dict[str, Any]], spec: SweepSpec) -> str:
         "\\midrule",
     ]
     for r in rows:
+        # a row's own knobs only: another method's (or PGD-AT's missing) value is an empty cell
+        own = _own(spec, {k: r.get(k) for k in keys}) if r["role"] != BASELINE else {}
         cells = [
             _tex(r["config"]),
-            *[
-                _tex(param_text(k, r.get(k)))
-                if r.get(k) is not None or r["role"] != BASELINE
-                else ""
-                for k in keys
-            ],
+            *[_tex(param_text(k, own[k])) if k in own else "" for k in keys],
         ]
         for m in metrics:
             text = (
@@ -518,6 +565,10 @@ def _latex(rows: list[dict[str, Any]], spec: SweepSpec) -> str:
                 else text
             )
         cells += [_diff(r).replace("—", "--"), *(c.replace("—", "--") for c in cost_cells(r))]
+        # what the config's method's search spent to choose it (the baseline: --)
+        trials, hours = r.get("search_trials"), r.get("search_device_hours")
+        seconds = None if hours is None else hours * 3600
+        cells += [str(trials) if trials is not None else "--", _hours(seconds).replace("—", "--")]
         lines.append(" & ".join(cells) + " \\\\")
         if r["role"] == BASELINE:
             lines.append("\\midrule")

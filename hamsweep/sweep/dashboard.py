@@ -40,6 +40,7 @@ from hamsweep.results._format import (
     pct,
     short_names,
 )
+from hamsweep.results.spend import SearchCost, Spending, spending
 
 __all__ = [
     "ENDED",
@@ -134,6 +135,8 @@ class SweepState:
     gpu_hours_budget: float | None = None  # in GPU-hours; None = no budget
     device: str = "gpu"  # what TrialView.device_seconds counts: gpu | cpu (resources.gpu == 0)
     wall_hours_budget: float | None = None  # in hours of wall time; None = no budget
+    # a comparison's budget per method in device-hours (search.method_hours); None = equal trials
+    method_hours_budget: float | None = None
     # Optuna's current best: (number, value, params)
     sampler_best: tuple[int, float, dict[str, Any]] | None = None
     # proposals waiting for a trunk epoch: (trunk, epoch)
@@ -163,6 +166,25 @@ class SweepState:
         """The sweep's cost so far: its trials' own device-hours
         (a trunk's warm-up counted once)."""
         return sum(v.device_seconds for v in self.trials.values()) / 3600
+
+    def method_spend(self) -> dict[str | None, Spending]:
+        """A comparison's search, method by method (``params['train.method']``), as
+        ``results.spend`` counts it: what a budget in device-hours (``per_method.MethodBudget``)
+        and the header read."""
+        search = [
+            SearchCost(
+                v.params.get("train.method"),
+                v.device_seconds,
+                max(0, v.epoch - (v.forked_at or 0)),
+                0 if v.status in ENDED else max(0, v.epochs - v.epoch),
+                v.trunk,
+                v.forked_at,
+            )
+            for v in self.trials.values()
+            if v.role != TRUNK and v.stage != CONFIRM
+        ]
+        trunks = {v.trial: (v.device_seconds, v.epoch) for v in self.trials.values()}
+        return spending(search, trunks)
 
     def best(self) -> TrialView | None:
         """The trial with the highest best_objective (the first started on a tie);
@@ -242,6 +264,11 @@ def _header(state: SweepState) -> Panel:
         cost += (
             f"; wall-clock {_hms(state.now - state.started)} "
             f"of budget {_hms(state.wall_hours_budget * 3600)}"
+        )
+    if state.method_hours_budget is not None:  # a comparison: each method's share of its hours
+        spend = state.method_spend()
+        cost += f"; search per method, of {state.method_hours_budget:g} each: " + ", ".join(
+            f"{m} {s.seconds / 3600:.3g} ({s.trials} trials)" for m, s in spend.items()
         )
     top = Text.assemble(
         ("sweep ", "bold"), (state.name, "bold"), f"   elapsed {_hms(state.now - state.started)}"

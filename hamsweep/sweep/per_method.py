@@ -22,12 +22,13 @@ anything, so that a trial still running is already its method's for the constant
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Container, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable, Container, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from optuna.samplers import BaseSampler
 from optuna.trial import TrialState
 
+from hamsweep.results.spend import Spending
 from hamsweep.spec.sweep import METHOD_KEY
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ __all__ = [
     "METHOD_ATTR",
     "MethodBudget",
     "PerMethodSampler",
-    "Spend",
     "method_budget",
     "method_of",
 ]
@@ -66,21 +66,13 @@ def _spent(trial: FrozenTrial) -> bool:
     return trial.state != TrialState.FAIL or "status" in trial.user_attrs
 
 
-class Spend(NamedTuple):
-    """What a method of a comparison has spent on its search so far (``MethodBudget``)."""
-
-    seconds: float  # device-seconds: its search trials', running ones' up to now, and warm-ups
-    epoch: float  # its trials' mean device-seconds an epoch (0 before one has trained an epoch)
-    running: int  # epochs its running trials still have ahead, at most (ASHA may stop them)
-
-
 class MethodBudget:
     """Each method's search budget in device-hours (``search.method_hours``), and at most ``cap``
     trials (``search.num_samples``). ``source`` says what each method has spent: a callable
-    returning method -> ``Spend``, the Recorder's ``method_seconds`` (its trials' own cost and the
-    shared warm-up they fork from, counted once), set by the driver (pickled as a reference to the
-    Recorder of the process that unpickles it). Pure Python: the sampler and the stage scheduler
-    share one.
+    returning method -> ``results.spend.Spending`` (its trials' own cost and the shared warm-up
+    they fork from, counted once), the Recorder's ``method_seconds``, set by the driver
+    (pickled as a reference to the Recorder of the process that unpickles it). Pure Python: the
+    sampler and the stage scheduler share one.
 
     Budgets are met to the nearest epoch: a method's trials stop at the epoch after which half an
     epoch more would pass its hours, so each method ends within about half an epoch (per trial
@@ -89,12 +81,12 @@ class MethodBudget:
 
     def __init__(self, methods: Sequence[str], hours: float, cap: int) -> None:
         self.methods, self.seconds, self.cap = tuple(methods), hours * 3600.0, cap
-        self.source: Callable[[], dict[str, Spend]] | None = None
+        self.source: Callable[[], Mapping[str | None, Spending]] | None = None
 
-    def spent(self) -> dict[str, Spend]:
+    def spent(self) -> dict[str, Spending]:
         """method -> what it has spent (nothing for one with no trial yet)."""
         got = self.source() if self.source is not None else {}
-        return {m: Spend(*got.get(m, (0.0, 0.0, 0))) for m in self.methods}
+        return {m: got.get(m, Spending(0.0, 0.0, 0, 0)) for m in self.methods}
 
     def left(self, counts: Counter[str] | dict[str, int]) -> list[str]:
         """The methods that may get another trial, the cheapest so far first (ties: fewer
@@ -102,8 +94,8 @@ class MethodBudget:
         and fewer than ``cap`` trials (``counts``: method -> trials it has had)."""
         spent = self.spent()
 
-        def room(s: Spend) -> bool:
-            return s.seconds + s.epoch * (s.running + 0.5) < self.seconds
+        def room(s: Spending) -> bool:
+            return s.seconds + s.epoch * (s.ahead + 0.5) < self.seconds
 
         open_ = [m for m in self.methods if room(spent[m]) and counts.get(m, 0) < self.cap]
         return sorted(

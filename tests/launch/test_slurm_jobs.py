@@ -338,3 +338,47 @@ def test_a_trunk_its_forks_and_the_confirm_stage_run_as_trial_jobs(slurm, tmp_pa
         ).fetchone()[0]
         == 0
     )
+
+
+def test_a_comparison_of_methods_runs_each_method_and_its_confirm_stage_as_trial_jobs(
+    slurm, tmp_path
+):
+    """search.methods (issue 21) in mode jobs: TRADES from scratch, FAAL forked from the shared
+    PGD-AT trunk, each a job of its own, then each method's best and PGD-AT on a new seed."""
+    spec = write_spec(
+        tmp_path / "methods.yaml",
+        train={"method": "trades", "epochs": 3},
+        faal={"warmup_epochs": 2},
+        scheduler="none",
+        confirm={"top_k": 1, "seeds": 1},
+        search={
+            "num_samples": 1,
+            "max_concurrent": 2,
+            "params": {},
+            "methods": {"trades": {}, "faal": {}},
+        },
+    )
+    out = tmp_path / "out"
+    proc = hamsweep(
+        "run", str(spec), "--cluster", str(jobs_profile(tmp_path / "prof.yaml")), "--out", str(out)
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = results.read_table(out, results.TRIALS).to_pylist()
+    assert all(r["status"] == "completed" for r in rows), rows
+    search = {
+        r["train_method"]: r for r in rows if r["stage"] == "search" and r["role"] == "search"
+    }
+    trunk = next(r for r in rows if r["stage"] == "search" and r["role"] == "trunk")
+    assert set(search) == {"trades", "faal"}
+    assert (search["faal"]["trunk"], search["faal"]["forked_at"]) == (trunk["trial"], 2)
+    assert search["trades"]["forked_at"] is None
+    confirm = sorted((r["role"], r["train_method"]) for r in rows if r["stage"] == "confirm")
+    assert confirm == [("baseline", None), ("confirm", "faal"), ("confirm", "trades")]
+    # one SLURM job per trial: the trunk, the two searched, the confirm stage's three
+    assert len(listed_jobs(out)) == len(rows) == 6
+    labels = {r[0] for r in results.connect(out).execute("SELECT label FROM confirm").fetchall()}
+    assert labels == {
+        "PGD-AT",
+        f"TRADES #{search['trades']['number']}",
+        f"FAAL #{search['faal']['number']}",
+    }

@@ -22,7 +22,7 @@ from hamsweep.report.figures import FIGURES, class_state, fairness, per_class, p
 from hamsweep.results import store as results
 from hamsweep.results.study import open_study
 
-TITLES = 7  # figures on the page
+TITLES = 10  # figures on the page
 
 
 @pytest.fixture(scope="module")

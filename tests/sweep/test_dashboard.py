@@ -440,3 +440,56 @@ def test_the_confirm_stage_is_a_phase_of_its_own():
     from hamsweep.sweep.dashboard import state_from_json, state_to_json
 
     assert state_from_json(state_to_json(state)) == state
+
+
+def test_a_comparisons_budget_in_hours_shows_each_methods_search_spend():
+    """SweepState.method_spend: own device-seconds, the running trials' too, and once per method
+    the trunk warm-up as far as its latest fork; the header shows it against method_hours."""
+    trunk = TrialView(
+        trial="trunk000",
+        params={},
+        epochs=8,
+        role="trunk",
+        epoch=8,
+        device_seconds=80.0,
+        status="completed",
+    )
+    faal = [
+        _trial(
+            f"faal000{i}",
+            status="completed",
+            params={"train.method": "faal"},
+            epochs=8,
+            epoch=8,
+            forked_at=w,
+            trunk="trunk000",
+            device_seconds=6.0,
+        )
+        for i, w in enumerate((6, 7))
+    ]
+    trades = [
+        _trial(
+            "trades00",
+            status="completed",
+            params={"train.method": "trades"},
+            epochs=8,
+            epoch=8,
+            device_seconds=40.0,
+        ),
+        _trial(
+            "trades01",
+            status="running",
+            params={"train.method": "trades"},
+            epochs=8,
+            epoch=3,
+            device_seconds=15.0,
+        ),
+    ]
+    state = _add(_state(method_hours_budget=0.05), trunk, *faal, *trades)
+    spend = state.method_spend()
+    # FAAL: 2 x 6 s own, and the trunk's 10 s an epoch up to its latest fork (7), once
+    assert spend["faal"] == (12.0 + 70.0, 12.0 / 3, 0, 2)  # (seconds, an epoch, ahead, trials)
+    assert spend["trades"] == (55.0, 55.0 / 11, 5, 2)  # 5 epochs ahead of the running one
+    assert "search per method, of 0.05 each: faal 0.0228 (2 trials), trades 0.0153 (2 trials)" in (
+        _text(state)
+    )

@@ -1,33 +1,47 @@
 """A comparison under the same device-hours for each method (``search.method_hours``, issue 21) in
 a real sweep on a local Ray: TRADES (from scratch, a full schedule a trial) against FAAL (a
-one-epoch fine-tune of the shared PGD-AT trunk). The cheaper method gets more trials, a method's
-trials stop once its hours are spent, the search ends when no method has hours left and the
-confirm stage follows. Each method's spending is recomputed from the Parquet ``trials`` rows
-(DuckDB): its trials' own device-seconds and, once, the trunk warm-up it forks from."""
+one-epoch fine-tune of the shared PGD-AT trunk), each with what 3 TRADES trials cost here,
+SIGKILLed during the search and again during the confirm stage and resumed. The cheaper method gets
+more trials, a method's trials stop once its hours are spent, the search ends when no method has
+hours left and the confirm stage follows; nothing is trained twice. Each method's spending is
+recomputed from the Parquet ``trials`` rows: its trials' own device-seconds and, once, the trunk
+warm-up it forks from."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
+import duckdb
 import pytest
-from conftest import hamsweep, write_spec
+from conftest import (
+    HAMSWEEP,
+    checkpoint_whole,
+    hamsweep,
+    snapshotted_trials,
+    wait_for,
+    write_spec,
+)
 
 from hamsweep.results.read import read_table
 from hamsweep.results.schema import TRIALS
+from hamsweep.spec import load_spec
+from hamsweep.sweep.hours import measure, predict
 
 pytestmark = pytest.mark.timeout(600)
 
-HOURS = 0.0015  # each method's search: 5.4 device-seconds (CPU cores x wall seconds here)
+TRADES_TRIALS = 3  # each method's budget: what 3 TRADES trials are predicted to cost here
 CAP = 8  # num_samples: the most trials a method may get
 EPOCHS, WARMUP = 8, 7  # FAAL fine-tunes the trunk's last epoch
 CONCURRENT = 2
 
 
-@pytest.fixture(scope="module")
-def hours_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("hours")
-    spec = write_spec(
-        root / "hours.yaml",
+def _write(path: Path, hours: float | None) -> Path:
+    return write_spec(
+        path,
         name="hours",
         train={"method": "trades", "epochs": EPOCHS},
         faal={"warmup_epochs": WARMUP},
@@ -36,7 +50,7 @@ def hours_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
         search={
             "num_samples": CAP,
             "max_concurrent": CONCURRENT,
-            "method_hours": HOURS,
+            "method_hours": hours,
             "params": {},
             "methods": {
                 "trades": {"params": {"train.trades_beta": {"choice": [3.0, 6.0], "default": 6.0}}},
@@ -44,10 +58,49 @@ def hours_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
             },
         },
     )
-    out = root / "out"
-    proc = hamsweep("run", str(spec), "--out", str(out), timeout=550)
+
+
+def _half_trained(out: Path, stage: str) -> bool:
+    """A trial of ``stage`` is in Tune's snapshot unfinished, past its first epoch, its
+    checkpoint whole on disk: a kill now lands in the middle of it."""
+    return any(
+        config.get("stage", "search") == stage
+        and config.get("role") != "trunk"
+        and 0 < last.get("epoch", 0) < EPOCHS
+        and checkpoint_whole(out, last)
+        for config, last in snapshotted_trials(out, unfinished=True)
+    )
+
+
+def _killed_when(cmd: list[str], ready: Callable[[], bool], what: str) -> None:
+    """Run ``cmd`` (a sweep's driver) and SIGKILL it, and all it started, once ``ready``."""
+    driver = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        wait_for(ready, 400, what)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+
+
+@pytest.fixture(scope="module")
+def hours_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    """The sweep, SIGKILLed while a search trial is half-trained and again while a confirm trial
+    is, resumed to its end; and its budget per method in CPU-hours, set from this machine's pace
+    (timed as ``validate --time`` does), so that the test means the same on a slower machine."""
+    root = tmp_path_factory.mktemp("hours")
+    plain = load_spec(_write(root / "plain.yaml", None))
+    trades_trial = predict(plain, measure(plain)).search["trades"] / CAP
+    hours = float(f"{TRADES_TRIALS * trades_trial:.3g}")
+    spec, out = _write(root / "hours.yaml", hours), root / "out"
+    run = [HAMSWEEP, "run", str(spec), "--out", str(out)]
+    _killed_when(run, lambda: _half_trained(out, "search"), "a search trial half-trained")
+    resume = [HAMSWEEP, "resume", str(out)]
+    _killed_when(resume, lambda: _half_trained(out, "confirm"), "a confirm trial half-trained")
+    proc = hamsweep("resume", str(out), timeout=550)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return out
+    return out, hours
 
 
 def _trials(out: Path) -> list[dict]:
@@ -77,8 +130,9 @@ def _spending(trials: list[dict]) -> dict[str, tuple[float, float, int]]:
 
 
 def test_each_method_spent_the_same_hours_to_within_an_epoch(hours_sweep):
-    budget = HOURS * 3600
-    for method, (spent, epoch, count) in _spending(_trials(hours_sweep)).items():
+    out, hours = hours_sweep
+    budget = hours * 3600
+    for method, (spent, epoch, count) in _spending(_trials(out)).items():
         # the rule: stop at the epoch after which half an epoch more would pass the hours, and
         # start no trial while half an epoch more would (timing between the driver's clock and
         # the rows adds a little: an epoch's worth either way)
@@ -87,7 +141,8 @@ def test_each_method_spent_the_same_hours_to_within_an_epoch(hours_sweep):
 
 
 def test_the_cheaper_method_got_more_trials_and_the_budget_stopped_the_dearer(hours_sweep):
-    trials = _trials(hours_sweep)
+    out, hours = hours_sweep
+    trials = _trials(out)
     spending = _spending(trials)
     assert spending["faal"][2] > spending["trades"][2] >= 1, spending
     search = [t for t in trials if t["role"] == "search" and t["stage"] == "search"]
@@ -95,7 +150,7 @@ def test_the_cheaper_method_got_more_trials_and_the_budget_stopped_the_dearer(ho
     stopped = [t for t in search if t["status"] == "stopped"]
     for t in stopped:  # no ASHA here: only the budget stops a trial
         assert t["stop_reason"].startswith(
-            f"{t['train_method']}'s search budget of {HOURS:g} device-hours spent, at epoch "
+            f"{t['train_method']}'s search budget of {hours:g} device-hours spent, at epoch "
         ), t["stop_reason"]
         assert t["epochs_run"] < EPOCHS
     # the confirm stage followed: each method's best config and PGD-AT on the new seed
@@ -108,9 +163,48 @@ def test_the_cheaper_method_got_more_trials_and_the_budget_stopped_the_dearer(ho
 
 
 def test_validate_says_the_budget_rule(hours_sweep):
-    proc = hamsweep("validate", str(hours_sweep / "spec.yaml"))
+    out, hours = hours_sweep
+    proc = hamsweep("validate", str(out / "spec.yaml"))
     assert proc.returncode == 0, proc.stderr
     # (the spec as written here lists the methods in alphabetical order)
-    assert f"{HOURS:g} CPU-hours of search for each of faal, trades, up to {CAP} trials each" in (
+    assert f"{hours:g} CPU-hours of search for each of faal, trades, up to {CAP} trials each" in (
         proc.stdout
     ), proc.stdout
+
+
+def test_the_confirmed_table_says_what_each_methods_search_spent(hours_sweep):
+    import json
+
+    out, _ = hours_sweep
+    spending = _spending(_trials(out))
+    rows = json.loads(hamsweep("results", str(out), "--format", "json").stdout)
+    assert rows[0]["config"] == "PGD-AT" and rows[0]["search_trials"] is None
+    for r in rows[1:]:
+        spent, _, count = spending[r["train.method"]]
+        assert r["search_trials"] == count, r
+        assert r["search_device_hours"] == pytest.approx(spent / 3600, rel=1e-9), r
+    shown = hamsweep("results", str(out)).stdout
+    assert "search (inherited warm-up counted once): " in shown
+    latex = hamsweep("results", str(out), "--format", "latex").stdout
+    assert "& trials & search CPU-h \\\\" in latex
+
+
+def test_nothing_was_trained_twice_across_the_kills(hours_sweep):
+    """Every ended trial's epoch rows, read from the Parquet parts as written: each epoch once,
+    from its first own epoch (after its fork) to its last, none missing; and some trial of the
+    search and of the confirm stage continued from its checkpoint."""
+    out, _ = hours_sweep
+    rows = duckdb.sql(
+        f"""SELECT e.trial, count(*), count(DISTINCT e.epoch), min(e.epoch), max(e.epoch),
+                   any_value(t.forked_at), any_value(t.epochs_run)
+            FROM read_parquet('{out}/epochs/*.parquet', union_by_name = true) e
+            JOIN (SELECT DISTINCT trial, forked_at, epochs_run FROM '{out}/trials/*.parquet'
+                  WHERE status IN ('completed', 'stopped')) t USING (trial)
+            GROUP BY e.trial"""
+    ).fetchall()
+    assert rows
+    for trial, n, distinct, first, last, forked_at, epochs_run in rows:
+        assert n == distinct == last - first + 1, trial  # once each, none missing
+        assert first == (forked_at or 0) + 1 and last == epochs_run, trial
+    resumed = {(t["stage"]) for t in _trials(out) if t["resumed_from"]}
+    assert resumed == {"search", "confirm"}, resumed

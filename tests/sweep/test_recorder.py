@@ -289,6 +289,8 @@ def test_new_pickle_is_the_attached_recorder(tmp_path: Path, detached) -> None:
     rec = _recorder(tmp_path)
     loose = cloudpickle.loads(cloudpickle.dumps(rec))
     assert not loose.stop_all()  # nothing attached: inert
+    source = pickle.loads(pickle.dumps(rec.method_seconds))  # as the searcher pickles its sinks
+    assert source() == {}  # ... nothing spent
     rec.attach()
     for dumps in (pickle.dumps, cloudpickle.dumps):
         back, sink = pickle.loads(dumps([rec, rec.set_waiting]))

@@ -8,6 +8,7 @@ import sys
 
 from conftest import REPO
 
+from hamsweep.results.spend import Spending
 from hamsweep.spec import SweepSpec, validate
 from hamsweep.spec.trial import warmup_key
 from hamsweep.sweep.stages import FINISHED, Stages
@@ -378,8 +379,8 @@ def test_a_budget_in_device_hours_asks_while_a_method_has_hours_and_trials_left(
     from hamsweep.sweep.per_method import method_budget
 
     s = _hours_spec(max_concurrent=4)
-    # (device-seconds, their mean an epoch, epochs the running trials have ahead)
-    spent = {"trades": (0.0, 0.0, 0), "faal": (0.0, 0.0, 0)}
+    # (device-seconds, their mean an epoch, epochs the running trials have ahead, trials)
+    spent = {"trades": Spending(0.0, 0.0, 0, 0), "faal": Spending(0.0, 0.0, 0, 0)}
     stages = Stages(s, tmp_path)
     stages.budget = method_budget(s)
     stages.budget.source = lambda: dict(spent)  # the Recorder's method_seconds in a sweep
@@ -389,15 +390,19 @@ def test_a_budget_in_device_hours_asks_while_a_method_has_hours_and_trials_left(
     stages.offer("t0", "h0", {"train.method": "trades"})
     assert stages.budget.left(stages.method_counts()) == ["faal", "trades"]  # fewer trials first
     stages.offer("t1", "h1", {"train.method": "faal", "faal.eta": 0.5})
-    spent.update(trades=(30.0, 3.0, 0), faal=(4.0, 1.0, 0))  # FAAL is the cheaper so far
+    spent.update(trades=Spending(30.0, 3.0, 0, 1), faal=Spending(4.0, 1.0, 0, 1))  # FAAL cheaper
     assert stages.budget.left(stages.method_counts()) == ["faal", "trades"]
-    spent["trades"] = (27.0, 3.0, 2)  # its running trial's 2 epochs to come leave half an epoch
+    spent["trades"] = Spending(
+        27.0, 3.0, 2, 1
+    )  # its running trial's 2 epochs to come leave half an epoch
     assert stages.budget.left(stages.method_counts()) == ["faal", "trades"]
-    spent["trades"] = (29.0, 3.0, 2)  # ... no longer: TRADES gets no new trial, and runs on
+    spent["trades"] = Spending(
+        29.0, 3.0, 2, 1
+    )  # ... no longer: TRADES gets no new trial, and runs on
     assert stages.budget.left(stages.method_counts()) == ["faal"] and not stages.budget.over(
         "trades"
     )
-    spent["trades"] = (34.6, 3.0, 1)  # half an epoch more reaches TRADES' 36 s: it stops
+    spent["trades"] = Spending(34.6, 3.0, 1, 1)  # half an epoch more reaches TRADES' 36 s: it stops
     assert stages.budget.left(stages.method_counts()) == ["faal"] and stages.may_ask()
     assert stages.budget.over("trades") and not stages.budget.over("faal")
     for tid in ("t2", "t3"):
@@ -417,8 +422,14 @@ def test_without_hours_left_no_trial_is_asked_for_and_the_search_ends(tmp_path):
     s = _hours_spec()
     stages = Stages(s, tmp_path)
     stages.budget = method_budget(s)
-    stages.budget.source = lambda: {"trades": (40.0, 3.0, 0), "faal": (35.0, 2.0, 0)}
+    stages.budget.source = lambda: {
+        "trades": Spending(40.0, 3.0, 0, 1),
+        "faal": Spending(35.0, 2.0, 0, 1),
+    }
     stages.next_trunk("trunk")
     assert not stages.may_ask() and stages.search_over()  # 35 s + half of 2 s: FAAL's 36 s
-    stages.budget.source = lambda: {"trades": (40.0, 3.0, 0), "faal": (34.9, 2.0, 0)}
+    stages.budget.source = lambda: {
+        "trades": Spending(40.0, 3.0, 0, 1),
+        "faal": Spending(34.9, 2.0, 0, 1),
+    }
     assert stages.may_ask() and not stages.search_over()

@@ -30,12 +30,13 @@ from ray import tune
 from hamsweep.keys import CONFIRM, NUMBER, TRUNK
 from hamsweep.results.read import read_table
 from hamsweep.results.schema import TRIALS
+from hamsweep.results.spend import Spending
 from hamsweep.results.writer import FLUSH_S
 from hamsweep.spec import METHOD_KEY
 from hamsweep.sweep import disk
 from hamsweep.sweep.count import confirm_trials, trial_count
-from hamsweep.sweep.dashboard import ENDED, TrialView
-from hamsweep.sweep.per_method import Spend, method_budget
+from hamsweep.sweep.dashboard import TrialView
+from hamsweep.sweep.per_method import method_budget
 from hamsweep.sweep.recorder._book import TrialBook
 from hamsweep.sweep.recorder._budget import Budget
 from hamsweep.sweep.recorder._confirm import ConfirmSink
@@ -134,49 +135,15 @@ class Recorder(tune.Callback, tune.Stopper):
         count = trial_count(self.spec, confirm=confirm)
         if (budget := method_budget(self.spec)) is not None:
             budget.source = self.method_seconds
-            views = [v for v in self.book.state.trials.values() if _searched(v)]
-            counts: dict[str, int] = {}
-            for v in views:
-                counts[v.params.get(METHOD_KEY)] = counts.get(v.params.get(METHOD_KEY), 0) + 1
-            if not budget.left(counts):
-                count -= self.spec.search.trials - len(views)
+            counts = {m: v.trials for m, v in self.book.state.method_spend().items()}
+            if not budget.left(counts):  # the search trials never started never will
+                count -= self.spec.search.trials - sum(counts.values())
         return count - self.book.ended()
 
-    def method_seconds(self) -> dict[str, Spend]:
-        """method -> what its search has spent so far (``per_method.Spend``): its search trials'
-        own device-seconds, the running ones' up to now, and the warm-up of each trunk its trials
-        fork from, counted once per method (as far as its latest fork: what the method's search
-        would have cost alone); their mean device-seconds an epoch; the epochs its running trials
-        have ahead. For a comparison's budget in device-hours (``per_method.MethodBudget``)."""
-        trials = self.book.now().trials
-        own: dict[str, float] = {}
-        epochs: dict[str, int] = {}
-        ahead: dict[str, int] = {}
-        warmup: dict[tuple[str, str], float] = {}  # (method, trunk trial id) -> seconds inherited
-        for view in trials.values():
-            if not _searched(view):
-                continue
-            method = view.params.get(METHOD_KEY)
-            own[method] = own.get(method, 0.0) + view.device_seconds
-            epochs[method] = epochs.get(method, 0) + max(0, view.epoch - (view.forked_at or 0))
-            if view.status not in ENDED:
-                ahead[method] = ahead.get(method, 0) + max(0, view.epochs - view.epoch)
-            trunk = trials.get(view.trunk) if view.trunk else None
-            if trunk is not None and trunk.epoch and view.forked_at:
-                inherited = trunk.device_seconds / trunk.epoch * min(view.forked_at, trunk.epoch)
-                key = (method, trunk.trial)
-                warmup[key] = max(warmup.get(key, 0.0), inherited)
-        inherited_by: dict[str, float] = {}
-        for (method, _), seconds in warmup.items():
-            inherited_by[method] = inherited_by.get(method, 0.0) + seconds
-        return {
-            m: Spend(
-                seconds + inherited_by.get(m, 0.0),
-                seconds / epochs[m] if epochs[m] else 0.0,
-                ahead.get(m, 0),
-            )
-            for m, seconds in own.items()
-        }
+    def method_seconds(self) -> dict[str | None, Spending]:
+        """method -> what its search has spent so far (``results.spend``), for a comparison's
+        budget in device-hours (``per_method.MethodBudget``)."""
+        return self.book.now().method_spend()
 
     # ---- the searcher's sinks (bound methods the pickled searcher holds: keep their names) ----
     def set_confirm(self, p: Any) -> None:
@@ -355,6 +322,10 @@ class _Inert(tune.Callback, tune.Stopper):
 
     def set_waiting(self, waiting: list[tuple[str, int]]) -> None:
         pass
+
+    def method_seconds(self) -> dict[str | None, Spending]:
+        """A comparison's budget source (``MethodBudget.source``): nothing spent, here."""
+        return {}
 
 
 _attached: Recorder | None = None  # the driver's Recorder in this process (``Recorder.attach``)

@@ -77,6 +77,7 @@ class TrialBook:
             now=time.time(),
             gpu_hours_budget=spec.budget.gpu_hours,
             wall_hours_budget=spec.budget.wall_hours,
+            method_hours_budget=spec.search.method_hours,
             device=spec.resources.device,
         )
         self.clocks: dict[str, Clock] = {}

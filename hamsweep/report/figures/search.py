@@ -1,5 +1,6 @@
-"""The report's figures, each a pure function of ``ReportData`` -> ``Figure`` (matplotlib, Agg): a
-title that says what to read from it, and a caption for the page. Accuracies are drawn in percent.
+"""The figures of a sweep's search and its confirmed configs: per class, fairness against
+accuracy, the search's progress, the knobs, the curves, HAM's diagnostics and what the method did
+to each class (``hamsweep.report.figures`` lists them in the page's order).
 
 Per class, lines over the classes sorted by the baseline rather than bars: with 100 classes and a
 few configs, grouped bars are a wall; sorted lines show at a glance where each config lifts or
@@ -9,37 +10,26 @@ lowers the weak end, and a heat map would hide how large the gaps are.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
-
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display on a cluster node
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from hamsweep.report.data import ReportData
+from hamsweep.report.figures._base import Drawn, pct, robust_attack
 
-__all__ = ["FIGURES", "Drawn", "class_state", "draw_all"]
+__all__ = [
+    "class_state",
+    "curves",
+    "diagnostics",
+    "fairness",
+    "knobs",
+    "per_class",
+    "progress",
+]
 
 _STOPPED, _FAILED = "stopped", "failed"
 _BASELINE = "PGD-AT"
-
-
-@dataclass
-class Drawn:
-    """One figure of the report."""
-
-    name: str  # file stem: per_class -> per_class.png, per_class.pdf
-    title: str  # what to read from it (also the figure's own title)
-    caption: str  # how it was drawn
-    figure: Figure
-
-
-def _pct(x: float | None) -> float:
-    return math.nan if x is None else 100 * x
 
 
 def _label(t: dict[str, Any]) -> str:
@@ -99,7 +89,7 @@ def _per_class_search(d: ReportData, ax: Any) -> None:
 
 
 def _per_class_confirmed(d: ReportData, ax: Any) -> None:
-    attack = _robust_attack(d.confirm_classes)
+    attack = robust_attack(d.confirm_classes)
     rows: dict[str, list[dict[str, Any]]] = {}
     for r in d.confirm_classes:
         if r["attack"] == attack:
@@ -114,11 +104,6 @@ def _per_class_confirmed(d: ReportData, ax: Any) -> None:
         for c in order
     ]
     _lines(ax, series, names=[r["class_name"] for r in rows[order[0]]] if order else [])
-
-
-def _robust_attack(rows: list[dict[str, Any]]) -> str:
-    attacks = {r["attack"] for r in rows} - {"clean"}
-    return "autoattack" if "autoattack" in attacks else min(attacks, default="clean")
 
 
 def _names(d: ReportData, trial: str) -> list[str]:
@@ -141,7 +126,7 @@ def _lines(
     x = list(range(len(order)))
     marker = "o" if len(order) <= 20 else None
     for label, values, bands in series:
-        y = [_pct(values[i]) for i in order]
+        y = [pct(values[i]) for i in order]
         (line,) = ax.plot(
             x,
             y,
@@ -154,8 +139,8 @@ def _lines(
         if bands:
             ax.fill_between(
                 x,
-                [_pct(bands[i][0]) for i in order],
-                [_pct(bands[i][1]) for i in order],
+                [pct(bands[i][0]) for i in order],
+                [pct(bands[i][1]) for i in order],
                 alpha=0.15,
                 color=line.get_color(),
             )
@@ -173,7 +158,7 @@ def fairness(d: ReportData) -> Drawn:
         (axes[1], "clean_mean", "mean clean accuracy (%)"),
     ):
         pts = [
-            (_pct(r[x_key]), _pct(r[d.column]), r)
+            (pct(r[x_key]), pct(r[d.column]), r)
             for r in best.values()
             if r.get(x_key) is not None and r.get(d.column) is not None
         ]
@@ -266,7 +251,7 @@ def progress(d: ReportData) -> Drawn:
             continue
         ended.append(t)
         xs.append(spent / 3600)
-        ys.append(_pct(t["best_objective"]))
+        ys.append(pct(t["best_objective"]))
         best = max(best, ys[-1]) if not math.isnan(ys[-1]) else best
         best_line.append(best)
     styles = {
@@ -346,7 +331,7 @@ def knobs(d: ReportData) -> Drawn:
         # a choice: its values as categories
         if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs):
             xs = [str(x) for x in xs]
-        ax.scatter(xs, [_pct(value(t)) for t in complete if p in t.params], s=14, alpha=0.8)
+        ax.scatter(xs, [pct(value(t)) for t in complete if p in t.params], s=14, alpha=0.8)
         ax.set_xlabel(p, fontsize=8)
         ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=11)
@@ -391,7 +376,7 @@ def curves(d: ReportData) -> Drawn:
         own = start + own
         ax.plot(
             [r["epoch"] for r in own],
-            [_pct(r[d.column]) for r in own],
+            [pct(r[d.column]) for r in own],
             linewidth=2.4 if trunk else 0.9,
             color="black" if trunk else None,
             alpha=1 if trunk else 0.7,
@@ -400,7 +385,7 @@ def curves(d: ReportData) -> Drawn:
         if t.get("forked_at") and own:
             ax.scatter(
                 [t["forked_at"]],
-                [_pct(next((r[d.column] for r in rows if r["epoch"] == t["forked_at"]), None))],
+                [pct(next((r[d.column] for r in rows if r["epoch"] == t["forked_at"]), None))],
                 marker="o",
                 s=16,
                 color="gray",
@@ -409,7 +394,7 @@ def curves(d: ReportData) -> Drawn:
         if t["status"] == _STOPPED and len(own) > len(start):
             ax.scatter(
                 [own[-1]["epoch"]],
-                [_pct(own[-1][d.column])],
+                [pct(own[-1][d.column])],
                 marker="x",
                 color="tab:orange",
                 zorder=3,
@@ -444,13 +429,13 @@ def diagnostics(d: ReportData) -> Drawn:
         if rows:
             axes[0].plot(
                 [r["epoch"] for r in rows],
-                [_pct(r["hard_fraction"]) for r in rows],
+                [pct(r["hard_fraction"]) for r in rows],
                 linewidth=0.9,
                 alpha=0.7,
             )
             axes[1].plot(
                 [r["epoch"] for r in rows],
-                [_pct(r["kept_fraction"]) for r in rows],
+                [pct(r["kept_fraction"]) for r in rows],
                 linewidth=0.9,
                 alpha=0.7,
             )
@@ -463,7 +448,7 @@ def diagnostics(d: ReportData) -> Drawn:
         if r["trial"] in search and not r.get("inherited"):
             steps[r["trial"]] = steps.get(r["trial"], 0) + (r.get("attack_steps") or 0)
     pts = [
-        (steps[t] / 1e6, _pct(search[t]["best_objective"]), search[t]["status"])
+        (steps[t] / 1e6, pct(search[t]["best_objective"]), search[t]["status"])
         for t in steps
         if search[t]["best_objective"] is not None
     ]
@@ -519,7 +504,7 @@ def class_state(d: ReportData) -> Drawn:
     for ax, column in zip(axes, columns):
         for c in sorted({r["class_id"] for r in rows}):
             mine = [r for r in rows if r["class_id"] == c and r.get(column) is not None]
-            ys = [_pct(r[column]) if column in fractions else r[column] for r in mine]
+            ys = [pct(r[column]) if column in fractions else r[column] for r in mine]
             thick = c == worst
             ax.plot(
                 [r["epoch"] for r in mine],
@@ -544,18 +529,3 @@ def class_state(d: ReportData) -> Drawn:
         "thick: its worst class on validation at its best epoch.",
         fig,
     )
-
-
-FIGURES: tuple[Callable[[ReportData], Drawn], ...] = (
-    per_class,
-    fairness,
-    progress,
-    knobs,
-    curves,
-    diagnostics,
-    class_state,
-)
-
-
-def draw_all(d: ReportData) -> list[Drawn]:
-    return [f(d) for f in FIGURES]
