@@ -43,10 +43,13 @@ def _write(path: Path, hours: float | None) -> Path:
     return write_spec(
         path,
         name="hours",
+        # twice the tiny data: trials long enough for a kill to land in one
+        data={"train_size": 2048},
         train={"method": "trades", "epochs": EPOCHS},
         faal={"warmup_epochs": WARMUP},
         scheduler="none",
-        confirm={"top_k": 1, "seeds": 1},
+        # the PGD-AT baseline trains in the confirm stage (not early, in the search's slots)
+        confirm={"top_k": 1, "seeds": 1, "early": False},
         search={
             "num_samples": CAP,
             "max_concurrent": CONCURRENT,
@@ -61,11 +64,11 @@ def _write(path: Path, hours: float | None) -> Path:
 
 
 def _half_trained(out: Path, stage: str) -> bool:
-    """A trial of ``stage`` is in Tune's snapshot unfinished, past its first epoch, its
-    checkpoint whole on disk: a kill now lands in the middle of it."""
+    """A trial of ``stage`` (the search's trunk aside) is in Tune's snapshot unfinished, past its
+    first epoch, its checkpoint whole on disk: a kill now lands in the middle of it."""
     return any(
         config.get("stage", "search") == stage
-        and config.get("role") != "trunk"
+        and (stage == "confirm" or config.get("role") != "trunk")
         and 0 < last.get("epoch", 0) < EPOCHS
         and checkpoint_whole(out, last)
         for config, last in snapshotted_trials(out, unfinished=True)

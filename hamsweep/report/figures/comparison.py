@@ -179,7 +179,10 @@ def _per_class(rows: list[dict[str, Any]], value: Any) -> dict[str, list[float]]
 
 
 def rank_agreement(d: ReportData) -> Drawn:
-    title = "Does each config's fairness generalize? Kendall's tau of its class ranks across splits"
+    # (no apostrophe in a title: the page escapes it, and a reader searching for it would miss)
+    title = (
+        "Does the fairness generalize? Kendall tau of each config, its class ranks across splits"
+    )
     taus = rank_taus(d)
     if not taus:
         return _none("rank_agreement", title, "no confirm stage yet: nothing to compare")
