@@ -185,11 +185,19 @@ def _timed(s: Any) -> str:
     search = ", ".join(
         f"{m} {hours:.3g} ({h.trials[m]:.3g} trials)" for m, hours in h.search.items()
     )
+    short = [m for m, n in h.trials.items() if s.search.method_hours is not None and n < 1]
+    warning = (
+        f"\nwarning: search.method_hours ({s.search.method_hours:g}) is predicted to fit less than "
+        f"one trial of {', '.join(short)}: the budget would stop it before its last epoch, and "
+        "a method with no complete trial has nothing to confirm; raise search.method_hours"
+        if short
+        else ""
+    )
     return (
         f"timed here on {device} (5 training batches and 5 validation batches a method, at its "
         f"defaults; per-epoch hooks and the test split's attacks not timed): an epoch of "
         f"{epochs}\npredicted {unit}: search {search}; the trunks {h.trunks:.3g}; the confirm "
-        f"stage's first round {h.confirm:.3g}; in all {h.total:.3g}"
+        f"stage's first round {h.confirm:.3g}; in all {h.total:.3g}{warning}"
     )
 
 

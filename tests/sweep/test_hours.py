@@ -94,3 +94,22 @@ def test_validate_time_prints_the_prediction_and_refuses_a_gpu_spec_without_a_gp
     assert "resources.gpu: the spec's trials hold 1 GPU each but this machine has no CUDA" in (
         proc.stderr + proc.stdout
     )
+
+
+def test_validate_time_warns_when_the_hours_fit_less_than_one_trial_of_a_method(tmp_path):
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        train={"method": "trades", "epochs": 4},
+        search={
+            "params": {},
+            "methods": {"trades": {}, "faal": {}},
+            "num_samples": 2,
+            "method_hours": 1e-7,  # a third of a millisecond
+        },
+    )
+    proc = hamsweep("validate", str(spec), "--time")
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "warning: search.method_hours (1e-07) is predicted to fit less than one trial of "
+        "faal, trades: the budget would stop it before its last epoch"
+    ) in proc.stdout, proc.stdout

@@ -1,6 +1,6 @@
 """A comparison under the same device-hours for each method (``search.method_hours``, issue 21) in
 a real sweep on a local Ray: TRADES (from scratch, a full schedule a trial) against FAAL (a
-one-epoch fine-tune of the shared PGD-AT trunk), each with what 3 TRADES trials cost here,
+one-epoch fine-tune of the shared PGD-AT trunk), each with a budget set from this machine's pace,
 SIGKILLed during the search and again during the confirm stage and resumed. The cheaper method gets
 more trials, a method's trials stop once its hours are spent, the search ends when no method has
 hours left and the confirm stage follows; nothing is trained twice. Each method's spending is
@@ -33,8 +33,11 @@ from hamsweep.sweep.hours import measure, predict
 
 pytestmark = pytest.mark.timeout(600)
 
-TRADES_TRIALS = 3  # each method's budget: what 3 TRADES trials are predicted to cost here
-CAP = 8  # num_samples: the most trials a method may get
+# each method's budget: 6 TRADES trials as `validate --time` predicts them here, fewer as they run
+# (it times neither a trial's start-up nor the contention of two trials on 2 cores: 1 to 5 have
+# been seen); FAAL's trials are cheap enough that it gets more, up to CAP
+TRADES_TRIALS = 6
+CAP = 12  # num_samples: the most trials a method may get
 EPOCHS, WARMUP = 8, 7  # FAAL fine-tunes the trunk's last epoch
 CONCURRENT = 2
 
@@ -156,12 +159,12 @@ def test_the_cheaper_method_got_more_trials_and_the_budget_stopped_the_dearer(ho
             f"{t['train_method']}'s search budget of {hours:g} device-hours spent, at epoch "
         ), t["stop_reason"]
         assert t["epochs_run"] < EPOCHS
-    # the confirm stage followed: each method's best config and PGD-AT on the new seed
+    # the confirm stage followed: the best config of each method with a complete trial (one
+    # the budget stopped before its last epoch is not a candidate) and PGD-AT on the new seed
+    complete = sorted({t["train_method"] for t in search if t["status"] == "completed"})
     confirm = [t for t in trials if t["stage"] == "confirm"]
-    assert sorted(t["train_method"] for t in confirm if t["role"] == "confirm") == [
-        "faal",
-        "trades",
-    ]
+    assert "faal" in complete
+    assert sorted(t["train_method"] for t in confirm if t["role"] == "confirm") == complete
     assert all(t["status"] == "completed" for t in confirm), confirm
 
 
