@@ -19,7 +19,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from hamsweep.core import sequential
+from hamsweep.core import methods, sequential
 from hamsweep.core.methods import TRUNK_METHOD
 from hamsweep.errors import SpecError
 from hamsweep.keys import BASELINE, SEARCH, TRUNK
@@ -309,7 +309,8 @@ def _search_line(rows: list[dict[str, Any]], unit: str) -> str:
     for r in rows:
         if r.get("search_trials") is None:
             continue
-        name = r["config"].split(" #")[0] if " #" in r["config"] and r["config"][0] != "#" else ""
+        method = r.get(METHOD_KEY)  # a comparison's rows name theirs: its title, as labels do
+        name = methods.get(method).title if method else ""
         seen.setdefault(
             name, f"{r['search_trials']} trials, {r['search_device_hours']:.3g} {unit}-h"
         )
