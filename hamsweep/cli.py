@@ -103,6 +103,8 @@ def validate(
     print(_sharing(s))
     if s.search.methods:
         print(_per_method(s))
+    if own := _own_schedules(s):
+        print(own)
     print(_confirming(s))
     from hamsweep.sweep.disk import disk_needed, reserve, size_text
 
@@ -151,12 +153,45 @@ def _sharing(s: Any) -> str:
     lo, hi = p.fork_epochs[0], p.fork_epochs[-1]
     size = cost.checkpoints * checkpoint_bytes(s)
     disk = f"{size / 1e9:.2g} GB" if size >= 1e9 else f"{size / 1e6:.2g} MB"
+    n = len(p.trunks)
+    trunks = (
+        f"{n} PGD-AT trunk{'s' if n > 1 else ''} of {s.train.epochs} epochs (the PGD-AT baseline)"
+        if not s.schedules()
+        else f"{n} PGD-AT trunk{'s' if n > 1 else ''} (each a PGD-AT baseline): "
+        + "; ".join(f"{t.epochs} epochs, forked by {', '.join(t.methods)}" for t in p.trunks)
+    )
     return (
-        f"shared warm-up: {len(p.trunks)} PGD-AT trunk{'s' if len(p.trunks) > 1 else ''} of "
-        f"{s.train.epochs} epochs (the PGD-AT baseline), forks from epochs {lo}..{hi}; "
+        f"shared warm-up: {trunks}, forks from epochs {lo}..{hi}; "
         f"{cost.checkpoints} trunk checkpoints, {disk}; predicted training epochs "
         f"{cost.shared:.0f} instead of {cost.without:.0f} ({cost.ratio:.2f}x)"
     )
+
+
+def _own_schedules(s: Any) -> str:
+    """The methods of a comparison trained on a schedule of their own (``search.methods.M.set``),
+    and what that gives them: their own trunk, their own PGD-AT baseline. Empty when none is."""
+    from hamsweep.sweep.trunk import plan
+
+    schedules, p = s.schedules(), plan(s)
+    base = {k: list(v) if isinstance(v, tuple) else v for k, v in _flat_base(s).items()}
+    own = [m for m, sched in schedules.items() if any(base[k] != v for k, v in sched.items())]
+    if not own:
+        return ""
+
+    def what(m: str) -> str:
+        values = ", ".join(f"{k}={v}" for k, v in schedules[m].items() if base[k] != v)
+        forks = [t for t in p.trunks if m in t.methods]
+        alone = forks and all(t.methods == (m,) for t in forks)
+        trunk = "forks from a PGD-AT trunk of its own, " if alone else ""
+        return f"{m} ({values}): {trunk}paired with PGD-AT on its schedule"
+
+    return "own schedules (search.methods.M.set): " + "; ".join(map(what, own))
+
+
+def _flat_base(s: Any) -> dict[str, Any]:
+    from hamsweep.spec import TrialConfig, flat
+
+    return flat(TrialConfig.model_validate(s.base()))
 
 
 def _per_method(s: Any) -> str:

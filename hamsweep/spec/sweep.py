@@ -16,6 +16,7 @@ from hamsweep.spec._base import _Frozen, at_least, fraction, validate
 from hamsweep.spec.trial import (
     OBJECTIVES,
     TRIAL_SECTIONS,
+    WARMUP_FREE_KEYS,
     Objective,
     TrialConfig,
     assign,
@@ -113,10 +114,28 @@ class Distribution(_Frozen):
 METHOD_KEY = "train.method"  # the key a comparison of methods (search.methods) sets per trial
 
 
+# what a method's ``set`` may fix: its training; the data, the model and the evaluation are the
+# comparison's, the same for every method
+_SETTABLE = ("train",)
+_NOT_SETTABLE = (METHOD_KEY, "train.seed")  # each method is its own; the seeds are the stages'
+
+
 class MethodSearch(_Frozen):
-    """One method of a comparison (``search.methods``): the parameters searched for it alone."""
+    """One method of a comparison (``search.methods``): the parameters searched for it alone, and
+    the values fixed for it alone (its published schedule)."""
 
     params: dict[str, Distribution] = {}  # 'section.field' -> distribution with its default
+    # 'section.field' -> the value every trial of this method trains with, over the spec's
+    # sections: its own schedule (train.epochs, train.lr_milestones, ...). A method whose schedule
+    # differs forks from a PGD-AT trunk of its own, and is paired with PGD-AT on its schedule
+    set: dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fractions(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("set"), dict):
+            data = {**data, "set": {k: fraction(v) for k, v in data["set"].items()}}
+        return data
 
 
 class SearchConfig(_Frozen):
@@ -158,6 +177,8 @@ class SearchConfig(_Frozen):
                 "or drop it (budget.gpu_hours limits a sweep of one method)",
             )
         for name, m in self.methods.items():
+            for key in m.set:
+                _check_settable(name, key, {**self.params, **m.params})
             for key, dist in m.params.items():
                 if key == METHOD_KEY:
                     raise SpecError(
@@ -449,6 +470,13 @@ class SweepSpec(TrialConfig):
             raise SpecError(
                 "scheduler.grace_period", f"{s.grace_period} is larger than train.epochs ({epochs})"
             )
+        for m in self.search.methods:
+            if s.name == "asha" and s.grace_period > self.epochs(m):
+                raise SpecError(
+                    "scheduler.grace_period",
+                    f"{s.grace_period} is larger than {m}'s train.epochs "
+                    f"({self.epochs(m)}, search.methods.{m}.set)",
+                )
         return self
 
     @model_validator(mode="after")
@@ -460,6 +488,12 @@ class SweepSpec(TrialConfig):
                     f"search.methods.{name}", f"unknown method; valid are {', '.join(valid)}"
                 )
         for method in self.search.methods or [None]:
+            for key in self.fixed(method):
+                if key not in keys:
+                    raise SpecError(
+                        f"search.methods.{method}.set.{key}",
+                        f"unknown key; valid keys are {', '.join(keys)}",
+                    )
             for key, dist in self.search.method_params(method).items():
                 where = _where(key, method, self.search.params)
                 if key not in keys:
@@ -472,7 +506,14 @@ class SweepSpec(TrialConfig):
 
     def _check_method(self, method: str | None) -> None:
         """The searched values of ``method`` (None: the spec's one method) are valid trials."""
-        values = flat(self.trial_config(self.defaults(method)))  # the defaults form a valid trial
+        try:  # the defaults, with what the method fixes, form a valid trial
+            values = flat(self.trial_config(self.defaults(method)))
+        except SpecError as err:
+            if not self.fixed(method):
+                raise
+            raise SpecError(
+                f"search.methods.{method}.set", f"gives an invalid trial: {err}"
+            ) from None
         for key, dist in self.search.method_params(method).items():
             where = _where(key, method, self.search.params)
             if dist.kind == "choice":
@@ -523,11 +564,43 @@ class SweepSpec(TrialConfig):
         own = self.search.method_params(method)
         return {METHOD_KEY: method, **{key: dist.default for key, dist in own.items()}}
 
+    def fixed(self, method: str | None) -> dict[str, Any]:
+        """What ``search.methods.<method>.set`` fixes for ``method``'s trials ({} for a method not
+        compared, or with nothing of its own)."""
+        own = self.search.methods.get(method) if method else None
+        return dict(own.set) if own else {}
+
+    def schedules(self) -> dict[str, dict[str, Any]]:
+        """Each compared method -> its own schedule: the keys any method fixes that a PGD-AT warm-up
+        depends on, at this method's value (the spec's where it fixes none). Methods with the same
+        schedule can share a trunk and a PGD-AT baseline."""
+        keys = [k for m in self.search.methods.values() for k in m.set if k not in WARMUP_FREE_KEYS]
+        if not keys:
+            return {}
+        out = {}
+        for m in self.search.methods:
+            cfg = flat(self.trial_config({METHOD_KEY: m}))
+            # lists, as a Tune config and confirm.json hold them
+            out[m] = {
+                k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items() if k in keys
+            }
+        return out
+
+    def epochs(self, method: str | None = None) -> int:
+        """``train.epochs`` of ``method``'s trials: its own where it fixes it."""
+        return int(self.fixed(method).get("train.epochs", self.train.epochs))
+
+    def full_epochs(self, method: str | None = None) -> int:
+        """Epochs a search trial of ``method`` runs when nothing stops it early (ASHA's max_t): its
+        own ``train.epochs``, at most ``scheduler.max_epochs``."""
+        return min(self.scheduler.max_epochs or self.epochs(method), self.epochs(method))
+
     def trial_config(self, overrides: Mapping[str, Any] | None = None) -> TrialConfig:
-        """The spec's sections, then the searched defaults (of the method ``overrides`` names, in
-        a comparison), then ``overrides`` ('section.field' keys)."""
+        """The spec's sections, then what the trial's method fixes and its searched defaults (the
+        method ``overrides`` names, in a comparison), then ``overrides`` ('section.field' keys)."""
         data, overrides = self.base(), dict(overrides or {})
-        for key, value in {**self.defaults(overrides.get(METHOD_KEY)), **overrides}.items():
+        chosen = {**self.defaults(overrides.get(METHOD_KEY)), **overrides}
+        for key, value in {**self.fixed(chosen.get(METHOD_KEY)), **chosen}.items():
             assign(data, key, value)
         return validate(TrialConfig, data)
 
@@ -536,6 +609,22 @@ class SweepSpec(TrialConfig):
         split left alone (only the confirm stage touches it, after the search)."""
         cfg = self.trial_config(params)
         return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"test": False})})
+
+
+def _check_settable(method: str, key: str, searched: Mapping[str, Any]) -> None:
+    """``search.methods.<method>.set.<key>`` may be fixed for ``method`` alone."""
+    where = f"methods.{method}.set.{key}"
+    if key in _NOT_SETTABLE:
+        raise SpecError(where, "is not a method's own to fix; drop this key")
+    if key in searched:
+        raise SpecError(where, f"is searched for {method}; fix it or search it, not both")
+    section = key.split(".")[0]
+    if section not in _SETTABLE and section not in registry.names():
+        raise SpecError(
+            where,
+            f"{section} is the comparison's, the same for every method; a method fixes only "
+            "train.* keys or its own section's",
+        )
 
 
 def _where(key: str, method: str | None, common: Mapping[str, Any]) -> str:

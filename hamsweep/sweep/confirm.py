@@ -39,7 +39,7 @@ from hamsweep.core import methods, sequential
 from hamsweep.errors import SpecError
 from hamsweep.keys import BASELINE, CONFIG, CONFIRM, KEEP, NUMBER, ROLE, STAGE, TRUNK
 from hamsweep.rundir import atomic_write_text
-from hamsweep.spec import SweepSpec
+from hamsweep.spec import METHOD_KEY, SweepSpec
 from hamsweep.spec.trial import WARMUP_FREE_KEYS, warmup_key
 
 __all__ = [
@@ -103,8 +103,17 @@ class ConfirmPlan:
         params = self.baselines.get(config, {})
         if len(self.baselines) < 2 or not params:
             return BASELINE_LABEL
-        values = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in params.items())
+        others = [b for c, b in self.baselines.items() if c != config]
+        differ = {k: v for k, v in params.items() if any(o.get(k) != v for o in others)}
+        values = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in (differ or params).items())
         return f"{BASELINE_LABEL} ({values})"
+
+
+def _short(value: Any) -> str:
+    """A value as a label shows it: numbers with 4 significant digits, lists of them in []."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(_short, value)) + "]"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def new_seeds(spec: SweepSpec, count: int | None = None) -> tuple[int, ...]:
@@ -121,10 +130,11 @@ def new_seeds(spec: SweepSpec, count: int | None = None) -> tuple[int, ...]:
     return tuple(range(start, start + (spec.confirm.seeds if count is None else count)))
 
 
-def _baseline_params(params: dict[str, Any]) -> dict[str, Any]:
-    """A config's searched values that its PGD-AT baseline shares:
-    all but HAM's (``WARMUP_FREE_KEYS``)."""
-    return {k: v for k, v in params.items() if k not in WARMUP_FREE_KEYS}
+def _baseline_params(spec: SweepSpec, params: dict[str, Any]) -> dict[str, Any]:
+    """A config's values that its PGD-AT baseline shares: its method's schedule
+    (``spec.schedules``) and its searched values but the methods' own (``WARMUP_FREE_KEYS``)."""
+    own = {k: v for k, v in params.items() if k not in WARMUP_FREE_KEYS}
+    return {**spec.schedules().get(params.get(METHOD_KEY), {}), **own}  # type: ignore[arg-type]
 
 
 def _baseline_config(spec: SweepSpec, params: dict[str, Any]) -> str:
@@ -132,14 +142,33 @@ def _baseline_config(spec: SweepSpec, params: dict[str, Any]) -> str:
     it is the search trunk's key when the search had one)."""
     from hamsweep.sweep.trunk import trunk_config
 
-    return _BASELINE_PREFIX + warmup_key(trunk_config(spec, _baseline_params(params)))
+    return _BASELINE_PREFIX + warmup_key(trunk_config(spec, _baseline_params(spec, params)))
+
+
+def _known_baselines(spec: SweepSpec) -> dict[str, dict[str, Any]]:
+    """The baselines known before the search ends, CONFIG -> values: when nothing the search varies
+    changes a warm-up (every key it searches is a method's own, or ``train.method``), PGD-AT on
+    each compared method's schedule (one for all but a method's own ``set``), in the spec's
+    order; empty otherwise."""
+    if any(k not in WARMUP_FREE_KEYS for k in spec.search.space):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for m in spec.methods:
+        params = _baseline_params(spec, {METHOD_KEY: m} if spec.search.methods else {})
+        out.setdefault(_baseline_config(spec, params), params)
+    return out
 
 
 def plan_confirm(spec: SweepSpec, chosen: list[Chosen]) -> ConfirmPlan:
-    """The confirm trials of ``chosen`` (see the module docstring); none when nothing was chosen."""
+    """The confirm trials of ``chosen`` (see the module docstring); none when nothing was chosen.
+    The baselines known before the search ended come first, in the order ``early_baselines``
+    numbers them."""
 
     seeds = new_seeds(spec) if chosen else ()
-    baselines = {_baseline_config(spec, c.params): _baseline_params(c.params) for c in chosen}
+    baselines = {
+        **(_known_baselines(spec) if chosen else {}),
+        **{_baseline_config(spec, c.params): _baseline_params(spec, c.params) for c in chosen},
+    }
     p = ConfirmPlan(tuple(chosen), (), (), baselines)
     return add_round(spec, p, [c.trial for c in chosen], len(seeds))[0]
 
@@ -194,29 +223,30 @@ def add_round(
 
 
 def early_baselines(spec: SweepSpec) -> list[dict[str, Any]]:
-    """The first round's PGD-AT baselines, one per new seed, when they are known before the search
-    ends: when nothing the search varies changes a warm-up (every key it searches is a method's
-    own, or ``train.method``), every config it can choose has the same baseline, PGD-AT with the
-    spec's warm-up part on each new seed. They may then train while the search's slots would idle
+    """The first round's PGD-AT baselines, one per new seed and schedule, when they are known before
+    the search ends (``_known_baselines``): they may then train while the search's slots would idle
     (``stages.Stages.early_baseline``), keeping every epoch a chosen config may fork at. Empty when
     the baseline depends on what the search chooses, nothing is retrained, or
     ``confirm.early`` is false."""
     from hamsweep.sweep.trunk import plan
 
-    searched = [k for k in spec.search.space if k not in WARMUP_FREE_KEYS]
-    if not spec.confirm.retrains or not spec.confirm.early or searched:
+    known = _known_baselines(spec)
+    if not spec.confirm.retrains or not spec.confirm.early or not known:
         return []
-    config, keep = _baseline_config(spec, {}), list(plan(spec).fork_epochs)
+    # a chosen config may fork at any epoch the search trunk of its schedule keeps
+    keep = {_BASELINE_PREFIX + t.key: list(t.keep) for t in plan(spec).trunks}
     return [
         {
             ROLE: TRUNK,
             STAGE: CONFIRM,
             CONFIG: config,
-            KEEP: keep,
+            KEEP: keep.get(config, []),
+            **params,
             "train.seed": seed,
-            NUMBER: -(FIRST_NUMBER + 1 + s),  # as ``add_round`` numbers the one baseline
+            NUMBER: -(FIRST_NUMBER + 1 + s * len(known) + b),  # as ``add_round`` numbers them
         }
         for s, seed in enumerate(new_seeds(spec))
+        for b, (config, params) in enumerate(known.items())
     ]
 
 
@@ -682,20 +712,27 @@ def _evaluate(
 
 # ---- what the stage costs (printed by `hamsweep validate`) ----
 def confirm_cost(spec: SweepSpec) -> tuple[float, int]:
-    """(predicted training epochs of the confirm stage, its trials), for ``confirm.top_k`` HAM
-    configs sharing one warm-up config: per seed one trunk of ``train.epochs`` plus each config's
-    epochs after its warm-up (``ham.warmup_epochs`` averaged over its values, as
-    ``trunk.predicted_cost`` does)."""
+    """(predicted training epochs of the confirm stage, its trials), for ``confirm.top_k`` configs
+    of each method: per seed one PGD-AT trunk per schedule (``spec.schedules``) plus each config's
+    epochs after its warm-up (its fork epochs averaged, as ``trunk.predicted_cost`` does)."""
     from hamsweep.sweep.trunk import plan
 
     c = spec.confirm
     if not c.retrains:
         return 0.0, 0
-    epochs, p = spec.train.epochs, plan(spec)
+    p, schedules = plan(spec), spec.schedules()
+    # one baseline per schedule: each method's own epochs
+    baselines = {str(schedules.get(m)): spec.epochs(m) for m in spec.methods}
     configs = c.top_k * len(spec.methods)  # a comparison confirms each method's top_k
-    if not p.shared:
-        return float(c.seeds * (configs + 1) * epochs), c.seeds * (configs + 1)
-    # the warm-ups forks can have; a method that does not fork trains all its epochs
-    after = sum(epochs - w for w in p.fork_epochs) / len(p.fork_epochs)
-    each = [after if methods.get(m).fork_key else epochs for m in spec.methods]
-    return c.seeds * (epochs + c.top_k * sum(each)), c.seeds * (configs + 1)
+    trials = c.seeds * (configs + len(baselines))
+
+    def after(m: str) -> float:
+        """A config of ``m``'s epochs after its fork (all of them when it does not fork)."""
+        e = spec.epochs(m)
+        forks = [w for w in p.fork_epochs if w < e]
+        if not p.shared or not methods.get(m).fork_key or not forks:
+            return float(e)
+        return sum(e - w for w in forks) / len(forks)
+
+    each = sum(after(m) for m in spec.methods)
+    return c.seeds * (sum(baselines.values()) + c.top_k * each), trials

@@ -99,7 +99,8 @@ def disk_needed(spec: SweepSpec) -> int:
     ckpt = checkpoint_bytes(spec)
     classes = spec.data.num_classes if spec.data.name in ("synthetic", "imagefolder") else 100
     # epochs x (clean, robust) x classes, bytes a row
-    rows = trials * spec.train.epochs * 2 * classes * 64
+    longest = max(spec.epochs(m) for m in spec.methods)
+    rows = trials * longest * 2 * classes * 64
     return (
         2 * trials + spec.search.max_concurrent + predicted_cost(spec).checkpoints
     ) * ckpt + rows

@@ -90,7 +90,7 @@ def predict(spec: SweepSpec, times: dict[str, EpochTime]) -> Hours:
         fits = (spec.search.method_hours - warmup) / per_trial if per_trial else float(n)
         trials[m] = max(0.0, min(float(n), fits))
         search[m] = warmup + trials[m] * per_trial
-    trunks = hours(methods.TRUNK_METHOD, len(p.trunks) * spec.train.epochs) if p.shared else 0.0
+    trunks = hours(methods.TRUNK_METHOD, sum(t.epochs for t in p.trunks)) if p.shared else 0.0
     return Hours(search, trials, trunks, _confirm_hours(spec, p, hours))
 
 
@@ -109,14 +109,16 @@ def _fork_epoch(spec: SweepSpec, method: str) -> int:
 
 
 def _confirm_hours(spec: SweepSpec, p: Plan, hours: _HoursOf) -> float:
-    """The confirm stage's first round: per new seed, PGD-AT's run and each confirmed config's
-    epochs (after its fork, when it forks)."""
+    """The confirm stage's first round: per new seed, PGD-AT's run on each schedule and each
+    confirmed config's epochs (after its fork, when it forks)."""
     c = spec.confirm
     if not c.retrains:
         return 0.0
-    epochs = spec.train.epochs
-    total = hours(methods.TRUNK_METHOD, epochs)
+    schedules = spec.schedules()
+    baselines = {str(schedules.get(m)): spec.epochs(m) for m in spec.methods}
+    total = hours(methods.TRUNK_METHOD, sum(baselines.values()))
     for m in spec.methods:
         forks = p.shared and methods.get(m).fork_key
+        epochs = spec.epochs(m)
         total += c.top_k * hours(m, epochs - _fork_epoch(spec, m) if forks else epochs)
     return c.seeds * total

@@ -188,8 +188,15 @@ class OptunaAdapter(OptunaSearch):
       not the one the pickle names.
     """
 
-    def __init__(self, *args: Any, full_epochs: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        full_epochs: int,
+        method_epochs: dict[str, int] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.full_epochs = full_epochs
+        self.method_epochs = dict(method_epochs or {})  # a comparison's methods' own full_epochs
         self._last_step: dict[str, int] = {}  # trial id -> the last epoch reported to Optuna
         self._best: dict[str, tuple[float, int | None]] = {}  # trial id -> (best, its epoch)
         super().__init__(*args, **kwargs)
@@ -270,8 +277,9 @@ class OptunaAdapter(OptunaSearch):
         if result:
             self.on_trial_result(trial_id, result)  # Tune hands a trial's last result only here
         self._completed_trials.add(trial_id)
-        state, values = self._outcome(result or {}, error)
         ot_trial = self._ot_trials[trial_id]
+        full = getattr(self, "method_epochs", {}).get(ot_trial.params.get(METHOD_KEY))
+        state, values = self._outcome(result or {}, error, full)
         candidate = None
         if state == optuna.trial.TrialState.COMPLETE:
             candidate = (ot_trial.number, dict(ot_trial.params), float((result or {})[BEST]))
@@ -337,12 +345,14 @@ class OptunaAdapter(OptunaSearch):
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         return [float(result[m]) for m in metrics]
 
-    def _outcome(self, result: Mapping[str, Any], error: bool) -> tuple[Any, Any]:
+    def _outcome(
+        self, result: Mapping[str, Any], error: bool, full: int | None = None
+    ) -> tuple[Any, Any]:
         from optuna.trial import TrialState
 
         if error or result.get("failed") or BEST not in result:
             return TrialState.FAIL, None
-        if result.get("epoch", 0) < self.full_epochs:
+        if result.get("epoch", 0) < (full or self.full_epochs):
             # Optuna takes no value with PRUNED: it keeps the last intermediate value (the objective
             # at the epoch it stopped); the best epoch's is the user attribute best_objective
             return TrialState.PRUNED, None
@@ -623,6 +633,7 @@ def make_searcher(spec: SweepSpec, folder: Path) -> Searcher:
         study_name=name,
         storage=journal_storage(journal),
         full_epochs=full_epochs(spec),
+        method_epochs={m: full_epochs(spec, m) for m in spec.search.methods},
     )
     if not fresh:  # a driver killed before Tune's first snapshot: nothing it proposed will run
         optuna.fail_orphans()

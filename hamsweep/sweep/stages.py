@@ -85,7 +85,7 @@ class Stages:
         return {
             ROLE: TRUNK,
             NUMBER: -1 - trunk.index,
-            KEEP: list(self.plan.fork_epochs),
+            KEEP: list(trunk.keep or self.plan.fork_epochs),
             **trunk.params,
         }
 

@@ -40,8 +40,13 @@ class Trunk:
     and the key of the config they give."""
 
     key: str  # ``spec.trial.warmup_key`` of its config
-    params: dict[str, Any]  # searched warm-up keys -> this trunk's value
+    params: dict[str, Any]  # searched warm-up keys (and its methods' schedule) -> its value
     index: int  # 0, 1, ...: its place in the plan
+    epochs: int = 0  # its train.epochs (0: a plan pickled before trunks had their own)
+    methods: tuple[str, ...] = ()  # the forking methods whose trials fork from it
+    # the epochs it keeps a checkpoint of: its methods' fork epochs (empty: a plan pickled before
+    # trunks had their own, which keeps every fork epoch of the plan)
+    keep: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,8 @@ def trunk_config(spec: SweepSpec, params: dict[str, Any]) -> TrialConfig:
 
 
 def plan(spec: SweepSpec) -> Plan:
-    """Which trunks ``spec`` makes (see the module docstring)."""
+    """Which trunks ``spec`` makes (see the module docstring): per forking method's schedule
+    (``spec.schedules``), one per combination of the searched warm-up keys' values."""
     params = spec.search.space
     if not spec.search.share_warmup:
         return Plan(reason="search.share_warmup is false")
@@ -88,8 +94,8 @@ def plan(spec: SweepSpec) -> Plan:
         forkers = [m.title for m in map(methods.get, methods.names()) if m.fork_key]
         return Plan(reason=f"no trial trains with {' or '.join(forkers)}")
     keys = [m.fork_key for m in forking if m.fork_key]
-    epochs = [w for key in keys for w in _values(spec, key) or ()]
-    fork_epochs = tuple(sorted({int(w) for w in epochs if 0 < int(w) < spec.train.epochs}))
+    forks = {m.name: _fork_epochs(spec, m.name) for m in forking}
+    fork_epochs = tuple(sorted({w for ws in forks.values() for w in ws}))
     if not fork_epochs:
         return Plan(
             reason=f"no trial has a warm-up to share ({' / '.join(keys)} is 0 or the whole run)"
@@ -102,28 +108,57 @@ def plan(spec: SweepSpec) -> Plan:
             reason=f"{kinds} is searched over a range, so each trial has a warm-up of its own; "
             "search it with choice (or int) to share"
         )
-    combos = [dict(zip(values, c)) for c in itertools.product(*values.values())]
+    # a method with a schedule of its own (search.methods.M.set) forks from trunks of its own
+    schedules = spec.schedules()
+    combos: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    for m in (m for m in forking if forks[m.name]):
+        for c in itertools.product(*values.values()):
+            trunk = {**schedules.get(m.name, {}), **dict(zip(values, c))}
+            key = warmup_key(trunk_config(spec, trunk))
+            combos.setdefault(key, (trunk, []))[1].append(m.name)
     if len(combos) > MAX_TRUNKS:
         return Plan(
-            reason=f"the searched warm-up keys ({', '.join(searched)}) make {len(combos)} trunks "
-            f"(at most {MAX_TRUNKS})"
+            reason=f"the searched warm-up keys ({', '.join(searched)}) and the forking methods' "
+            f"schedules make {len(combos)} trunks (at most {MAX_TRUNKS})"
         )
-    trunks = tuple(Trunk(warmup_key(trunk_config(spec, c)), c, i) for i, c in enumerate(combos))
+    trunks = tuple(
+        Trunk(
+            key,
+            c,
+            i,
+            trunk_config(spec, c).train.epochs,
+            tuple(dict.fromkeys(names)),
+            tuple(sorted({w for m in names for w in forks[m]})),
+        )
+        for i, (key, (c, names)) in enumerate(combos.items())
+    )
     return Plan(trunks, fork_epochs)
 
 
-def _values(spec: SweepSpec, key: str) -> tuple[Any, ...] | None:
-    """Every value ``key`` can take in the sweep;
+def _fork_epochs(spec: SweepSpec, method: str) -> set[int]:
+    """The epochs a trial of ``method`` may fork at: its warm-up key's values inside its run."""
+    key = methods.get(method).fork_key
+    values = _values(spec, key, method) or () if key else ()
+    return {int(w) for w in values if 0 < int(w) < spec.epochs(method)}
+
+
+def _values(spec: SweepSpec, key: str, method: str | None = None) -> tuple[Any, ...] | None:
+    """Every value ``key`` can take in the sweep (in a trial of ``method``: what it fixes counts);
     None for a continuous range (or a bound naming a key)."""
     dist = spec.search.space.get(key)
     if dist is None:
         section, name = key.split(".")
-        return (getattr(getattr(spec, section), name),)
+        return (getattr(getattr(spec.trial_config(_of(spec, method)), section), name),)
     if dist.kind == "choice":
         return tuple(dist.choices or ())
     if dist.kind == "int" and not isinstance(dist.low, str) and not isinstance(dist.high, str):
         return tuple(range(int(dist.low), int(dist.high) + 1, dist.step))  # type: ignore[arg-type]
     return None
+
+
+def _of(spec: SweepSpec, method: str | None) -> dict[str, Any]:
+    """The overrides that make a trial of ``method`` (none for the spec's own)."""
+    return {"train.method": method} if method and spec.search.methods else {}
 
 
 # ---- the trunk store ----
@@ -171,34 +206,38 @@ class Cost:
 def predicted_cost(spec: SweepSpec) -> Cost:
     """Expected epochs under ASHA's rungs (a trial reaches rung k with probability 1/rf^k); a trial
     of a forking method trains from its fork epoch (its method's warm-up key, uniform over its
-    values), any other from scratch; trunks run all ``train.epochs``. The trials are shared
-    equally by the methods (exactly, in a comparison)."""
-    p, segments = plan(spec), _asha_segments(spec)
+    values), any other from scratch; trunks run all their epochs. The trials are shared equally by
+    the methods (exactly, in a comparison); each method's trials run its own epochs."""
+    p = plan(spec)
     space = spec.search.space
     names = space["train.method"].choices if "train.method" in space else spec.methods
     each = spec.search.trials / len(names or (1,))
-    full = sum(length * prob for _, length, prob in segments)
-    own = {m: each * _expected_epochs(spec, p, m, segments, full) for m in names or ()}
-    without = spec.search.trials * full
+    full = {m: _full(_asha_segments(spec, m)) for m in names or ()}
+    own = {m: each * _expected_epochs(spec, p, m) for m in names or ()}
+    without = sum(each * f for f in full.values())
     if not p.shared:
-        return Cost(without, without, 0, {m: each * full for m in own})
-    shared = len(p.trunks) * spec.train.epochs + sum(own.values())
-    return Cost(without, shared, len(p.trunks) * len(p.fork_epochs), own)
+        return Cost(without, without, 0, {m: each * full[m] for m in own})
+    shared = sum(t.epochs for t in p.trunks) + sum(own.values())
+    return Cost(without, shared, sum(len(t.keep) for t in p.trunks), own)
 
 
-def _expected_epochs(
-    spec: SweepSpec, p: Plan, method: str, segments: list[tuple[int, int, float]], full: float
-) -> float:
+def _full(segments: list[tuple[int, int, float]]) -> float:
+    """Expected epochs of a trial trained from scratch."""
+    return sum(length * prob for _, length, prob in segments)
+
+
+def _expected_epochs(spec: SweepSpec, p: Plan, method: str) -> float:
     """Expected epochs one search trial of ``method`` trains: after its fork epoch, averaged over
-    the values of its warm-up key; ``full`` for a method that trains from scratch."""
+    the values of its warm-up key; all of them for a method that trains from scratch."""
+    segments = _asha_segments(spec, method)
     key = methods.get(method).fork_key
-    values = _values(spec, key) if key and p.shared else None
+    values = _values(spec, key, method) if key and p.shared else None
     if not values:
-        return full
+        return _full(segments)
 
     def after(w: int) -> float:
-        if not 0 < w < spec.train.epochs:
-            return full  # no warm-up to share: from scratch
+        if not 0 < w < spec.epochs(method):
+            return _full(segments)  # no warm-up to share: from scratch
         return sum(
             max(0, start + length - max(start, w)) * prob for start, length, prob in segments
         )
@@ -206,12 +245,12 @@ def _expected_epochs(
     return sum(after(int(w)) for w in values) / len(values)
 
 
-def _asha_segments(spec: SweepSpec) -> list[tuple[int, int, float]]:
-    """(first epoch, epochs, probability a trial runs them) between ASHA's rungs,
-    as Ray places them."""
+def _asha_segments(spec: SweepSpec, method: str | None = None) -> list[tuple[int, int, float]]:
+    """(first epoch, epochs, probability a trial runs them) between ASHA's rungs, as Ray places
+    them, for a trial of ``method`` (its own epochs)."""
     import math
 
-    s, max_t = spec.scheduler, spec.scheduler.max_epochs or spec.train.epochs
+    s, max_t = spec.scheduler, spec.full_epochs(method)
     if s.name == "none":
         return [(0, max_t, 1.0)]
     rungs = int(math.log(max_t / s.grace_period) / math.log(s.reduction_factor) + 1)

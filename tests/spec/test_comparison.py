@@ -101,6 +101,44 @@ def test_a_spec_without_methods_is_what_it_was(tmp_path):
             "must be > 0 device-hours per method (or null: the same number of trials for each)",
         ),
         (
+            "  methods: {cfa: {set: {train.seed: 3}}}",
+            "search.methods.cfa.set.train.seed",
+            "is not a method's own to fix; drop this key",
+        ),
+        (
+            "  methods: {cfa: {set: {cfa.lambda1: 0.2}, params: {cfa.lambda1: "
+            "{uniform: [0.1, 0.9], default: 0.3}}}}",
+            "search.methods.cfa.set.cfa.lambda1",
+            "is searched for cfa; fix it or search it, not both",
+        ),
+        (
+            "  methods: {cfa: {set: {train.lr: 0.05}}}",
+            "search.methods.cfa.set.train.lr",
+            "is searched for cfa; fix it or search it, not both",
+        ),
+        (
+            "  methods: {cfa: {set: {model.width: 8}}}",
+            "search.methods.cfa.set.model.width",
+            "model is the comparison's, the same for every method; a method fixes only train.* "
+            "keys or its own section's",
+        ),
+        (
+            "  methods: {cfa: {set: {train.epoch: 8}}}",
+            "search.methods.cfa.set.train.epoch",
+            "unknown key; valid keys are",
+        ),
+        (
+            "  methods: {cfa: {set: {train.lr_milestones: [0.5]}}}",
+            "search.methods.cfa.set",
+            "gives an invalid trial: train.lr_factors: lr_milestones (1) and lr_factors (3) must "
+            "have the same length",
+        ),
+        (
+            "  methods: {cfa: {set: {train.epochs: 2}}}\nscheduler: {name: asha, grace_period: 3}",
+            "scheduler.grace_period",
+            "3 is larger than cfa's train.epochs (2, search.methods.cfa.set)",
+        ),
+        (
             "  method_hours: 2",
             "search.method_hours",
             "is a comparison's budget rule; list the methods compared in search.methods",
@@ -113,6 +151,74 @@ def test_a_bad_comparison_is_one_line_naming_its_key(tmp_path, text, key, messag
     line = str(err.value)
     assert "\n" not in line and line.startswith(f"{tmp_path / 's.yaml'}: {key}: "), line
     assert message in line, line
+
+
+SCHEDULES = """\
+  methods:
+    ham: {}
+    frl: {set: {train.epochs: 6, frl.warmup_epochs: 3}}
+    cfa: {set: {train.epochs: 8, train.lr_milestones: [0.5], train.lr_factors: [0.1]EXTRA}}
+    trades: {}
+"""
+
+
+def test_a_method_on_its_own_schedule_trains_it_and_forks_from_a_trunk_of_its_own(tmp_path):
+    from hamsweep.sweep.confirm import early_baselines
+    from hamsweep.sweep.trunk import plan
+
+    spec = _load(tmp_path, SCHEDULES.replace("EXTRA", ", train.eps: 4/255"))
+    cfa = spec.trial_config({"train.method": "cfa"})
+    assert (cfa.train.epochs, cfa.train.lr_milestones, cfa.train.eps) == (8, (0.5,), 4 / 255)
+    frl = spec.trial_config({"train.method": "frl"})
+    assert (frl.train.epochs, frl.frl.warmup_epochs, frl.train.lr_milestones) == (
+        6,
+        3,
+        spec.train.lr_milestones,
+    )
+    # the others keep the spec's schedule, and so does a trunk that is no method's
+    assert spec.trial_config({"train.method": "trades"}).train.epochs == 4
+    assert spec.trial_config({"train.method": "pgd_at"}).train.epochs == 4
+    assert (spec.epochs("cfa"), spec.epochs("ham"), spec.full_epochs("frl")) == (8, 4, 6)
+    # the schedules hold the keys any method fixes that a warm-up depends on (not frl.*)
+    keys = {"train.epochs", "train.lr_milestones", "train.lr_factors", "train.eps"}
+    assert all(set(s) == keys for s in spec.schedules().values())
+    assert spec.schedules()["ham"] == spec.schedules()["trades"] != spec.schedules()["frl"]
+    # train.lr is searched over a choice: a trunk per value, per forking method's schedule
+    p = plan(spec)
+    assert sorted((t.epochs, t.methods, t.keep) for t in p.trunks) == [
+        (4, ("ham",), (2,)),
+        (4, ("ham",), (2,)),
+        (6, ("frl",), (3,)),
+        (6, ("frl",), (3,)),
+    ]
+    # train.lr is searched: the baselines are known only once the search has chosen
+    assert early_baselines(spec) == []
+
+
+def test_each_schedule_has_its_early_pgd_at_baseline(tmp_path):
+    from hamsweep.sweep.confirm import Chosen, early_baselines, plan_confirm
+
+    path = tmp_path / "s.yaml"
+    base = textwrap.dedent(BASE).replace("train.lr: {choice: [0.05, 0.1], default: 0.1}", "")
+    path.write_text(base.replace("params:", "params: {}") + SCHEDULES.replace("EXTRA", ""))
+    spec = load_spec(path)  # nothing searched changes a warm-up
+    early = early_baselines(spec)
+    # per seed: the spec's schedule (ham and trades; ham forks at 2), frl's (forks at 3), cfa's
+    assert [(b["train.seed"], b.get("train.epochs"), b["keep"]) for b in early] == [
+        (seed, *schedule) for seed in (1, 2, 3) for schedule in ((4, [2]), (6, [3]), (8, []))
+    ]
+    chosen = [Chosen(f"t{i}", i, {"train.method": m}, 0.5) for i, m in enumerate(spec.methods)]
+    p = plan_confirm(spec, chosen)
+    baselines = [t for t in p.trials if t.get("role") == "trunk"]
+    # the plan's baselines are the early ones, numbered alike: the stage skips them
+    key = ("config", "train.seed", "optuna_trial")
+    assert [tuple(b[k] for k in key) for b in baselines] == [
+        tuple(b[k] for k in key) for b in early
+    ]
+    pairs = {t["config"]: t["baseline"] for t in p.trials if t.get("role") != "trunk"}
+    assert pairs["t0"] == pairs["t3"] == early[0]["config"]  # ham and trades: PGD-AT alike
+    assert (pairs["t1"], pairs["t2"]) == (early[1]["config"], early[2]["config"])
+    assert p.label(early[2]["config"]) == "PGD-AT (epochs=8, lr_milestones=[0.5], lr_factors=[0.1])"
 
 
 def test_train_method_is_not_searched_beside_methods(tmp_path):
@@ -158,4 +264,5 @@ def test_the_readmes_comparison_example_is_a_valid_spec(tmp_path):
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     spec = load_spec(tmp_path / "r.yaml")
     assert spec.methods == ("ham", "cfa", "trades") and spec.search.trials == 48
+    assert (spec.epochs("cfa"), spec.epochs("ham")) == (200, 4)  # cfa on its own schedule
     assert design(spec.confirm).looks == tuple(range(3, 11))

@@ -44,6 +44,13 @@ FILLS = {
     "faal": ("weight", "train_robust_acc"),
 }
 SAMPLES = 1  # trials per method
+# two methods on a schedule of their own (search.methods.M.set): DAFA forks from a PGD-AT trunk of
+# its own, WAT trains 3 epochs with one lr drop; each meets PGD-AT on its schedule
+OWN = {
+    "dafa": {"train.epochs": EPOCHS + 1},
+    "wat": {"train.epochs": EPOCHS - 1, "train.lr_milestones": [0.5], "train.lr_factors": [0.1]},
+}
+EPOCHS_OF = {m: OWN.get(m, {}).get("train.epochs", EPOCHS) for m in FAIR}
 
 
 def _spec(path: Path) -> Path:
@@ -65,7 +72,7 @@ def _spec(path: Path) -> Path:
             # the budget rule, not an enqueued default, gives each method its turn
             "start_with_defaults": False,
             "params": {},  # (not the tiny spec's, which touch the warm-up)
-            "methods": {m: {} for m in FAIR},
+            "methods": {m: {"set": OWN[m]} if m in OWN else {} for m in FAIR},
         },
     )
 
@@ -78,7 +85,7 @@ def _fair_half_trained(out: Path) -> bool:
     checkpoint whole on disk (the kill then lands in the middle of its per-class state)."""
     return any(
         config.get("train.method") in SCRATCH
-        and 0 < last.get("epoch", 0) < EPOCHS
+        and 0 < last.get("epoch", 0) < EPOCHS_OF[config["train.method"]]
         and checkpoint_whole(out, last)
         for config, last in snapshotted_trials(out, unfinished=True)
     )
@@ -118,12 +125,15 @@ def test_every_method_ran_to_the_end_and_the_forking_ones_forked_from_the_trunk(
     assert sorted(t[4] for t in search) == sorted(FAIR * SAMPLES), "each method its turn"
     assert all(t[3] == "completed" for t in trials), trials
     trunks = {t[0] for t in trials if t[1] == "trunk" and t[2] == "search"}
-    assert len(trunks) == 1
+    assert len(trunks) == 2  # the spec's schedule (frl, faal) and dafa's own
+    forked = {}
     for _, _, _, _, method, forked_at, trunk, _ in search:
         if method in FORKING:
-            assert (forked_at, trunk) == (WARMUP, next(iter(trunks))), method
+            assert forked_at == WARMUP and trunk in trunks, method
+            forked[method] = trunk
         else:
             assert forked_at is None, method
+    assert forked["frl"] == forked["faal"] != forked["dafa"]
     assert any(t[7] for t in trials), "some trial continued from its checkpoint after the kill"
     # the confirm stage retrained each method's best config on new seeds beside PGD-AT
     confirm = _rows(fair_sweep, "SELECT role, seeds, label FROM '{out}/confirm/*.parquet'")
@@ -156,7 +166,7 @@ def test_class_state_holds_what_each_method_keeps_per_class(fair_sweep):
         method = methods[trial]
         assert phase == method, (trial, epoch, phase)  # a fork's warm-up rows are its trunk's
         first = WARMUP + 1 if method in FORKING else 1
-        assert first <= epoch <= EPOCHS and 0 <= class_id < 4
+        assert first <= epoch <= EPOCHS_OF[method] and 0 <= class_id < 4
         filled = {c for c, v in zip(columns, values) if v is not None}
         # a class absent from every batch of an epoch may leave a per-example mean null
         assert filled <= set(FILLS[method]) and {"weight", "eps"} & set(FILLS[method]) <= filled
@@ -164,7 +174,7 @@ def test_class_state_holds_what_each_method_keeps_per_class(fair_sweep):
     assert seen == set(FAIR)
     # one row per class of every own epoch of every trial of a fair method, stored once
     want = sum(
-        (EPOCHS - (WARMUP if m in FORKING else 0)) * 4 for m in methods.values() if m in FAIR
+        (EPOCHS_OF[m] - (WARMUP if m in FORKING else 0)) * 4 for m in methods.values() if m in FAIR
     )
     assert len(rows) == len({(r[0], r[1], r[3]) for r in rows}) == want
 
@@ -183,7 +193,8 @@ def test_the_killed_trial_continued_as_if_never_stopped(fair_sweep, tmp_path):
     trial, method, seed, _ = resumed[0]
     spec = yaml.safe_load((fair_sweep / "spec.yaml").read_text())
     spec["search"]["params"], spec["search"]["methods"] = {}, {}
-    spec["train"].update(method=method, seed=seed)
+    spec["train"].update(method=method, seed=seed)  # and its own schedule
+    spec["train"].update({k.split(".")[1]: v for k, v in OWN.get(method, {}).items()})
     (tmp_path / "one.yaml").write_text(yaml.safe_dump(spec))
     # one torch thread, as the sweep's trial had (resources.cpu): another thread count sums in
     # another order, and the weights would differ in their last bits, then more
@@ -207,7 +218,7 @@ def test_the_killed_trial_continued_as_if_never_stopped(fair_sweep, tmp_path):
         .fetchall()
     )
     swept = duckdb.connect().execute(sql.format(path=fair_sweep, trial=trial)).fetchall()
-    assert swept == alone and len(swept) == EPOCHS * 4
+    assert swept == alone and len(swept) == EPOCHS_OF[method] * 4
 
 
 def test_each_verdict_is_the_sequential_tests_recomputed_from_the_counts(fair_sweep):
@@ -278,6 +289,46 @@ def test_the_winners_lead_over_the_second_is_recomputed_from_the_counts(fair_swe
     assert look is not None and lead[3] == pytest.approx(look.mean, abs=1e-12)
     assert (lead[4], lead[5]) == pytest.approx((look.low, look.high), abs=1e-12)
     assert lead[6] == look.verdict()
+
+
+def test_each_method_trained_its_own_schedule_and_met_pgd_at_on_it(fair_sweep):
+    """A method's ``set`` is what its trials trained (its epochs, its lr drops): its search trial
+    ran them all and counted as complete (it was confirmed), its trunk ran them, and each
+    confirmed config's PGD-AT baseline ran its schedule on the same seeds."""
+    trials = _rows(
+        fair_sweep,
+        "SELECT DISTINCT trial, role, stage, train_method, epochs_run, config, baseline, seed "
+        "FROM '{out}/trials/*.parquet' WHERE status = 'completed'",
+    )
+    by_config = {}
+    for _, role, _, method, epochs_run, config, _, seed in trials:
+        if role == "search":
+            assert epochs_run == EPOCHS_OF[method], (method, epochs_run)
+        by_config.setdefault(config, {})[seed] = (role, epochs_run)
+    search_trunks = sorted(t[4] for t in trials if t[1] == "trunk" and t[2] == "search")
+    assert search_trunks == [EPOCHS, EPOCHS_OF["dafa"]]
+    # the lr a WAT trial trained its last epoch with: one drop, x0.1 at half its 3 epochs
+    (lr,) = _rows(
+        fair_sweep,
+        "SELECT DISTINCT e.lr FROM '{out}/epochs/*.parquet' e JOIN '{out}/trials/*.parquet' t "
+        f"USING (trial) WHERE t.train_method = 'wat' AND e.epoch = {EPOCHS_OF['wat']}",
+    )
+    spec = yaml.safe_load((fair_sweep / "spec.yaml").read_text())
+    assert lr[0] == pytest.approx(spec["train"]["lr"] * 0.1)
+    confirmed = {
+        method: (config, baseline)
+        for _, role, stage, method, _, config, baseline, _ in trials
+        if stage == "confirm" and role == "confirm"
+    }
+    assert set(confirmed) == set(FAIR)
+    for method, (config, baseline) in confirmed.items():
+        mine, base = by_config[config], by_config[baseline]
+        assert set(base) >= set(mine), method  # paired on every seed it ran
+        assert {e for r, e in base.values()} == {EPOCHS_OF[method]}, method
+    baselines = {b for _, b in confirmed.values()}
+    # frl, cfa and faal on the spec's schedule; dafa's and wat's own
+    assert len(baselines) == 3
+    assert confirmed["frl"][1] == confirmed["cfa"][1] == confirmed["faal"][1]
 
 
 def test_nothing_was_trained_twice_across_the_kill(fair_sweep):

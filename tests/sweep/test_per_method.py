@@ -146,3 +146,36 @@ def test_asha_compares_a_trial_with_its_own_methods_trials_only():
     assert _rung_decisions(per_method=False) == ["CONTINUE", "STOP", "STOP"]
     # a comparison's rungs per method: the first TRADES trial is alone at its rung
     assert _rung_decisions(per_method=True) == ["CONTINUE", "STOP", "CONTINUE"]
+
+
+def test_asha_rungs_end_at_each_methods_own_last_epoch():
+    """A method on a schedule of its own (``search.methods.M.set``) has rungs up to its own
+    epochs: CFA's 16-epoch trials meet rungs at 1, 2, 4, 8, 16 and stop at 16, TRADES's at 4 (a
+    WAT trial counted complete at its own last epoch: ``test_methods``)."""
+    from ray.tune.experiment import Trial
+
+    from hamsweep.sweep.schedulers import make_scheduler
+
+    methods = {"cfa": {"set": {"train.epochs": 16}}, "trades": {}}
+    spec = validate(
+        SweepSpec,
+        {
+            **SPEC,
+            "train": {**SPEC["train"], "epochs": 4},
+            "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
+            "search": {**SPEC["search"], "methods": methods},
+        },
+    )
+    asha = make_scheduler(spec)
+    rungs = {m: [r for r, _ in asha._new_bracket(m)._rungs] for m in methods}
+    assert rungs == {"cfa": [16, 8, 4, 2, 1], "trades": [4, 2, 1]}
+    words = {}
+    for method in methods:
+        trial = Trial("trainable", config={"train.method": method}, trial_id=method, stub=True)
+        asha.on_trial_add(None, trial)
+        for epoch in range(1, 17):
+            word = asha.on_trial_result(None, trial, {"epoch": epoch, "objective": 0.5})
+            if word == "STOP":
+                break
+        words[method] = epoch
+    assert words == {"cfa": 16, "trades": 4}

@@ -245,6 +245,43 @@ def test_validate_prints_the_trunks_and_the_predicted_saving(tmp_path):
     assert "shared warm-up: none (train.lr (loguniform) is searched over a range" in proc.stdout
 
 
+def test_validate_says_which_trunk_forks_which_method_and_who_has_its_own_schedule(tmp_path):
+    methods = {
+        "ham": {},
+        "frl": {"set": {"train.epochs": EPOCHS + 2}},
+        "cfa": {
+            "set": {
+                "train.epochs": EPOCHS + 4,
+                "train.lr_milestones": [0.5],
+                "train.lr_factors": [0.1],
+            }
+        },
+        "trades": {},
+    }
+    spec = write_spec(
+        tmp_path / "own.yaml",
+        frl={"warmup_epochs": 3},
+        scheduler="none",
+        confirm={"top_k": 1, "seeds": 2},
+        search={"num_samples": 2, "params": {}, "methods": methods},
+    )
+    proc = hamsweep("validate", str(spec), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    # (the spec file lists the methods in sorted order; ham's warm-up is 1)
+    assert (
+        f"shared warm-up: 2 PGD-AT trunks (each a PGD-AT baseline): {EPOCHS + 2} epochs, forked "
+        f"by frl; {EPOCHS} epochs, forked by ham, forks from epochs 1..3" in proc.stdout
+    ), proc.stdout
+    assert (
+        "own schedules (search.methods.M.set): cfa (train.epochs="
+        f"{EPOCHS + 4}, train.lr_milestones=[0.5], train.lr_factors=[0.1]): paired with PGD-AT "
+        f"on its schedule; frl (train.epochs={EPOCHS + 2}): forks from a PGD-AT trunk of its own, "
+        "paired with PGD-AT on its schedule" in proc.stdout
+    ), proc.stdout
+    # per seed: the 4 configs and a PGD-AT on each of the 3 schedules
+    assert ": 14 trials, predicted" in proc.stdout, proc.stdout
+
+
 # epochs of under a second: the trunk still trains when a fork (a new worker: seconds to start)
 # checkpoints
 KILL_EPOCHS = 16

@@ -29,7 +29,6 @@ from hamsweep.results.schema import param_column
 from hamsweep.spec.trial import warmup_key
 from hamsweep.sweep.count import costs
 from hamsweep.sweep.dashboard import ENDED, SweepState, TrialView
-from hamsweep.sweep.schedulers import full_epochs
 from hamsweep.sweep.trunk import trunk_config
 
 if TYPE_CHECKING:
@@ -68,7 +67,6 @@ class TrialBook:
 
     def __init__(self, spec: SweepSpec, started: float, confirm: ConfirmSink) -> None:
         self.spec, self.confirm = spec, confirm
-        self.full = full_epochs(spec)
         self.state = SweepState(
             name=spec.name,
             objective=spec.objective.primary,
@@ -156,13 +154,13 @@ class TrialBook:
             }
         if role(config) == TRUNK:
             self.trunk_ids[warmup_key(trunk_config(self.spec, params))] = tid
-            epochs = self.spec.train.epochs
+            epochs = cfg.train.epochs
             return TrialView(
                 trial=tid, params=params, epochs=epochs, role=TRUNK, seed=cfg.train.seed, **extra
             )
         number = self.confirm.chosen_number(config.get(CONFIG)) if confirm else config.get(NUMBER)
         # ASHA never stops a confirm trial
-        epochs = self.spec.train.epochs if confirm else self.full
+        epochs = cfg.train.epochs if confirm else self.spec.full_epochs(cfg.train.method)
         view = TrialView(
             trial=tid, params=params, epochs=epochs, number=number, seed=cfg.train.seed, **extra
         )
