@@ -238,7 +238,7 @@ def _timed(s: Any) -> str:
 
 def _confirming(s: Any) -> str:
     """What the confirm stage will train, and its predicted cost against the search's."""
-    from hamsweep.sweep.confirm import confirm_cost, new_seeds
+    from hamsweep.sweep.confirm import confirm_cost, confirms_trades, new_seeds
     from hamsweep.sweep.trunk import predicted_cost
 
     c = s.confirm
@@ -260,7 +260,8 @@ def _confirming(s: Any) -> str:
         )
     aa = " and AutoAttack" if c.autoattack else ""
     return (
-        f"confirm: the {c.top_k} best configs{' of each method' if s.search.methods else ''} and "
+        f"confirm: the {c.top_k} best configs{' of each method' if s.search.methods else ''}"
+        f"{', TRADES at its defaults' if confirms_trades(s) else ''} and "
         f"PGD-AT on train.seed {seeds}, on the test split "
         f"(PGD-{s.eval.attack_steps}{aa}): {trials} trials, predicted {epochs:.0f} training "
         f"epochs, {epochs / search:.2f}x the search's {search:.0f}"

@@ -376,7 +376,17 @@ def confirmed_table(out: Path, spec: SweepSpec) -> Table:
     paired ratio to PGD-AT's. The configs' knobs are listed under it, so that it
     fits 120 columns."""
     robust, rows = paper_rows(out, spec)
-    seeds = max((r["seeds"] for r in rows), default=0)
+    counts = sorted({r["seeds"] for r in rows if r.get("seeds") is not None})
+    # seeds in rounds: each config's own count is its n
+    seeds = (
+        (
+            f"{counts[0]} seeds"
+            if len(counts) == 1
+            else f"{counts[0]} to {counts[-1]} seeds (n: each row's)"
+        )
+        if counts
+        else "0 seeds"
+    )
     conf = round(100 * spec.confirm.confidence, 6)
     key = next((r["diff_metric"] for r in rows if r.get("diff_metric")), "worst")
     names = knob_names(list(spec.search.space))
@@ -386,7 +396,7 @@ def confirmed_table(out: Path, spec: SweepSpec) -> Table:
         else "group-sequential interval (seeds in rounds: n says how many)"
     )
     title = (
-        f"{spec.name}: confirmed on the test split, {seeds} seeds, robust = {robust}; "
+        f"{spec.name}: confirmed on the test split, {seeds}, robust = {robust}; "
         f"in %, mean±std over seeds; val: the validation {spec.objective.primary} that chose it; "
         f"Δ {key} vs PGD-AT paired by seed, {conf:g}% {interval}; "
         f"{results.device_label(rows)}-h: device-hours of one seed, "

@@ -344,10 +344,14 @@ class ConfirmConfig(_Frozen):
     # train the new seeds' PGD-AT baselines in slots the search leaves idle, when the search cannot
     # change them (no searched key touches the warm-up); false: only once the search has ended
     early: bool = True
+    # in a comparison (search.methods), TRADES at its defaults (the spec's train section) is
+    # confirmed beside each method's best and PGD-AT, on the same seeds, whether or not it is one of
+    # the methods: the field's second reference; false: only the methods' best and PGD-AT
+    trades: bool = True
     autoattack: bool = False  # also AutoAttack (standard), besides PGD-``eval.attack_steps``
     confidence: float = 0.95  # two-sided coverage of every interval in the confirm tables
-    # a sweep pickled before early baselines existed trained its baselines after the search
-    _before_field: ClassVar[dict[str, Any]] = {"early": False}
+    # a sweep pickled before early baselines (or the TRADES reference) existed had none
+    _before_field: ClassVar[dict[str, Any]] = {"early": False, "trades": False}
 
     @model_validator(mode="before")
     @classmethod

@@ -46,16 +46,20 @@ __all__ = [
     "BASELINE_LABEL",
     "CONFIRM_FILE",
     "FIRST_NUMBER",
+    "TRADES_DEFAULTS",
     "Chosen",
     "ConfirmPlan",
     "add_round",
+    "baseline_epochs",
     "confirm_cost",
+    "confirms_trades",
     "early_baselines",
     "evaluate_top",
     "new_seeds",
     "plan_confirm",
     "read_plan",
     "test_objective",
+    "trades_reference",
     "undecided",
     "write_plan",
     "write_tables",
@@ -66,6 +70,9 @@ CONFIRM_FILE = "confirm.json"
 # confirm trials' numbers (work folders, SLURM job names): never an Optuna number of the search
 FIRST_NUMBER = 1_000_000
 BASELINE_LABEL = "PGD-AT"  # how a baseline is named in tables
+# the CONFIG of TRADES at its defaults where no search trial ran them (``trades_reference``)
+TRADES_DEFAULTS = "trades:defaults"
+_TRADES = "trades"  # TRADES's train.method
 # a baseline's CONFIG: the prefix and its warm-up key at the search's seed
 _BASELINE_PREFIX = "pgd_at:"
 
@@ -74,10 +81,11 @@ _BASELINE_PREFIX = "pgd_at:"
 class Chosen:
     """A search trial chosen for confirmation."""
 
-    trial: str  # its Tune trial id
-    number: int  # its Optuna number
+    trial: str  # its Tune trial id (``TRADES_DEFAULTS`` for a TRADES that no search trial ran)
+    number: int | None  # its Optuna number (None: no search trial)
     params: dict[str, Any]  # its searched 'section.field' values
-    value: float  # the validation objective at its best epoch: what got it chosen
+    value: float | None  # the validation objective at its best epoch: what got it chosen
+    reference: bool = False  # TRADES at its defaults, confirmed as a reference (``confirm.trades``)
 
 
 @dataclass(frozen=True)
@@ -93,13 +101,18 @@ class ConfirmPlan:
     baselines: dict[str, dict[str, Any]]
 
     def label(self, config: str) -> str:
-        """'#12' for a chosen config ('CFA #12' where trials differ in method), 'PGD-AT' for the
-        baseline (with its values when there are several)."""
+        """'#12' for a chosen config ('CFA #12' where trials differ in method; 'TRADES (defaults)'
+        or 'TRADES #3 (defaults)' for the reference), 'PGD-AT' for the baseline (with what sets it
+        apart when there are several)."""
         chosen = next((c for c in self.chosen if c.trial == config), None)
         if chosen is not None:
             method = chosen.params.get("train.method")
-            title = f"{methods.get(method).title} " if method else ""
-            return f"{title}#{chosen.number}"
+            parts = [
+                methods.get(method).title if method else "",
+                "" if chosen.number is None else f"#{chosen.number}",
+                "(defaults)" if chosen.reference else "",
+            ]
+            return " ".join(p for p in parts if p)
         params = self.baselines.get(config, {})
         if len(self.baselines) < 2 or not params:
             return BASELINE_LABEL
@@ -157,6 +170,33 @@ def _known_baselines(spec: SweepSpec) -> dict[str, dict[str, Any]]:
         params = _baseline_params(spec, {METHOD_KEY: m} if spec.search.methods else {})
         out.setdefault(_baseline_config(spec, params), params)
     return out
+
+
+def confirms_trades(spec: SweepSpec) -> bool:
+    """Whether the confirm stage adds TRADES at its defaults (``confirm.trades``, a comparison)."""
+    return bool(spec.search.methods) and spec.confirm.trades and spec.confirm.retrains
+
+
+def trades_reference(
+    spec: SweepSpec, chosen: list[Chosen], complete: dict[str, tuple[int, dict[str, Any], float]]
+) -> Chosen | None:
+    """TRADES at its defaults for the confirm stage of a comparison (``confirm.trades``): a search
+    trial of them when one completed, else a config no search trial ran (``TRADES_DEFAULTS``);
+    None when a chosen config is it already (or nothing is confirmed). ``complete``: Tune trial id
+    -> (Optuna number, params, validation objective) of each complete search trial."""
+    if not chosen or not confirms_trades(spec):
+        return None
+    if _TRADES in spec.search.methods:
+        defaults = spec.defaults(_TRADES)
+    else:
+        common = {k: d.default for k, d in spec.search.params.items()}
+        defaults = {METHOD_KEY: _TRADES, **common}
+    if any(c.params == defaults for c in chosen):
+        return None
+    for tid, (number, params, value) in sorted(complete.items(), key=lambda kv: kv[1][0]):
+        if params == defaults:
+            return Chosen(tid, number, defaults, value, reference=True)
+    return Chosen(TRADES_DEFAULTS, None, defaults, None, reference=True)
 
 
 def plan_confirm(spec: SweepSpec, chosen: list[Chosen]) -> ConfirmPlan:
@@ -712,19 +752,16 @@ def _evaluate(
 
 # ---- what the stage costs (printed by `hamsweep validate`) ----
 def confirm_cost(spec: SweepSpec) -> tuple[float, int]:
-    """(predicted training epochs of the confirm stage, its trials), for ``confirm.top_k`` configs
-    of each method: per seed one PGD-AT trunk per schedule (``spec.schedules``) plus each config's
-    epochs after its warm-up (its fork epochs averaged, as ``trunk.predicted_cost`` does)."""
+    """(predicted training epochs of the confirm stage's first round, its trials): per seed, the
+    ``confirm.top_k`` configs of each method (each its epochs after its warm-up, its fork epochs
+    averaged as ``trunk.predicted_cost`` does), TRADES at its defaults in a comparison
+    (``confirms_trades``), and a PGD-AT baseline per schedule among them."""
     from hamsweep.sweep.trunk import plan
 
     c = spec.confirm
     if not c.retrains:
         return 0.0, 0
-    p, schedules = plan(spec), spec.schedules()
-    # one baseline per schedule: each method's own epochs
-    baselines = {str(schedules.get(m)): spec.epochs(m) for m in spec.methods}
-    configs = c.top_k * len(spec.methods)  # a comparison confirms each method's top_k
-    trials = c.seeds * (configs + len(baselines))
+    p = plan(spec)
 
     def after(m: str) -> float:
         """A config of ``m``'s epochs after its fork (all of them when it does not fork)."""
@@ -734,5 +771,24 @@ def confirm_cost(spec: SweepSpec) -> tuple[float, int]:
             return float(e)
         return sum(e - w for w in forks) / len(forks)
 
-    each = sum(after(m) for m in spec.methods)
-    return c.seeds * (sum(baselines.values()) + c.top_k * each), trials
+    configs = {m: c.top_k * after(m) for m in spec.methods}
+    count = c.top_k * len(spec.methods)
+    if confirms_trades(spec):
+        configs[_TRADES] = configs.get(_TRADES, 0.0) + spec.epochs(_TRADES)
+        count += 1
+    baselines = _first_baselines(spec)
+    return c.seeds * (sum(baselines.values()) + sum(configs.values())), c.seeds * (
+        count + len(baselines)
+    )
+
+
+def _first_baselines(spec: SweepSpec) -> dict[str, int]:
+    """The PGD-AT baselines of the methods the confirm stage confirms (TRADES at its defaults
+    included), one per schedule (``spec.schedules``): CONFIG -> its epochs."""
+    confirmed = [*spec.methods, *([_TRADES] if confirms_trades(spec) else [])]
+    return {_baseline_config(spec, {METHOD_KEY: m}): spec.epochs(m) for m in confirmed}
+
+
+def baseline_epochs(spec: SweepSpec) -> int:
+    """Training epochs of one seed's PGD-AT baselines (one per schedule, ``_first_baselines``)."""
+    return sum(_first_baselines(spec).values())

@@ -14,10 +14,13 @@ __all__ = ["confirm_trials", "costs", "trial_count"]
 
 def confirm_trials(spec: SweepSpec) -> int:
     """The confirm stage's trials at most: each of the ``confirm.top_k`` configs (of each method, in
-    a comparison) and one PGD-AT baseline per config, on each of the new seeds (the most a config
-    can get, with seeds in rounds); 0 when nothing is retrained."""
+    a comparison, and TRADES at its defaults) and one PGD-AT baseline per config, on each of the new
+    seeds (the most a config can get, with seeds in rounds); 0 when nothing is retrained."""
+    from hamsweep.sweep.confirm import confirms_trades
+
     c = spec.confirm
-    return 2 * c.top_k * len(spec.methods) * c.most_seeds if c.retrains else 0
+    configs = c.top_k * len(spec.methods) + confirms_trades(spec)
+    return 2 * configs * c.most_seeds if c.retrains else 0
 
 
 def trial_count(spec: SweepSpec, confirm: int | None = None) -> int:

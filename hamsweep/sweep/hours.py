@@ -46,6 +46,7 @@ def measure(spec: SweepSpec, batches: int = 5) -> dict[str, EpochTime]:
 
     from hamsweep.core.data import load
     from hamsweep.core.timing import epoch_time
+    from hamsweep.sweep.confirm import confirms_trades
 
     if spec.resources.gpu > 0 and not torch.cuda.is_available():
         raise SpecError(
@@ -55,7 +56,8 @@ def measure(spec: SweepSpec, batches: int = 5) -> dict[str, EpochTime]:
             "--time",
         )
     data = load(spec.trial_config().data)
-    phases = dict.fromkeys([*spec.methods, methods.TRUNK_METHOD])
+    reference = ["trades"] if confirms_trades(spec) else []  # the confirm stage's TRADES
+    phases = dict.fromkeys([*spec.methods, *reference, methods.TRUNK_METHOD])
     out = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(spec.resources.cpu)))  # as a trial runs (sweep.trial)
@@ -114,11 +116,13 @@ def _confirm_hours(spec: SweepSpec, p: Plan, hours: _HoursOf) -> float:
     c = spec.confirm
     if not c.retrains:
         return 0.0
-    schedules = spec.schedules()
-    baselines = {str(schedules.get(m)): spec.epochs(m) for m in spec.methods}
-    total = hours(methods.TRUNK_METHOD, sum(baselines.values()))
+    from hamsweep.sweep.confirm import baseline_epochs, confirms_trades
+
+    total = hours(methods.TRUNK_METHOD, baseline_epochs(spec))
     for m in spec.methods:
         forks = p.shared and methods.get(m).fork_key
         epochs = spec.epochs(m)
         total += c.top_k * hours(m, epochs - _fork_epoch(spec, m) if forks else epochs)
+    if confirms_trades(spec):
+        total += hours("trades", spec.epochs("trades"))
     return c.seeds * total

@@ -253,7 +253,7 @@ class Stages:
         return self.next_confirm(trial_id)
 
     def _plan_confirm(self) -> None:
-        from hamsweep.sweep.confirm import Chosen, plan_confirm
+        from hamsweep.sweep.confirm import Chosen, plan_confirm, trades_reference
 
         assert self.spec is not None
         ranked = sorted(self.complete.items(), key=lambda kv: (-kv[1][2], kv[1][0]))
@@ -274,6 +274,8 @@ class Stages:
             if self.spec.confirm.retrains
             else []
         )
+        if reference := trades_reference(self.spec, chosen, self.complete):
+            chosen.append(reference)
         p = plan_confirm(self.spec, chosen)
         early = self._rounds().get("early", {})  # baselines trained while the search ran
         self.confirm = [t for t in p.trials if (t[CONFIG], t["train.seed"]) not in early]

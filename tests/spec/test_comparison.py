@@ -266,3 +266,33 @@ def test_the_readmes_comparison_example_is_a_valid_spec(tmp_path):
     assert spec.methods == ("ham", "cfa", "trades") and spec.search.trials == 48
     assert (spec.epochs("cfa"), spec.epochs("ham")) == (200, 4)  # cfa on its own schedule
     assert design(spec.confirm).looks == tuple(range(3, 11))
+
+
+def test_trades_at_its_defaults_is_confirmed_beside_the_methods(tmp_path):
+    from hamsweep.sweep.confirm import TRADES_DEFAULTS, Chosen, plan_confirm, trades_reference
+
+    spec = _load(tmp_path, METHODS)  # trades is one of the methods: its defaults, with train.lr's
+    defaults = {"train.method": "trades", "train.lr": 0.1}
+    best = [Chosen("h", 3, {"train.method": "ham", "train.lr": 0.05}, 0.4)]
+    trades = {"train.method": "trades", "train.lr": 0.05}
+    # the search ran TRADES's defaults (trial 1): that trial is confirmed, as the reference
+    complete = {"h": (3, best[0].params, 0.4), "t1": (1, defaults, 0.2), "t5": (5, trades, 0.3)}
+    ref = trades_reference(spec, [*best, Chosen("t5", 5, trades, 0.3)], complete)
+    assert ref == Chosen("t1", 1, defaults, 0.2, reference=True)
+    # TRADES's best is its defaults already: nothing more
+    assert trades_reference(spec, [*best, Chosen("t1", 1, defaults, 0.2)], complete) is None
+    # no search trial of TRADES's defaults completed (ASHA stopped it): a config of its own
+    ref = trades_reference(spec, best, {"h": complete["h"]})
+    assert ref == Chosen(TRADES_DEFAULTS, None, defaults, None, reference=True)
+    p = plan_confirm(spec, [*best, ref])
+    assert p.label(TRADES_DEFAULTS) == "TRADES (defaults)" and p.label("h") == "HAM #3"
+    mine = [t for t in p.trials if t.get("config") == TRADES_DEFAULTS]
+    assert [(t["train.method"], t["train.seed"]) for t in mine] == [("trades", s) for s in p.seeds]
+    # where TRADES is no method of the comparison, it still is the reference, on the spec's train
+    two = _load(tmp_path, "  methods: {ham: {}, cfa: {}}")
+    assert trades_reference(two, best, {}) == Chosen(
+        TRADES_DEFAULTS, None, defaults, None, reference=True
+    )
+    assert two.trial_config(defaults).train.trades_beta == two.train.trades_beta
+    off = _load(tmp_path, METHODS + "confirm: {trades: false}")
+    assert trades_reference(off, best, complete) is None

@@ -9,6 +9,7 @@ warm-up it forks from."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -164,7 +165,17 @@ def test_the_cheaper_method_got_more_trials_and_the_budget_stopped_the_dearer(ho
     complete = sorted({t["train_method"] for t in search if t["status"] == "completed"})
     confirm = [t for t in trials if t["stage"] == "confirm"]
     assert "faal" in complete
-    assert sorted(t["train_method"] for t in confirm if t["role"] == "confirm") == complete
+    # and TRADES at its defaults where its best config is another (confirm.trades)
+    chosen = json.loads((out / "confirm.json").read_text())["chosen"]
+    reference = [c["params"]["train.method"] for c in chosen if c["reference"]]
+    assert reference in ([], ["trades"])
+    assert [c["params"] for c in chosen if c["reference"]] in (
+        [],
+        [{"train.method": "trades", "train.trades_beta": 6.0}],
+    )
+    assert sorted(t["train_method"] for t in confirm if t["role"] == "confirm") == sorted(
+        complete + reference
+    )
     assert all(t["status"] == "completed" for t in confirm), confirm
 
 

@@ -50,7 +50,8 @@ OWN = {
     "dafa": {"train.epochs": EPOCHS + 1},
     "wat": {"train.epochs": EPOCHS - 1, "train.lr_milestones": [0.5], "train.lr_factors": [0.1]},
 }
-EPOCHS_OF = {m: OWN.get(m, {}).get("train.epochs", EPOCHS) for m in FAIR}
+# (TRADES: the confirm stage's reference at its defaults, on the spec's schedule)
+EPOCHS_OF = {m: OWN.get(m, {}).get("train.epochs", EPOCHS) for m in (*FAIR, "trades")}
 
 
 def _spec(path: Path) -> Path:
@@ -141,7 +142,13 @@ def test_every_method_ran_to_the_end_and_the_forking_ones_forked_from_the_trunk(
     assert {r[1] for r in confirm} <= {2, 3}
     titles = sorted({r[2] for r in confirm if r[0] == "confirm"})  # one label per config
     titles = [t.split(" #")[0] for t in titles]
-    assert titles == sorted(TITLES.values()), confirm
+    # and TRADES at its defaults (confirm.trades), which no search trial ran here
+    assert titles == sorted([*TITLES.values(), "TRADES (defaults)"]), confirm
+    # the printed table's title gives the range of seeds, each row its own n
+    counts = sorted({r[1] for r in confirm})
+    span = f"{counts[0]} seeds" if len(counts) == 1 else "2 to 3 seeds (n: each row's)"
+    shown = hamsweep("results", str(fair_sweep)).stdout
+    assert f"confirmed on the test split, {span}, robust = " in shown, shown
 
 
 def test_class_state_holds_what_each_method_keeps_per_class(fair_sweep):
@@ -242,7 +249,7 @@ def test_each_verdict_is_the_sequential_tests_recomputed_from_the_counts(fair_sw
         "SELECT config, baseline, diff_low, diff_high, verdict, paired_seeds FROM "
         "'{out}/confirm/*.parquet' WHERE role = 'confirm' AND attack = 'pgd3' AND metric = 'mean'",
     )
-    assert len(rows) == len(FAIR)
+    assert len(rows) == len(FAIR) + 1  # and TRADES at its defaults
     for config, baseline, low, high, verdict, paired in rows:
         seeds = sorted(s for c, s in per_seed if c == config and (baseline, s) in per_seed)
         d = np.array([per_seed[(config, s)] - per_seed[(baseline, s)] for s in seeds])
@@ -320,7 +327,7 @@ def test_each_method_trained_its_own_schedule_and_met_pgd_at_on_it(fair_sweep):
         for _, role, stage, method, _, config, baseline, _ in trials
         if stage == "confirm" and role == "confirm"
     }
-    assert set(confirmed) == set(FAIR)
+    assert set(confirmed) == {*FAIR, "trades"}
     for method, (config, baseline) in confirmed.items():
         mine, base = by_config[config], by_config[baseline]
         assert set(base) >= set(mine), method  # paired on every seed it ran
@@ -329,6 +336,7 @@ def test_each_method_trained_its_own_schedule_and_met_pgd_at_on_it(fair_sweep):
     # frl, cfa and faal on the spec's schedule; dafa's and wat's own
     assert len(baselines) == 3
     assert confirmed["frl"][1] == confirmed["cfa"][1] == confirmed["faal"][1]
+    assert confirmed["trades"] == ("trades:defaults", confirmed["frl"][1])
 
 
 def test_nothing_was_trained_twice_across_the_kill(fair_sweep):
