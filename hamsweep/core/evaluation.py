@@ -34,7 +34,7 @@ CLEAN, AUTOATTACK = "clean", "autoattack"  # attack names; PGD is named pgd<step
 class EvalCounts:
     """Per-class counts of one evaluation: ``correct[c]`` of ``n[c]`` examples of class c."""
 
-    split: str  # "val" or "test"
+    split: str  # "val", "test", or "train" (``evaluate_checkpoint``'s training subset)
     attack: str  # "clean", "pgd20", "autoattack"
     n: tuple[int, ...]
     correct: tuple[int, ...]
@@ -92,10 +92,13 @@ def evaluate_checkpoint(
     *,
     device: torch.device,
     autoattack: bool = False,
+    train_examples: int = 0,
 ) -> tuple[list[EvalCounts], int]:
     """A saved model (``best.pt`` or ``last.pt`` of ``train``) on the test split of ``dataset``, per
     class: (the evaluations, the epoch the checkpoint holds). The one test-split evaluation after
-    training: the confirm stage's trials and ``hamsweep evaluate`` both call it."""
+    training: the confirm stage's trials and ``hamsweep evaluate`` both call it. With
+    ``train_examples``, also a class-stratified subset of that many training examples (split
+    ``train``, clean and PGD): the classes' ranks on the data the model trained on."""
     from hamsweep.core import models
 
     state = torch.load(path, map_location="cpu", weights_only=False)
@@ -105,6 +108,9 @@ def evaluate_checkpoint(
     evals = evaluate(
         model, dataset.test, "test", cfg, dataset.num_classes, seed=0, autoattack=autoattack
     )
+    if train_examples:
+        train = subsample(dataset.train, train_examples, cfg.data.seed)
+        evals += evaluate(model, train, "train", cfg, dataset.num_classes, seed=0)
     return evals, int(state["epoch"])
 
 

@@ -36,6 +36,9 @@ class ReportData:
     # trial_class_state rows at each search trial's (and search trunk's) best epoch where its
     # method recorded the accuracy on each class's training AEs (train_robust_acc)
     chosen_state: list[dict[str, Any]] = field(default_factory=list)
+    # each confirmed config's robust accuracy per class on its training-split subset
+    # (``confirm.train_examples``), the mean over its completed seeds: config, class_id, acc
+    train_classes: list[dict[str, Any]] = field(default_factory=list)
     study: Any = None  # the Optuna study; None without a journal
     running: bool = False  # some trial has not ended: the report is a snapshot
     taken: str = ""  # when it was read, UTC
@@ -126,6 +129,13 @@ def load(out: Path) -> ReportData:
         )
         if results.CLASS_STATE in present
         else [],
+        train_classes=rows(
+            """SELECT t.config, c.class_id, avg(c.correct / c.n) AS acc
+               FROM classes c JOIN trials t ON c.trial = t.trial
+               WHERE t.stage = 'confirm' AND t.status = 'completed' AND c.split = 'train'
+               AND c.attack <> 'clean' AND c.n > 0
+               GROUP BY t.config, c.class_id ORDER BY t.config, c.class_id"""
+        ),
         study=_study(out),
         taken=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )

@@ -349,9 +349,14 @@ class ConfirmConfig(_Frozen):
     # the methods: the field's second reference; false: only the methods' best and PGD-AT
     trades: bool = True
     autoattack: bool = False  # also AutoAttack (standard), besides PGD-``eval.attack_steps``
+    # training-split examples (class-stratified) each confirm trial's best checkpoint is also
+    # attacked on (PGD-``eval.attack_steps``, not AutoAttack): each config's class ranks on the
+    # training, validation and test splits (the report's rank agreement). None = as many as the
+    # test split; 0 = none
+    train_examples: int | None = None
     confidence: float = 0.95  # two-sided coverage of every interval in the confirm tables
-    # a sweep pickled before early baselines (or the TRADES reference) existed had none
-    _before_field: ClassVar[dict[str, Any]] = {"early": False, "trades": False}
+    # a sweep pickled before early baselines (the TRADES reference, the training split) had none
+    _before_field: ClassVar[dict[str, Any]] = {"early": False, "trades": False, "train_examples": 0}
 
     @model_validator(mode="before")
     @classmethod
@@ -378,6 +383,8 @@ class ConfirmConfig(_Frozen):
     def _check(self) -> ConfirmConfig:
         at_least(self, 0, "top_k", "seeds")
         at_least(self, 1, "round_seeds")
+        if self.train_examples is not None:
+            at_least(self, 0, "train_examples")
         if not 0 < self.confidence < 1:
             raise SpecError("confidence", f"confidence must be in (0, 1) but got {self.confidence}")
         if self.max_seeds is not None and not 2 <= self.seeds <= self.max_seeds:

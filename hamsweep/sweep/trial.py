@@ -191,15 +191,16 @@ def train_trial(
     if stage(config) == CONFIRM:
         emit(
             reporter.tested(
-                _test(cfg, dataset, work / "checkpoint" / train.BEST, spec.confirm.autoattack)
+                _test(cfg, dataset, work / "checkpoint" / train.BEST, spec.confirm)
             ),
             None,
         )
 
 
-def _test(cfg: TrialConfig, dataset: Any, best: Path, autoattack: bool) -> dict[str, Any]:
-    """The best checkpoint (by validation) on the test split, per class,
-    as a result's ``test`` entry."""
+def _test(cfg: TrialConfig, dataset: Any, best: Path, confirm: Any) -> dict[str, Any]:
+    """The best checkpoint (by validation) on the test split, per class, and on
+    ``confirm.train_examples`` of the training split (as many as the test split when None), as a
+    result's ``test`` entry."""
     from dataclasses import asdict
 
     from hamsweep.core.evaluation import evaluate_checkpoint
@@ -210,8 +211,16 @@ def _test(cfg: TrialConfig, dataset: Any, best: Path, autoattack: bool) -> dict[
             f"{best} is missing: no epoch was evaluated on the validation split, "
             "so no best checkpoint"
         )
+    train_examples = confirm.train_examples
+    if train_examples is None:
+        train_examples = min(len(dataset.test), cfg.eval.max_examples or len(dataset.test))
     evals, epoch = evaluate_checkpoint(
-        best, cfg, dataset, device=pick_device(cfg.train.device), autoattack=autoattack
+        best,
+        cfg,
+        dataset,
+        device=pick_device(cfg.train.device),
+        autoattack=confirm.autoattack,
+        train_examples=train_examples,
     )
     return {"epoch": epoch, "evals": [asdict(e) for e in evals]}
 

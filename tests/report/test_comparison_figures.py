@@ -98,9 +98,44 @@ def test_kendall_tau_compares_each_configs_class_ranks_on_validation_and_test(da
         want = kendalltau([c["correct"] / c["n"] for c in val], [r["mean"] for r in mine]).statistic
         got = taus[mine[0]["label"]]["val~test"]
         assert got == pytest.approx(want, abs=1e-12) or (math.isnan(got) and math.isnan(want))
-        assert "train~val" not in taus[mine[0]["label"]]  # HAM records no training accuracy
+        # the training split: each confirm seed's PGD accuracy on its training subset, averaged
+        train = _train_means(trials, classes, config)
+        assert len(train) == len(mine)
+        for pair, other in (
+            ("train~val", [c["correct"] / c["n"] for c in val]),
+            ("train~test", [r["mean"] for r in mine]),
+        ):
+            want = kendalltau(train, other).statistic
+            got = taus[mine[0]["label"]][pair]
+            assert got == pytest.approx(want, abs=1e-12) or (math.isnan(got) and math.isnan(want))
         checked += 1
     assert checked >= 2
+    # (confirm.train_examples: null) as many training images as the test split, each trial
+    confirm = {t["trial"] for t in trials if t["stage"] == "confirm" and t["status"] == "completed"}
+
+    def size(trial: str, split: str) -> int:
+        return sum(
+            c["n"]
+            for c in classes
+            if c["trial"] == trial and c["split"] == split and c["attack"] == "clean"
+        )
+
+    assert confirm and all(size(t, "train") == size(t, "test") > 0 for t in confirm)
     bars = rank_agreement(d).figure.axes[0]
     assert [t.get_text() for t in bars.get_xticklabels()] == list(taus)
     assert pq.read_schema(next((out / "confirm_classes").glob("*.parquet")))  # real Parquet
+
+
+def _train_means(trials: list[dict], classes: list[dict], config: str) -> list[float]:
+    """Per class, the mean over ``config``'s completed confirm trials of its robust accuracy on
+    its training-split subset."""
+    mine = {
+        t["trial"]
+        for t in trials
+        if t["stage"] == "confirm" and t["status"] == "completed" and t["config"] == config
+    }
+    by_class: dict[int, list[float]] = {}
+    for c in classes:
+        if c["trial"] in mine and c["split"] == "train" and c["attack"] != "clean":
+            by_class.setdefault(c["class_id"], []).append(c["correct"] / c["n"])
+    return [float(np.mean(by_class[k])) for k in sorted(by_class)]

@@ -139,6 +139,11 @@ def test_a_spec_without_methods_is_what_it_was(tmp_path):
             "3 is larger than cfa's train.epochs (2, search.methods.cfa.set)",
         ),
         (
+            "confirm: {train_examples: -1}",
+            "confirm.train_examples",
+            "train_examples must be >= 0 but got -1",
+        ),
+        (
             "  method_hours: 2",
             "search.method_hours",
             "is a comparison's budget rule; list the methods compared in search.methods",

@@ -143,13 +143,18 @@ def cost_of_fairness(d: ReportData) -> Drawn:
 def rank_taus(d: ReportData) -> dict[str, dict[str, float]]:
     """Confirmed config's label -> Kendall's tau (tau-b) between its classes' ranks on pairs of
     splits: 'val~test' (its search trial at its best epoch on validation, and its confirmed test
-    means), and, where its method records accuracy on each class's training AEs
-    (``class_state.train_robust_acc``: CFA, FAAL), 'train~val' and 'train~test' at that epoch."""
+    means), 'train~val' and 'train~test': the training split's ranks are its confirm trials' PGD
+    accuracy on a training subset (``confirm.train_examples``), the mean over seeds; in a folder
+    without them, where its method records accuracy on each class's training AEs
+    (``class_state.train_robust_acc``: CFA, FAAL), that at its search trial's best epoch."""
     from scipy.stats import kendalltau
 
     _, rows = _by_config(d)
     val = _per_class(d.best_classes, lambda r: r["correct"] / r["n"] if r["n"] else math.nan)
     train = _per_class(d.chosen_state, lambda r: r["train_robust_acc"])
+    confirmed_train = _per_class(
+        [{**r, "trial": r["config"]} for r in d.train_classes], lambda r: r["acc"]
+    )
     trunks = {t["trunk_key"]: t["trial"] for t in d.baselines() if t.get("trunk_key")}
     out: dict[str, dict[str, float]] = {}
     for config, classes in rows.items():
@@ -159,9 +164,13 @@ def rank_taus(d: ReportData) -> dict[str, dict[str, float]]:
             else config
         )
         splits = {"test": [r["mean"] for r in classes]}
-        for name, table in (("val", val), ("train", train)):
-            if trial in table and len(table[trial]) == len(classes):
-                splits[name] = table[trial]
+        for name, table, key in (
+            ("val", val, trial),
+            ("train", train, trial),
+            ("train", confirmed_train, config),  # the confirm trials' own, where they have it
+        ):
+            if key in table and len(table[key]) == len(classes):
+                splits[name] = table[key]
         taus = {}
         for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
             if a in splits and b in splits:
@@ -204,7 +213,9 @@ def rank_agreement(d: ReportData) -> Drawn:
         title,
         "Per config, tau-b between its per-class robust accuracies: on validation (its search "
         "trial at its best epoch; PGD-AT: the search trunk), on the test split (mean over the "
-        "confirm seeds) and, for methods that record it, on its training AEs at that epoch "
-        "(class_state.train_robust_acc). A missing bar: that split has no per-class number.",
+        "confirm seeds) and on the training split (its confirm trials' PGD accuracy on "
+        "confirm.train_examples training images, mean over seeds; in older folders, for methods "
+        "that record it, on its training AEs at its best epoch: class_state.train_robust_acc). "
+        "A missing bar: that split has no per-class number.",
         fig,
     )
