@@ -58,6 +58,7 @@ __all__ = [
     "new_seeds",
     "plan_confirm",
     "read_plan",
+    "seeds_of",
     "test_objective",
     "trades_reference",
     "undecided",
@@ -210,56 +211,65 @@ def plan_confirm(spec: SweepSpec, chosen: list[Chosen]) -> ConfirmPlan:
         **{_baseline_config(spec, c.params): _baseline_params(spec, c.params) for c in chosen},
     }
     p = ConfirmPlan(tuple(chosen), (), (), baselines)
-    return add_round(spec, p, [c.trial for c in chosen], len(seeds))[0]
+    return add_round(spec, p, {c.trial: len(seeds) for c in chosen})[0]
 
 
 def add_round(
-    spec: SweepSpec, p: ConfirmPlan, configs: list[str], count: int
+    spec: SweepSpec, p: ConfirmPlan, more: dict[str, int]
 ) -> tuple[ConfirmPlan, list[dict[str, Any]]]:
-    """``p`` with ``count`` more seeds for the chosen ``configs`` (search trial ids) and their
-    baselines: the plan, and the new trials in the order they are handed out (for each seed its
-    baselines first, then the configs). Numbers stay unique over rounds: a trial's number comes from
-    its seed's index among all the plan's seeds and its config's index among all chosen ones."""
+    """``p`` with more seeds for chosen configs (``more``: search trial id -> how many more) and
+    their baselines: the plan, and the new trials in the order they are handed out (for each seed
+    its baselines first, then the configs). A config's seeds are the first of the one sequence of
+    new seeds (``new_seeds``) it has not had, so configs that get rounds at different times still
+    share seeds and PGD-AT baselines: a baseline is added on a seed only where it has none yet,
+    keeping every epoch any config it pairs with forks at. Numbers stay unique over rounds: a
+    trial's number comes from its seed's index in that sequence and its config's (or baseline's)
+    index among all chosen ones."""
     from hamsweep.sweep.trunk import plan
 
     shared = plan(spec)
-    seeds = new_seeds(spec, len(p.seeds) + count)[len(p.seeds) :]
-    chosen = [c for c in p.chosen if c.trial in configs]
-    wanted = {_baseline_config(spec, c.params) for c in chosen}
+    own = {c: len(seeds_of(p, c)) for c in more}
+    seq = new_seeds(spec, max([len(p.seeds), *(own[c] + n for c, n in more.items())]))
+    new = {c: set(seq[own[c] : own[c] + n]) for c, n in more.items()}
+    has = {(t[CONFIG], t["train.seed"]) for t in p.trials}
+    base = {c.trial: _baseline_config(spec, c.params) for c in p.chosen}
     trials: list[dict[str, Any]] = []
-    for s, seed in enumerate(seeds, start=len(p.seeds)):
+    for s, seed in enumerate(seq):
+        getting = [c for c in p.chosen if seed in new.get(c.trial, ())]
         for b, (config, params) in enumerate(p.baselines.items()):
-            if config not in wanted:
+            if (config, seed) in has or all(base[c.trial] != config for c in getting):
                 continue
-            keep = _fork_epochs(
-                spec, shared, [c for c in chosen if _baseline_config(spec, c.params) == config]
-            )
+            pairs = [c for c in p.chosen if base[c.trial] == config]
             trials.append(
                 {
                     ROLE: TRUNK,
                     STAGE: CONFIRM,
                     CONFIG: config,
-                    KEEP: keep,
+                    KEEP: _fork_epochs(spec, shared, pairs),
                     **params,
                     "train.seed": seed,
                     NUMBER: -(FIRST_NUMBER + 1 + s * len(p.baselines) + b),
                 }
             )
         for i, c in enumerate(p.chosen):
-            if c.trial not in configs:
-                continue
-            trials.append(
-                {
-                    STAGE: CONFIRM,
-                    CONFIG: c.trial,
-                    BASELINE: _baseline_config(spec, c.params),
-                    **c.params,
-                    "train.seed": seed,
-                    NUMBER: FIRST_NUMBER + s * len(p.chosen) + i,
-                }
-            )
-    grown = ConfirmPlan(p.chosen, p.seeds + seeds, p.trials + tuple(trials), p.baselines)
+            if c in getting:
+                trials.append(
+                    {
+                        STAGE: CONFIRM,
+                        CONFIG: c.trial,
+                        BASELINE: base[c.trial],
+                        **c.params,
+                        "train.seed": seed,
+                        NUMBER: FIRST_NUMBER + s * len(p.chosen) + i,
+                    }
+                )
+    grown = ConfirmPlan(p.chosen, tuple(seq), p.trials + tuple(trials), p.baselines)
     return grown, trials
+
+
+def seeds_of(p: ConfirmPlan, config: str) -> list[int]:
+    """The seeds the plan trains chosen ``config`` (or a baseline) on, in the order added."""
+    return [t["train.seed"] for t in p.trials if t.get(CONFIG) == config]
 
 
 def early_baselines(spec: SweepSpec) -> list[dict[str, Any]]:
@@ -306,26 +316,31 @@ def test_objective(spec: SweepSpec, result: dict[str, Any]) -> float | None:
 
 def undecided(
     spec: SweepSpec, p: ConfirmPlan, values: dict[tuple[str, int], float | None]
-) -> list[str]:
-    """The chosen configs whose difference to PGD-AT (``test_objective``, seed by seed) the
-    group-sequential design (``core.sequential.design``) has not decided and that may get more
-    seeds; ``values``: (CONFIG, seed) -> test objective (None: that trial failed)."""
+) -> tuple[dict[str, int], bool]:
+    """The chosen configs whose every trial so far (and its baseline's on the same seeds) has ended,
+    whose difference to PGD-AT (``test_objective``, seed by seed) the group-sequential design
+    (``core.sequential.design``) has not decided, and that may get more seeds: config -> how many
+    more (to the design's next look); and whether some config still has trials running.
+    ``values``: (CONFIG, seed) -> test objective (None: that trial failed) of the ended ones."""
     design = sequential.design(spec.confirm)
     if design is None:
-        return []
-    out = []
+        return {}, False
+    out, running = {}, False
     for c in p.chosen:
-        base = _baseline_config(spec, c.params)
+        base, seeds = _baseline_config(spec, c.params), seeds_of(p, c.trial)
+        if any((k, s) not in values for s in seeds for k in (c.trial, base)):
+            running = True  # its round has not ended: decided once it has
+            continue
         d = [
             values[(c.trial, s)] - values[(base, s)]  # type: ignore[operator]
-            for s in p.seeds
-            if values.get((c.trial, s)) is not None and values.get((base, s)) is not None
+            for s in seeds
+            if values[(c.trial, s)] is not None and values[(base, s)] is not None
         ]
         if len(d) >= design.min_seeds and design.read(d).final:
             continue
-        if len(p.seeds) < design.max_seeds:
-            out.append(c.trial)
-    return out
+        if len(seeds) < design.max_seeds:
+            out[c.trial] = design.next_seeds(len(seeds)) - len(seeds)
+    return out, running
 
 
 def _fork_epochs(spec: SweepSpec, shared: Any, chosen: list[Chosen]) -> list[int]:

@@ -229,24 +229,21 @@ class Stages:
             book["values"][book["handed"][trial_id]] = value
 
     def _next_round(self, trial_id: str) -> dict[str, Any] | str | None:
-        """With every confirm trial handed out: more seeds for the configs whose difference to
-        PGD-AT is still undecided (``confirm.undecided``), once the round's trials have ended;
-        None while they run; FINISHED when none is undecided (or seeds are not in rounds)."""
+        """With every confirm trial handed out: more seeds for each config whose trials (and its
+        baseline's) have ended and whose difference to PGD-AT is still undecided
+        (``confirm.undecided``), without waiting for the other configs' trials; None while some
+        run; FINISHED when none is left undecided (or seeds are not in rounds)."""
         from hamsweep.sweep.confirm import add_round, undecided
 
         book = self._rounds()
         if self.spec is None or book["plan"] is None:
             return FINISHED
-        design = sequential.design(self.spec.confirm)
-        if design is None:
+        if sequential.design(self.spec.confirm) is None:
             return FINISHED
-        if any(key not in book["values"] for key in book["handed"].values()):
-            return None  # this round's trials still run
-        p = book["plan"]
-        configs = undecided(self.spec, p, book["values"])
-        if not configs:
-            return FINISHED
-        p, trials = add_round(self.spec, p, configs, design.next_seeds(len(p.seeds)) - len(p.seeds))
+        more, running = undecided(self.spec, book["plan"], book["values"])
+        if not more:
+            return None if running else FINISHED
+        p, trials = add_round(self.spec, book["plan"], more)
         book["plan"], self.confirm = p, list(trials)
         if self.confirm_sink is not None:
             self.confirm_sink(p)

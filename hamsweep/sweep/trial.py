@@ -190,9 +190,7 @@ def train_trial(
         reporter.repeat_last()
     if stage(config) == CONFIRM:
         emit(
-            reporter.tested(
-                _test(cfg, dataset, work / "checkpoint" / train.BEST, spec.confirm)
-            ),
+            reporter.tested(_test(cfg, dataset, work / "checkpoint" / train.BEST, spec.confirm)),
             None,
         )
 

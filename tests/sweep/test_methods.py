@@ -187,13 +187,13 @@ def test_class_state_holds_what_each_method_keeps_per_class(fair_sweep):
 
 
 def test_the_killed_trial_continued_as_if_never_stopped(fair_sweep, tmp_path):
-    """The class_state of a fair-AT trial that was resumed from its checkpoint equals a trial of
-    the same config trained alone, uninterrupted (``hamsweep train``, the same seed, data and
-    torch thread count)."""
+    """The class_state of a fair-AT trial (of the search or the confirm stage) that was resumed from
+    its checkpoint equals a trial of the same config trained alone, uninterrupted (``hamsweep
+    train``, the same seed, data and torch thread count)."""
     resumed = _rows(
         fair_sweep,
         "SELECT trial, train_method, seed, forked_at FROM '{out}/trials/*.parquet' "
-        "WHERE resumed_from IS NOT NULL AND role = 'search' AND train_method IN "
+        "WHERE resumed_from IS NOT NULL AND role IN ('search', 'confirm') AND train_method IN "
         "('cfa', 'wat') ORDER BY trial",
     )
     assert resumed, "the kill caught a cfa or wat trial half-trained (the fixture waits for one)"

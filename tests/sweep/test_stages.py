@@ -433,3 +433,41 @@ def test_without_hours_left_no_trial_is_asked_for_and_the_search_ends(tmp_path):
         "faal": Spending(34.9, 2.0, 0, 1),
     }
     assert stages.may_ask() and not stages.search_over()
+
+
+def test_a_config_whose_trials_ended_gets_its_next_seed_while_another_config_runs(tmp_path):
+    """Two configs (one PGD-AT baseline), seeds {min: 2, max: 3}: once the first config's and the
+    baseline's trials of seeds 1-2 have ended, the first gets seed 3 (and PGD-AT seed 3) while the
+    second config's seed 2 still runs; the second then gets seed 3 alone, paired with the same
+    PGD-AT seed 3."""
+    s = spec(confirm={"top_k": 2, "seeds": {"min": 2, "max": 3}}, num_samples=2, share_warmup=False)
+    stages, planned = Stages(s, tmp_path), []
+    stages.confirm_sink = planned.append
+    for i, t in enumerate((None, 1.0)):
+        stages.offer(f"t{i}", f"h{i}", proposal(2, 2, t, number=i))
+        params = {"train.attack_steps": 2, "ham.warmup_epochs": 2, "ham.temperature": t}
+        stages.search_ended(f"t{i}", (i, params, 0.5 - i / 10))
+    first = [stages.next_confirm(f"c{i}") for i in range(6)]
+    kinds = [(c.get("role") or c["config"], c["train.seed"]) for c in first]
+    assert kinds == [("trunk", 1), ("t0", 1), ("t1", 1), ("trunk", 2), ("t0", 2), ("t1", 2)]
+    assert stages.next_confirm("c6") is None  # all handed out, none ended
+    # t0 (0.5 and 0.3 against 0.3: undecided) and the baseline end; t1's seed 2 still runs
+    ends = {0: 0.3, 1: 0.5, 2: 0.4, 3: 0.3, 4: 0.3}
+    for i, worst in ends.items():
+        stages.confirm_ended(f"c{i}", _tested(worst), False)
+    more = [stages.next_confirm(f"c{i}") for i in (6, 7)]
+    assert [(c.get("role") or c["config"], c["train.seed"]) for c in more] == [
+        ("trunk", 3),
+        ("t0", 3),
+    ]
+    assert stages.next_confirm("c8") is None  # t1 waits for its own seed 2
+    stages.confirm_ended("c5", _tested(0.45), False)
+    last = stages.next_confirm("c8")
+    assert (last["config"], last["train.seed"], last["baseline"]) == ("t1", 3, more[1]["baseline"])
+    assert stages.next_confirm("c9") is None  # seed 3 runs: max reached once it ends
+    for i in (6, 7, 8):
+        stages.confirm_ended(f"c{i}", _tested(0.3), False)
+    assert stages.next_confirm("c9") == FINISHED
+    assert [p.seeds for p in planned] == [(1, 2), (1, 2, 3), (1, 2, 3)]
+    numbers = [c["optuna_trial"] for c in [*first, *more, last]]
+    assert len(set(numbers)) == len(numbers)
