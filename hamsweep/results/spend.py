@@ -34,6 +34,7 @@ class Spending(NamedTuple):
     epoch: float  # its trials' mean own device-seconds an epoch (0 before one has trained one)
     ahead: int  # epochs its running trials have ahead, at most (ASHA may stop them)
     trials: int  # its search trials
+    running: int = 0  # of them, those with epochs ahead
 
 
 def spending(
@@ -59,5 +60,6 @@ def spending(
             seconds / epochs if epochs else 0.0,
             sum(t.ahead for t in mine),
             len(mine),
+            sum(t.ahead > 0 for t in mine),
         )
     return out

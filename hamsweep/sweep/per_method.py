@@ -74,10 +74,11 @@ class MethodBudget:
     (pickled as a reference to the Recorder of the process that unpickles it). Pure Python: the
     sampler and the stage scheduler share one.
 
-    Budgets are met to the nearest epoch: a method's trials stop at the epoch after which half an
-    epoch more would pass its hours, so each method ends within about half an epoch (per trial
-    running at once) of the same device-hours. A method gets a new trial only while what it has
-    spent, and what its running trials would spend to their last epoch, leaves half an epoch."""
+    Budgets are met to the nearest epoch: with r trials of a method running, each of them adds an
+    epoch before the next word on it, so a trial stops once r half-epochs more would pass the
+    method's hours, and each method ends within about half an epoch of the same device-hours. A
+    method gets a new trial only while what it has spent, and what its running trials would spend
+    to their last epoch, leaves half an epoch."""
 
     def __init__(self, methods: Sequence[str], hours: float, cap: int) -> None:
         self.methods, self.seconds, self.cap = tuple(methods), hours * 3600.0, cap
@@ -104,11 +105,12 @@ class MethodBudget:
 
     def over(self, method: str | None) -> bool:
         """Whether ``method`` has spent its hours, to the nearest epoch (its running trials
-        stop)."""
+        stop): stopping now leaves it closer to them than the epoch its running trials would all
+        add before the next word on this one."""
         if method not in self.methods:
             return False
         s = self.spent()[method]
-        return s.seconds + s.epoch / 2 >= self.seconds
+        return s.seconds + s.epoch * max(1, s.running) / 2 >= self.seconds
 
 
 def method_budget(spec: SweepSpec) -> MethodBudget | None:

@@ -405,6 +405,12 @@ def test_a_budget_in_device_hours_asks_while_a_method_has_hours_and_trials_left(
     spent["trades"] = Spending(34.6, 3.0, 1, 1)  # half an epoch more reaches TRADES' 36 s: it stops
     assert stages.budget.left(stages.method_counts()) == ["faal"] and stages.may_ask()
     assert stages.budget.over("trades") and not stages.budget.over("faal")
+    # two TRADES trials running: each adds an epoch before the next word on either, so the stop
+    # comes an epoch (two halves) before its hours rather than half of one
+    spent["trades"] = Spending(33.5, 3.0, 4, 2, running=1)
+    assert not stages.budget.over("trades")
+    spent["trades"] = Spending(33.5, 3.0, 4, 2, running=2)
+    assert stages.budget.over("trades")
     for tid in ("t2", "t3"):
         stages.offer(tid, f"h{tid}", {"train.method": "faal", "faal.eta": 0.2})
     assert stages.method_counts() == {"trades": 1, "faal": 3}
