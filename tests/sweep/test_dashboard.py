@@ -488,8 +488,9 @@ def test_a_comparisons_budget_in_hours_shows_each_methods_search_spend():
     state = _add(_state(method_hours_budget=0.05), trunk, *faal, *trades)
     spend = state.method_spend()
     # FAAL: 2 x 6 s own, and the trunk's 10 s an epoch up to its latest fork (7), once
-    assert spend["faal"] == (12.0 + 70.0, 12.0 / 3, 0, 2)  # (seconds, an epoch, ahead, trials)
-    assert spend["trades"] == (55.0, 55.0 / 11, 5, 2)  # 5 epochs ahead of the running one
+    # (seconds, an epoch, ahead, trials, running)
+    assert spend["faal"] == (12.0 + 70.0, 12.0 / 3, 0, 2, 0)
+    assert spend["trades"] == (55.0, 55.0 / 11, 5, 2, 1)  # 5 epochs ahead of the running one
     assert "search per method, of 0.05 each: faal 0.0228 (2 trials), trades 0.0153 (2 trials)" in (
         _text(state)
     )
