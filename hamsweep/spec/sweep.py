@@ -630,12 +630,13 @@ def _check_settable(method: str, key: str, searched: Mapping[str, Any]) -> None:
     if key in searched:
         raise SpecError(where, f"is searched for {method}; fix it or search it, not both")
     section = key.split(".")[0]
-    if section not in _SETTABLE and section not in registry.names():
-        raise SpecError(
-            where,
-            f"{section} is the comparison's, the same for every method; a method fixes only "
-            "train.* keys or its own section's",
+    if section not in (*_SETTABLE, method):
+        whose = (
+            f"is {section}'s section, not {method}'s"
+            if section in registry.names()
+            else f"{section} is the comparison's, the same for every method"
         )
+        raise SpecError(where, f"{whose}; a method fixes only train.* keys or its own section's")
 
 
 def _where(key: str, method: str | None, common: Mapping[str, Any]) -> str:

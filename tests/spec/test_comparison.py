@@ -123,6 +123,11 @@ def test_a_spec_without_methods_is_what_it_was(tmp_path):
             "keys or its own section's",
         ),
         (
+            "  methods: {cfa: {set: {ham.warmup_epochs: 3}}}",
+            "search.methods.cfa.set.ham.warmup_epochs",
+            "is ham's section, not cfa's; a method fixes only train.* keys or its own section's",
+        ),
+        (
             "  methods: {cfa: {set: {train.epoch: 8}}}",
             "search.methods.cfa.set.train.epoch",
             "unknown key; valid keys are",
