@@ -50,7 +50,8 @@ def test_equal_trials_cost_each_methods_epochs_at_its_measured_pace():
     assert h.search["trades"] == pytest.approx(SAMPLES * EPOCHS * epoch["trades"] * cores)
     assert h.search["faal"] == pytest.approx(SAMPLES * (EPOCHS - WARMUP) * epoch["faal"] * cores)
     assert h.trunks == pytest.approx(EPOCHS * epoch["pgd_at"] * cores)  # one shared trunk
-    per_seed = EPOCHS * epoch["pgd_at"] + EPOCHS * epoch["trades"] + 2 * epoch["faal"]
+    # PGD-AT, each method's best and TRADES at its defaults (confirm.trades), all of a seed
+    per_seed = EPOCHS * epoch["pgd_at"] + 2 * EPOCHS * epoch["trades"] + 2 * epoch["faal"]
     assert h.confirm == pytest.approx(3 * per_seed * cores)
     assert h.total == pytest.approx(sum(h.search.values()) + h.trunks + h.confirm)
 

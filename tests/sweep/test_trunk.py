@@ -278,8 +278,8 @@ def test_validate_says_which_trunk_forks_which_method_and_who_has_its_own_schedu
         f"on its schedule; frl (train.epochs={EPOCHS + 2}): forks from a PGD-AT trunk of its own, "
         "paired with PGD-AT on its schedule" in proc.stdout
     ), proc.stdout
-    # per seed: the 4 configs and a PGD-AT on each of the 3 schedules
-    assert ": 14 trials, predicted" in proc.stdout, proc.stdout
+    # per seed: the 4 configs, TRADES at its defaults and a PGD-AT on each of the 3 schedules
+    assert ": 16 trials, predicted" in proc.stdout, proc.stdout
 
 
 # epochs of under a second: the trunk still trains when a fork (a new worker: seconds to start)
