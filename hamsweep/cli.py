@@ -172,9 +172,8 @@ def _own_schedules(s: Any) -> str:
     and what that gives them: their own trunk, their own PGD-AT baseline. Empty when none is."""
     from hamsweep.sweep.trunk import plan
 
-    schedules, p = s.schedules(), plan(s)
-    base = {k: list(v) if isinstance(v, tuple) else v for k, v in _flat_base(s).items()}
-    own = [m for m, sched in schedules.items() if any(base[k] != v for k, v in sched.items())]
+    schedules, p, base = s.schedules(), plan(s), s.schedule()
+    own = [m for m, sched in schedules.items() if sched != base]
     if not own:
         return ""
 
@@ -186,12 +185,6 @@ def _own_schedules(s: Any) -> str:
         return f"{m} ({values}): {trunk}paired with PGD-AT on its schedule"
 
     return "own schedules (search.methods.M.set): " + "; ".join(map(what, own))
-
-
-def _flat_base(s: Any) -> dict[str, Any]:
-    from hamsweep.spec import TrialConfig, flat
-
-    return flat(TrialConfig.model_validate(s.base()))
 
 
 def _per_method(s: Any) -> str:

@@ -582,20 +582,27 @@ class SweepSpec(TrialConfig):
         return dict(own.set) if own else {}
 
     def schedules(self) -> dict[str, dict[str, Any]]:
-        """Each compared method -> its own schedule: the keys any method fixes that a PGD-AT warm-up
-        depends on, at this method's value (the spec's where it fixes none). Methods with the same
-        schedule can share a trunk and a PGD-AT baseline."""
-        keys = [k for m in self.search.methods.values() for k in m.set if k not in WARMUP_FREE_KEYS]
-        if not keys:
+        """Each compared method -> its own schedule (``schedule``); {} where no method fixes a key
+        a PGD-AT warm-up depends on. Methods with the same schedule can share a trunk and a PGD-AT
+        baseline."""
+        if not self._schedule_keys():
             return {}
-        out = {}
-        for m in self.search.methods:
-            cfg = flat(self.trial_config({METHOD_KEY: m}))
-            # lists, as a Tune config and confirm.json hold them
-            out[m] = {
-                k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items() if k in keys
-            }
-        return out
+        return {m: self.schedule(m) for m in self.search.methods}
+
+    def schedule(self, method: str | None = None) -> dict[str, Any]:
+        """The keys any method fixes that a PGD-AT warm-up depends on, at ``method``'s value (None:
+        the spec's own, what a method that fixes none trains with); lists, as a Tune config and
+        confirm.json hold them."""
+        keys = self._schedule_keys()
+        cfg = flat(
+            self.trial_config({METHOD_KEY: method})
+            if method
+            else TrialConfig.model_validate(self.base())
+        )
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items() if k in keys}
+
+    def _schedule_keys(self) -> list[str]:
+        return [k for m in self.search.methods.values() for k in m.set if k not in WARMUP_FREE_KEYS]
 
     def epochs(self, method: str | None = None) -> int:
         """``train.epochs`` of ``method``'s trials: its own where it fixes it."""

@@ -29,7 +29,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hamsweep.core import sequential
 from hamsweep.keys import (
     CONFIG,
     CONFIRM,
@@ -237,8 +236,6 @@ class Stages:
 
         book = self._rounds()
         if self.spec is None or book["plan"] is None:
-            return FINISHED
-        if sequential.design(self.spec.confirm) is None:
             return FINISHED
         more, running = undecided(self.spec, book["plan"], book["values"])
         if not more:

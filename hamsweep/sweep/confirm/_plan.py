@@ -67,6 +67,10 @@ class ConfirmPlan:
     # baseline CONFIG -> its searched warm-up values (without the seed)
     baselines: dict[str, dict[str, Any]]
 
+    def baseline_of(self, config: str) -> str:
+        """The baseline CONFIG a chosen ``config`` is paired with, as its trials hold it."""
+        return next(t[BASELINE] for t in self.trials if t.get(CONFIG) == config)
+
     def label(self, config: str) -> str:
         """'#12' for a chosen config ('CFA #12' where trials differ in method; 'TRADES (defaults)'
         or 'TRADES #3 (defaults)' for the reference), 'PGD-AT' for the baseline (with what sets it

@@ -11,7 +11,6 @@ from hamsweep.core import sequential
 from hamsweep.spec import SweepSpec
 from hamsweep.sweep.confirm._plan import (
     ConfirmPlan,
-    _baseline_config,
     seeds_of,
 )
 
@@ -45,7 +44,7 @@ def undecided(
         return {}, False
     out, running = {}, False
     for c in p.chosen:
-        base, seeds = _baseline_config(spec, c.params), seeds_of(p, c.trial)
+        base, seeds = p.baseline_of(c.trial), seeds_of(p, c.trial)
         if any((k, s) not in values for s in seeds for k in (c.trial, base)):
             running = True  # its round has not ended: decided once it has
             continue

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from hamsweep.core import sequential
-from hamsweep.keys import BASELINE, CONFIG, CONFIRM, TRUNK
+from hamsweep.keys import BASELINE, CONFIRM, TRUNK
 from hamsweep.spec import SweepSpec
 from hamsweep.sweep.confirm._plan import (
     _BASELINE_PREFIX,
@@ -37,11 +37,7 @@ def write_tables(out: Path, spec: SweepSpec) -> int:
     configs = [c for c in [*p.baselines, *(c.trial for c in p.chosen)] if c in counts]
     rows, class_rows = [], []
     for config in configs:
-        baseline = (
-            None
-            if config in p.baselines
-            else next(t[BASELINE] for t in p.trials if t.get(CONFIG) == config)
-        )
+        baseline = None if config in p.baselines else p.baseline_of(config)
         cost = _cost_cells(spec, costs, config, baseline, counts)
         rows += [
             {**r, **cost}
